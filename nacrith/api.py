@@ -1,0 +1,272 @@
+"""Library API: compress/decompress bytes and streams; segment method choice; model cache.
+
+Invariants:
+- an archive never exceeds len(input) + HEADER_BOUND bytes: every segment is coded with the
+  smallest of neural / zstd / stored, and stored is always a candidate;
+- input is processed in segments of at most `segment_size` bytes, so memory is bounded by the
+  segment size whatever the input length;
+- the decoder checks every checksum (header, frame, payload, segment content, whole content) and
+  raises NacritError on the first mismatch; no decoded byte of a segment is written before that
+  segment's content hash has verified;
+- a model is loaded only when a neural segment is coded or decoded, once per process and settings.
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import xxhash
+import zstandard
+
+from . import container as C
+from . import models
+from .errors import NacritError
+
+HEADER_BOUND = 64          # archive size <= input size + HEADER_BOUND for inputs <= 4 MiB (tested)
+
+
+def default_threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass
+class Options:
+    model: str | os.PathLike | None = None     # preset name or GGUF path
+    ctx: int = 2048                             # KV window per lane (tokens)
+    slide: int = 512                            # tokens dropped when the window is full
+    n_keep: int = 1                             # leading positions kept (BOS attention sink)
+    threads: int | None = None                  # llama.cpp threads; None = default_threads()
+    lanes: int = 1                              # sequences decoded in lockstep
+    n_gpu_layers: int = 0
+    main_gpu: int = 0
+    neural: bool = True                         # False: zstd/stored only, no model
+    segment_size: int = 4 << 20
+    zstd_level: int = 19
+    ignore_backend: bool = False                # decode even if the backend profile differs
+
+
+class Engine:
+    """A loaded model with its exact tokenizer and the header parameters that describe it."""
+
+    def __init__(self, path: Path, opts: Options):
+        from .backend import Backend, fingerprint
+        from .tokenizer import ExactTokenizer
+        self.path = path
+        self.sha256 = models.sha256(path)
+        self.backend = Backend(str(path), ctx=opts.ctx, lanes=opts.lanes, threads=opts.threads,
+                               slide=opts.slide, n_keep=opts.n_keep,
+                               n_gpu_layers=opts.n_gpu_layers, main_gpu=opts.main_gpu)
+        self.tokenizer = ExactTokenizer(self.backend)
+        self.fingerprint = fingerprint()
+        self.params = {"ctx": opts.ctx, "slide": opts.slide, "n_keep": opts.n_keep,
+                       "threads": opts.threads, "lanes": opts.lanes, "bos": self.backend.bos,
+                       "cdf_bits": 24}
+
+    def descriptor(self) -> C.ModelDescriptor:
+        return C.ModelDescriptor(self.sha256, self.path.name, self.backend.n_vocab,
+                                 self.fingerprint, dict(self.params))
+
+
+_engines: dict = {}
+
+
+def get_engine(path: Path, opts: Options) -> Engine:
+    key = (str(path), opts.ctx, opts.slide, opts.n_keep, opts.threads, opts.lanes,
+           opts.n_gpu_layers, opts.main_gpu)
+    if key not in _engines:
+        _engines.clear()            # one model in memory at a time
+        _engines[key] = Engine(path, opts)
+    return _engines[key]
+
+
+def _options(opts: Options | None, kw) -> Options:
+    o = replace(opts or Options(), **kw)
+    if o.threads is None:
+        o.threads = default_threads()
+    for name in ("ctx", "slide", "n_keep", "threads", "lanes", "segment_size"):
+        if int(getattr(o, name)) < 1:
+            raise NacritError(f"{name} must be >= 1")
+    if o.lanes > C.MAX_LANES:
+        raise NacritError(f"lanes must be <= {C.MAX_LANES}")
+    return o
+
+
+def looks_binary(data: bytes) -> bool:
+    """NUL bytes or many control bytes: not worth tokenizing."""
+    if b"\x00" in data:
+        return True
+    ctrl = sum(data.count(bytes([c])) for c in range(32) if c not in (9, 10, 12, 13, 27))
+    return ctrl * 20 > len(data)
+
+
+# ---------------------------------------------------------------- compression
+def _fallback_segment(data: bytes, level: int):
+    z = zstandard.ZstdCompressor(level=level).compress(data)
+    if len(z) < len(data):
+        return C.Segment(C.ZSTD, len(data), len(z), C.hash64(data), C.hash32(z)), z
+    return C.Segment(C.STORED, len(data), len(data), C.hash64(data), C.hash32(data)), data
+
+
+def _encode_segment(data: bytes, o: Options, engine: Engine | None, extra: int, progress):
+    """Smallest of neural / zstd / stored; `extra` is what choosing neural adds (model frame)."""
+    best = _fallback_segment(data, o.zstd_level)
+    if engine is not None and not looks_binary(data):
+        from .neural import encode_segment
+        r = encode_segment(engine, data, o.lanes, max(16, len(data) // 20), progress)
+        if r is not None and len(r[0].pack()) + r[0].payload_len + extra < \
+                len(best[0].pack()) + best[0].payload_len:
+            best = r
+    return best
+
+
+def compress_stream(src, dst, opts: Options | None = None, progress=None, **kw) -> dict:
+    """Read src to EOF, write one archive to dst. Returns stats (sizes, methods)."""
+    o = _options(opts, kw)
+    path = models.resolve(o.model) if o.neural else None
+    h = xxhash.xxh3_64()
+    total = 0
+    written = _write(dst, C.FileHeader().pack())
+    methods = []
+    engine, model_frame = None, None
+    while block := _read_block(src, o.segment_size):
+        if path is not None and engine is None and not looks_binary(block):
+            engine = get_engine(path, o)
+        pending = b"" if engine is None or model_frame else engine.descriptor().pack()
+        seg, payload = _encode_segment(block, o, engine, len(pending), progress)
+        if seg.method == C.NEURAL and not model_frame:
+            model_frame = pending
+            written += _write(dst, model_frame)
+        written += _write(dst, seg.pack()) + _write(dst, payload)
+        methods.append(C.METHOD_NAMES[seg.method])
+        h.update(block)
+        total += len(block)
+    written += _write(dst, C.End(total, h.intdigest()).pack())
+    return {"in": total, "out": written, "methods": methods}
+
+
+def _read_block(src, n: int) -> bytes:
+    parts, left = [], n
+    while left:
+        b = src.read(left)
+        if not b:
+            break
+        parts.append(b)
+        left -= len(b)
+    return b"".join(parts)
+
+
+def _write(dst, b: bytes) -> int:
+    dst.write(b)
+    return len(b)
+
+
+def compress(data: bytes, opts: Options | None = None, **kw) -> bytes:
+    out = io.BytesIO()
+    compress_stream(io.BytesIO(bytes(data)), out, opts, **kw)
+    return out.getvalue()
+
+
+# ---------------------------------------------------------------- decompression
+def _decode_engine(m: C.ModelDescriptor, o: Options) -> Engine:
+    p = m.params
+    path = models.find_by_sha(m.sha256, m.name, o.model)
+    if p.get("cdf_bits") != 24:
+        raise NacritError(f"unsupported CDF precision {p.get('cdf_bits')}")
+    dopts = replace(o, ctx=p["ctx"], slide=p["slide"], n_keep=p["n_keep"], lanes=p["lanes"],
+                    threads=o.threads or p["threads"])
+    engine = get_engine(path, dopts)
+    if engine.backend.n_vocab != m.n_vocab or engine.backend.bos != p["bos"]:
+        raise NacritError("model vocabulary does not match the archive")
+    if engine.fingerprint != m.backend and not o.ignore_backend:
+        raise NacritError(f"archive was made on backend '{m.backend}', this is '{engine.fingerprint}';"
+                          " logits may differ. Decode on a matching build, or pass"
+                          " --ignore-backend (checksums still verify the result)")
+    return engine
+
+
+def decompress_stream(src, dst, opts: Options | None = None, progress=None, **kw) -> dict:
+    """Decode one archive from src to dst, verifying every checksum."""
+    o = replace(opts or Options(), **kw)
+    if _seekable(src):
+        start = src.tell()
+        C.scan(src)             # structure and payload checksums, before any model is loaded
+        src.seek(start)
+    C.read_file_header(src)
+    h = xxhash.xxh3_64()
+    total = index = 0
+    engine = model = None
+    while True:
+        frame = C.read_frame(src, index)
+        if isinstance(frame, C.End):
+            break
+        if isinstance(frame, C.ModelDescriptor):
+            if model is not None:
+                raise NacritError("corrupt archive (second model frame)")
+            model = frame
+            index += 1
+            continue
+        payload = C.read_payload(src, frame, index)
+        if frame.method == C.STORED:
+            data = payload
+        elif frame.method == C.ZSTD:
+            try:
+                data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=frame.orig_len)
+            except zstandard.ZstdError as e:
+                raise NacritError(f"corrupt zstd data in segment {index} ({e})") from None
+        else:
+            if model is None:
+                raise NacritError("corrupt archive (neural segment before any model frame)")
+            if engine is None:
+                engine = _decode_engine(model, o)
+            from .neural import decode_segment
+            data = decode_segment(engine, frame, payload, progress)
+        if len(data) != frame.orig_len or C.hash64(data) != frame.orig_hash:
+            raise NacritError(f"segment {index} (at byte offset {total}) does not match its "
+                              "checksum" + (" (model or backend mismatch?)" if frame.method == C.NEURAL
+                                            else ""))
+        dst.write(data)
+        h.update(data)
+        total += len(data)
+        index += 1
+    if total != frame.total_len or h.intdigest() != frame.total_hash:
+        raise NacritError("decoded data does not match the archive checksum")
+    if not _seekable(src) and src.read(1):
+        raise NacritError("corrupt archive (data after end frame)")
+    return {"in": total, "segments": index}
+
+
+def _seekable(f) -> bool:
+    try:
+        return f.seekable()
+    except (AttributeError, ValueError):
+        return False
+
+
+def decompress(blob: bytes, opts: Options | None = None, **kw) -> bytes:
+    out = io.BytesIO()
+    decompress_stream(io.BytesIO(bytes(blob)), out, opts, **kw)
+    return out.getvalue()
+
+
+def info(src) -> dict:
+    """Describe an archive from its headers (validates structure; never loads a model)."""
+    hdr, m, segs, end = C.scan(src)
+    d = {"version": hdr.version, "original_size": end.total_len,
+         "segments": [{"method": C.METHOD_NAMES[s.method], "original": s.orig_len,
+                       "compressed": s.payload_len, "lanes": len(s.lanes)} for s in segs]}
+    if m is not None:
+        d["model"] = {"name": m.name, "sha256": m.sha256.hex(), "n_vocab": m.n_vocab,
+                      "backend": m.backend, **m.params}
+    return d
+
+
+def compress_file(src_path, dst_path, opts: Options | None = None, **kw) -> dict:
+    with open(src_path, "rb") as fi, open(dst_path, "wb") as fo:
+        return compress_stream(fi, fo, opts, **kw)
+
+
+def decompress_file(src_path, dst_path, opts: Options | None = None, **kw) -> dict:
+    with open(src_path, "rb") as fi, open(dst_path, "wb") as fo:
+        return decompress_stream(fi, fo, opts, **kw)

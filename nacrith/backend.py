@@ -1,0 +1,169 @@
+"""LLM backend: one llama.cpp context, K sequences ("lanes"), logits for exactly the fed positions.
+
+Invariants (the decoder can only reproduce logits from the identical sequence of calls):
+- one context per (model, ctx, lanes, threads, device); n_threads == n_threads_batch; flash
+  attention off; non-unified KV so each lane owns `ctx` cells;
+- every lane starts with the BOS token at position 0; `step` feeds one token per listed lane at
+  that lane's next position, in the given order, in ONE llama_decode call, and requests logits for
+  every fed token (and nothing else);
+- when a lane's window is full, `step` first slides it natively: positions [n_keep, n_keep+slide)
+  are removed and later positions shifted down by `slide` (llama_memory_seq_rm + seq_add), so the
+  first n_keep positions (the BOS attention sink) are never dropped and nothing is re-evaluated;
+- `reset` clears all lanes; encoder and decoder call it before every segment.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+import numpy as np
+
+from .errors import NacritError
+
+_initialised = False
+_log_cb = None
+
+
+def _llama():
+    global _initialised, _log_cb
+    try:
+        import llama_cpp as L
+    except ImportError as e:  # pragma: no cover - install problem
+        raise NacritError(f"llama-cpp-python is not installed ({e})") from None
+    if not _initialised:
+        _log_cb = L.llama_log_callback(lambda level, text, user: None)  # keep a reference
+        L.llama_log_set(_log_cb, ctypes.c_void_p())
+        L.llama_backend_init()
+        _initialised = True
+    return L
+
+
+def fingerprint() -> str:
+    """Backend profile: what must match for logits to be bit-identical."""
+    L = _llama()
+    info = L.llama_print_system_info().decode("utf-8", "replace")
+    feats = []
+    for part in info.replace("|", "\n").splitlines():
+        if "=" in part:
+            k, _, v = part.partition("=")
+            if v.strip() == "1":
+                feats.append(k.strip())
+    return f"llama-cpp-python {L.__version__}; {platform.machine()}; {' '.join(feats)}"[:255]
+
+
+class Backend:
+    def __init__(self, path: str, *, ctx: int, lanes: int, threads: int, slide: int, n_keep: int,
+                 n_gpu_layers: int = 0, main_gpu: int = 0, batch: int = 512):
+        L = self.L = _llama()
+        if not 1 <= n_keep < ctx or not 1 <= slide <= ctx - n_keep:
+            raise NacritError(f"bad window settings (ctx={ctx}, slide={slide}, n_keep={n_keep})")
+        self.ctx, self.lanes, self.threads = ctx, lanes, threads
+        self.slide, self.n_keep = slide, n_keep
+        mp = L.llama_model_default_params()
+        mp.n_gpu_layers = n_gpu_layers
+        mp.main_gpu = main_gpu
+        self.model = L.llama_model_load_from_file(os.fsencode(path), mp)
+        if not self.model:
+            raise NacritError(f"{path}: cannot load model (not a GGUF file?)")
+        self.vocab = L.llama_model_get_vocab(self.model)
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        bos = L.llama_vocab_bos(self.vocab)
+        self.bos = bos if bos >= 0 else L.llama_vocab_eos(self.vocab)
+        cp = L.llama_context_default_params()
+        self.n_batch = max(batch, lanes)
+        cp.n_ctx = ctx * lanes
+        cp.n_batch = cp.n_ubatch = self.n_batch
+        cp.n_seq_max = lanes
+        cp.n_threads = cp.n_threads_batch = threads
+        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        cp.kv_unified = False
+        cp.embeddings = False
+        cp.no_perf = True
+        self.lctx = L.llama_init_from_model(self.model, cp)
+        if not self.lctx:
+            raise NacritError("cannot create llama.cpp context")
+        if L.llama_n_ctx_seq(self.lctx) != ctx:
+            raise NacritError(f"context size {ctx} not supported (llama.cpp gives "
+                              f"{L.llama_n_ctx_seq(self.lctx)} per lane); use a multiple of 256")
+        self.mem = L.llama_get_memory(self.lctx)
+        self.batch = L.llama_batch_init(self.n_batch, 0, 1)
+        b = self.batch
+        self._tok = np.ctypeslib.as_array(b.token, shape=(self.n_batch,))
+        self._pos = np.ctypeslib.as_array(b.pos, shape=(self.n_batch,))
+        self._nseq = np.ctypeslib.as_array(b.n_seq_id, shape=(self.n_batch,))
+        self._logit = np.ctypeslib.as_array(b.logits, shape=(self.n_batch,))
+        self._nseq[:] = 1
+        self.pos = np.zeros(lanes, dtype=np.int64)
+        self.reset()
+
+    def reset(self) -> None:
+        self.L.llama_memory_clear(self.mem, True)
+        self.pos[:] = 0
+
+    def _slide(self, lane: int) -> None:
+        L, k, s = self.L, self.n_keep, self.slide
+        if not L.llama_memory_seq_rm(self.mem, lane, k, k + s):
+            raise NacritError("llama.cpp refused to slide the KV window")
+        L.llama_memory_seq_add(self.mem, lane, k + s, -1, -s)
+        self.pos[lane] -= s
+
+    def step(self, lanes, tokens) -> np.ndarray:
+        """Feed tokens[i] to lanes[i] (one llama_decode); return logits, shape (len(lanes), n_vocab).
+
+        The returned array is a view into llama.cpp's buffer, valid until the next call."""
+        n = len(lanes)
+        b = self.batch
+        for i in range(n):
+            lane = lanes[i]
+            if self.pos[lane] >= self.ctx:
+                self._slide(lane)
+            self._tok[i] = tokens[i]
+            self._pos[i] = self.pos[lane]
+            b.seq_id[i][0] = lane
+            self._logit[i] = 1
+            self.pos[lane] += 1
+        b.n_tokens = n
+        rc = self.L.llama_decode(self.lctx, b)
+        if rc != 0:
+            raise NacritError(f"llama_decode failed (code {rc})")
+        ptr = self.L.llama_get_logits(self.lctx)
+        return np.ctypeslib.as_array(ptr, shape=(n, self.n_vocab))
+
+    def piece(self, token: int) -> bytes:
+        """Bytes of one token, rendered with llama_token_to_piece (never truncated)."""
+        size = 64
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = self.L.llama_token_to_piece(self.vocab, token, buf, size, 0, True)
+            if n >= 0:
+                return buf.raw[:n]
+            size = -n
+
+    def tokenize(self, text: bytes) -> np.ndarray:
+        """Model tokenizer, special-token text parsed as plain text, no BOS/EOS added."""
+        cap = len(text) + 16
+        while True:
+            arr = (self.L.llama_token * cap)()
+            n = self.L.llama_tokenize(self.vocab, text, len(text), arr, cap, False, False)
+            if n >= 0:
+                return np.frombuffer(arr, dtype=np.int32, count=n).copy()
+            cap = -n
+
+    def close(self) -> None:
+        L = self.L
+        if getattr(self, "batch", None) is not None:
+            L.llama_batch_free(self.batch)
+            self.batch = None
+        if getattr(self, "lctx", None):
+            L.llama_free(self.lctx)
+            self.lctx = None
+        if getattr(self, "model", None):
+            L.llama_model_free(self.model)
+            self.model = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

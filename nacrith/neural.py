@@ -1,0 +1,131 @@
+"""Neural segment codec: lanes of tokens coded in lockstep with LLM probabilities.
+
+Invariants:
+- a segment's bytes are split into K contiguous lanes; each lane is exactly tokenized
+  (tokenizer.py) and coded into its own arithmetic-coded stream;
+- the sequence of llama_decode calls is produced by `lockstep` alone, from the per-lane token
+  counts (which the header stores), so encoder and decoder issue identical calls: at step t every
+  lane with t < n_tokens[lane] is fed its previous token (BOS at t = 0), in lane order;
+- lane payload = escape block + coded stream; escape block = varint count, then per escape
+  varint(gap from the end of the previous escape), varint(length), raw bytes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .coder import Decoder, Encoder
+from .container import NEURAL, Lane, Reader, Segment, hash32, hash64, put_varint
+from .errors import NacritError
+from .tokenizer import merge
+
+
+def split_lanes(data: bytes, k: int) -> list[bytes]:
+    """K contiguous parts of similar size, cut after a newline where one is near."""
+    n = len(data)
+    k = max(1, min(k, n)) if n else 1
+    cuts, start = [0], 0
+    for i in range(1, k):
+        target = n * i // k
+        nl = data.rfind(b"\n", start + 1, target)
+        cut = nl + 1 if nl != -1 and target - nl < n // (4 * k) + 64 else target
+        cut = max(cut, start + 1)
+        cuts.append(cut)
+        start = cut
+    cuts.append(n)
+    return [data[a:b] for a, b in zip(cuts, cuts[1:])]
+
+
+def lockstep(backend, n_tokens: list[int], code, progress=None) -> None:
+    """Drive the LLM over all lanes; code(lane, t, logits_row) codes token t and returns it."""
+    backend.reset()
+    k = len(n_tokens)
+    prev = [backend.bos] * k
+    for t in range(max(n_tokens, default=0)):
+        active = [lane for lane in range(k) if t < n_tokens[lane]]
+        logits = backend.step(active, [prev[lane] for lane in active])
+        for i, lane in enumerate(active):
+            prev[lane] = code(lane, t, logits[i])
+        if progress is not None:
+            progress(len(active))
+
+
+def pack_escapes(escapes) -> bytes:
+    out = bytearray()
+    put_varint(out, len(escapes))
+    end = 0
+    for off, raw in escapes:
+        put_varint(out, off - end)
+        put_varint(out, len(raw))
+        out += raw
+        end = off + len(raw)
+    return bytes(out)
+
+
+def unpack_escapes(block: bytes, lane_len: int):
+    r = Reader(block, "escape table")
+    escapes, end = [], 0
+    for _ in range(r.varint(lane_len)):
+        off = end + r.varint(lane_len)
+        raw = r.take(r.varint(lane_len))
+        end = off + len(raw)
+        if end > lane_len:
+            raise NacritError("corrupt escape table (escape beyond lane end)")
+        escapes.append((off, raw))
+    r.done()
+    return escapes
+
+
+def encode_segment(engine, data: bytes, lanes: int, max_escaped: int, progress=None):
+    """Code `data` neurally. Returns (Segment, payload) or None if it is not text enough."""
+    parts = split_lanes(data, lanes)
+    toks, escs = [], []
+    for part in parts:
+        r = engine.tokenizer.tokenize(part, max_escaped=max_escaped)
+        if r is None:
+            return None
+        toks.append(r[0])
+        escs.append(r[1])
+    encoders = [Encoder() for _ in parts]
+
+    def code(lane, t, row):
+        sym = int(toks[lane][t])
+        encoders[lane].encode_logits(row, sym)
+        return sym
+
+    lockstep(engine.backend, [len(t) for t in toks], code, progress)
+    payload = bytearray()
+    lane_table = []
+    for part, tk, esc, enc in zip(parts, toks, escs, encoders):
+        block, stream = pack_escapes(esc), enc.finish()
+        payload += block + stream
+        lane_table.append(Lane(len(part), len(tk), len(block), len(stream)))
+    payload = bytes(payload)
+    seg = Segment(NEURAL, len(data), len(payload), hash64(data), hash32(payload), lane_table)
+    return seg, payload
+
+
+def decode_segment(engine, seg: Segment, payload: bytes, progress=None) -> bytes:
+    pos, escs, decoders = 0, [], []
+    for lane in seg.lanes:
+        escs.append(unpack_escapes(payload[pos:pos + lane.ins_bytes], lane.orig_bytes))
+        pos += lane.ins_bytes
+        decoders.append(Decoder(payload[pos:pos + lane.stream_bytes]))
+        pos += lane.stream_bytes
+    n_tokens = [lane.n_tokens for lane in seg.lanes]
+    toks = [np.zeros(n, dtype=np.int32) for n in n_tokens]
+
+    def code(lane, t, row):
+        sym = decoders[lane].decode_logits(row)
+        toks[lane][t] = sym
+        return sym
+
+    lockstep(engine.backend, n_tokens, code, progress)
+    pieces = engine.tokenizer.pieces
+    out = []
+    for lane, tk, esc in zip(seg.lanes, toks, escs):
+        stream = b"".join([pieces[t] for t in tk.tolist()])
+        part = merge(stream, esc)
+        if len(part) != lane.orig_bytes:
+            raise NacritError("decoded lane has the wrong length (model or backend mismatch?)")
+        out.append(part)
+    return b"".join(out)

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Benchmark: nacrith vs the model's own cross-entropy vs classic compressors, in one run.
+
+For each file prints original size, nacrith size, bpb, compress/decompress tokens/s, the raw
+llama.cpp decode throughput of the same model/settings measured in the same run (a plain loop
+feeding one token per llama_decode, with the same KV slide) with the ratio nacrith/raw, the
+model's cross-entropy in bpb from that raw loop, and gzip -9 / bzip2 -9 / xz -9e / zstd -19.
+
+    python scripts/bench.py                       # alice29.txt whole + 16 KB of the other texts
+    python scripts/bench.py --files alice29.txt --bytes 20000 --ctx-sweep 512,1024,2048
+"""
+from __future__ import annotations
+
+import argparse
+import bz2
+import gzip
+import lzma
+import math
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import zstandard
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import nacrith  # noqa: E402
+from nacrith import api, models  # noqa: E402
+from nacrith.neural import lockstep  # noqa: E402
+
+CORPUS = ROOT.parent / "shared" / "corpus"
+TEXTS = ["alice29.txt", "asyoulik.txt", "lcet10.txt", "plrabn12.txt", "cp.html", "fields.c",
+         "grammar.lsp", "xargs.1"]
+
+
+def classic(data: bytes) -> dict:
+    return {
+        "gzip-9": len(gzip.compress(data, 9)),
+        "bzip2-9": len(bz2.compress(data, 9)),
+        "xz-9e": len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)),
+        "zstd-19": len(zstandard.ZstdCompressor(level=19).compress(data)),
+    }
+
+
+def raw_llm(engine, data: bytes) -> tuple[float, float, int]:
+    """Plain llama.cpp loop over the exact tokens: (cross-entropy bits, seconds, tokens)."""
+    toks, escapes = engine.tokenizer.tokenize(data)
+    bits = 0.0
+
+    def code(lane, t, row):
+        nonlocal bits
+        x = row.astype(np.float64)
+        m = x.max()
+        lse = m + math.log(np.exp(x - m).sum())
+        bits += (lse - x[toks[t]]) / math.log(2)
+        return int(toks[t])
+
+    t0 = time.perf_counter()
+    lockstep(engine.backend, [len(toks)], code)
+    return bits, time.perf_counter() - t0, len(toks)
+
+
+def bench_file(name: str, data: bytes, opts: api.Options, decompress: bool) -> dict:
+    engine = api.get_engine(models.resolve(opts.model), opts)
+    ce_bits, raw_s, n_tok = raw_llm(engine, data)
+    t0 = time.perf_counter()
+    blob = nacrith.compress(data, opts)
+    c_s = time.perf_counter() - t0
+    row = {"file": name, "bytes": len(data), "tokens": n_tok, "nc": len(blob),
+           "bpb": 8 * len(blob) / len(data), "ce_bpb": ce_bits / len(data),
+           "raw_tps": n_tok / raw_s, "c_tps": n_tok / c_s}
+    if decompress:
+        t0 = time.perf_counter()
+        ok = nacrith.decompress(blob, opts) == data
+        row["d_tps"] = n_tok / (time.perf_counter() - t0)
+        row["roundtrip"] = "ok" if ok else "FAIL"
+    row.update({k: 8 * v / len(data) for k, v in classic(data).items()})
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--files", default=",".join(TEXTS))
+    ap.add_argument("--bytes", type=int, default=16384,
+                    help="slice length for files other than alice29.txt (0 = whole file)")
+    ap.add_argument("--alice-bytes", type=int, default=0, help="slice of alice29.txt (0 = whole)")
+    ap.add_argument("--ctx", type=int, default=2048)
+    ap.add_argument("--slide", type=int, default=512)
+    ap.add_argument("--n-keep", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--lanes", type=int, default=1)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--no-decompress", action="store_true")
+    ap.add_argument("--ctx-sweep", default="", help="comma list of ctx values: bpb and speed per ctx "
+                    "(raw LLM loop) on the selected files")
+    args = ap.parse_args()
+    opts = api._options(None, dict(model=args.model, ctx=args.ctx, slide=args.slide,
+                                   n_keep=args.n_keep, threads=args.threads, lanes=args.lanes))
+    print(f"# machine: {platform.machine()}, {platform.processor() or '?'}, "
+          f"{__import__('os').cpu_count()} cpus; python {platform.python_version()}")
+    print(f"# model: {models.resolve(opts.model).name}; ctx {opts.ctx}, slide {opts.slide}, "
+          f"n_keep {opts.n_keep}, threads {opts.threads}, lanes {opts.lanes}")
+    files = [f for f in args.files.split(",") if f]
+
+    def load(name):
+        data = (CORPUS / name).read_bytes()
+        n = args.alice_bytes if name == "alice29.txt" else args.bytes
+        return data[:n] if n else data
+
+    if args.ctx_sweep:
+        print("\n| ctx | file | bytes | LLM bpb | raw tok/s |\n|---|---|---|---|---|")
+        for ctx in [int(c) for c in args.ctx_sweep.split(",")]:
+            o = api._options(opts, dict(ctx=ctx, slide=max(1, min(args.slide, ctx // 4))))
+            eng = api.get_engine(models.resolve(o.model), o)
+            for name in files:
+                data = load(name)
+                bits, s, n = raw_llm(eng, data)
+                print(f"| {ctx} | {name} | {len(data)} | {bits / len(data):.4f} | {n / s:.1f} |",
+                      flush=True)
+        return
+
+    cols = ["file", "bytes", "tokens", "nc", "bpb", "ce_bpb", "raw_tps", "c_tps", "d_tps",
+            "roundtrip", "gzip-9", "bzip2-9", "xz-9e", "zstd-19"]
+    print("\n| " + " | ".join(cols) + " | ratio c/raw |")
+    print("|" + "---|" * (len(cols) + 1))
+    for name in files:
+        row = bench_file(name, load(name), opts, not args.no_decompress)
+        cells = [f"{row[c]:.3f}" if isinstance(row.get(c), float) else str(row.get(c, "-"))
+                 for c in cols]
+        print("| " + " | ".join(cells) + f" | {row['c_tps'] / row['raw_tps']:.3f} |", flush=True)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\n# peak RSS {rss:.0f} MiB; bpb columns are bits per input byte; tps = tokens/s")
+
+
+if __name__ == "__main__":
+    main()
