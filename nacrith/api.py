@@ -35,7 +35,7 @@ def default_threads() -> int:
 class Options:
     model: str | os.PathLike | None = None     # preset name or GGUF path
     ctx: int = 2048                             # KV window per lane (tokens)
-    slide: int = 512                            # tokens dropped when the window is full
+    slide: int | None = None                    # tokens dropped when the window is full (ctx//4)
     n_keep: int = 1                             # leading positions kept (BOS attention sink)
     threads: int | None = None                  # llama.cpp threads; None = default_threads()
     lanes: int = 1                              # sequences decoded in lockstep
@@ -85,6 +85,10 @@ def _options(opts: Options | None, kw) -> Options:
     o = replace(opts or Options(), **kw)
     if o.threads is None:
         o.threads = default_threads()
+    if o.slide is None:
+        o.slide = max(1, o.ctx // 4)
+    if o.ctx % 256:
+        raise NacritError("ctx must be a multiple of 256")
     for name in ("ctx", "slide", "n_keep", "threads", "lanes", "segment_size"):
         if int(getattr(o, name)) < 1:
             raise NacritError(f"{name} must be >= 1")
@@ -124,15 +128,14 @@ def _encode_segment(data: bytes, o: Options, engine: Engine | None, extra: int, 
 def compress_stream(src, dst, opts: Options | None = None, progress=None, **kw) -> dict:
     """Read src to EOF, write one archive to dst. Returns stats (sizes, methods)."""
     o = _options(opts, kw)
-    path = models.resolve(o.model) if o.neural else None
     h = xxhash.xxh3_64()
     total = 0
     written = _write(dst, C.FileHeader().pack())
     methods = []
     engine, model_frame = None, None
     while block := _read_block(src, o.segment_size):
-        if path is not None and engine is None and not looks_binary(block):
-            engine = get_engine(path, o)
+        if o.neural and engine is None and not looks_binary(block):
+            engine = get_engine(models.resolve(o.model), o)
         pending = b"" if engine is None or model_frame else engine.descriptor().pack()
         seg, payload = _encode_segment(block, o, engine, len(pending), progress)
         if seg.method == C.NEURAL and not model_frame:
@@ -158,7 +161,11 @@ def _read_block(src, n: int) -> bytes:
 
 
 def _write(dst, b: bytes) -> int:
-    dst.write(b)
+    """Write all of b (a buffered writer may report a short write without raising)."""
+    mv = memoryview(b)
+    while mv:
+        n = dst.write(mv)
+        mv = mv[len(mv) if n is None else n:]
     return len(b)
 
 
@@ -180,9 +187,11 @@ def _decode_engine(m: C.ModelDescriptor, o: Options) -> Engine:
     if engine.backend.n_vocab != m.n_vocab or engine.backend.bos != p["bos"]:
         raise NacritError("model vocabulary does not match the archive")
     if engine.fingerprint != m.backend and not o.ignore_backend:
-        raise NacritError(f"archive was made on backend '{m.backend}', this is '{engine.fingerprint}';"
-                          " logits may differ. Decode on a matching build, or pass"
-                          " --ignore-backend (checksums still verify the result)")
+        from .backend import describe_difference
+        raise NacritError(f"archive was made on another llama.cpp build "
+                          f"({describe_difference(m.backend, engine.fingerprint)}), so logits may "
+                          "differ; decode on a matching build (native/README.md) or pass "
+                          "--ignore-backend (checksums still verify the result)")
     return engine
 
 
@@ -226,7 +235,7 @@ def decompress_stream(src, dst, opts: Options | None = None, progress=None, **kw
             raise NacritError(f"segment {index} (at byte offset {total}) does not match its "
                               "checksum" + (" (model or backend mismatch?)" if frame.method == C.NEURAL
                                             else ""))
-        dst.write(data)
+        _write(dst, data)
         h.update(data)
         total += len(data)
         index += 1

@@ -39,17 +39,56 @@ def _llama():
     return L
 
 
+# ggml features, in a fixed order: the fingerprint stores them as a bit mask (compact, since it
+# is in every neural archive). Features not listed are appended by name. Never reorder; append.
+FEATURES = ["SSE3", "SSSE3", "AVX", "AVX_VNNI", "AVX2", "F16C", "FMA", "BMI2", "AVX512",
+            "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16", "AMX_INT8", "LLAMAFILE", "OPENMP",
+            "REPACK", "NEON", "ARM_FMA", "FP16_VA", "MATMUL_INT8", "SVE", "DOTPROD", "SME",
+            "KLEIDIAI", "RISCV_V", "VSX", "WASM_SIMD"]
+
+
 def fingerprint() -> str:
-    """Backend profile: what must match for logits to be bit-identical."""
+    """Backend profile: what must match for logits to be bit-identical.
+
+    Form: "<llama-cpp-python version> <machine> <feature mask hex>[ <other feature>...]"."""
     L = _llama()
     info = L.llama_print_system_info().decode("utf-8", "replace")
-    feats = []
+    mask, extra = 0, []
     for part in info.replace("|", "\n").splitlines():
-        if "=" in part:
-            k, _, v = part.partition("=")
-            if v.strip() == "1":
-                feats.append(k.strip())
-    return f"llama-cpp-python {L.__version__}; {platform.machine()}; {' '.join(feats)}"[:255]
+        if "=" not in part:
+            continue
+        k, _, v = part.rpartition(":")[2].partition("=")
+        k, v = k.strip(), v.strip()
+        if k in FEATURES and v == "1":
+            mask |= 1 << FEATURES.index(k)
+        elif v not in ("0", ""):
+            extra.append(k if v == "1" else f"{k}={v}")
+    return " ".join([L.__version__, platform.machine(), f"{mask:x}", *extra])[:255]
+
+
+def describe_difference(theirs: str, ours: str) -> str:
+    """Human-readable difference between two fingerprints."""
+    def parse(fp):
+        parts = fp.split(" ")
+        if len(parts) < 3:
+            return fp, "", set()
+        try:
+            mask = int(parts[2], 16)
+        except ValueError:
+            mask = 0
+        feats = {f for i, f in enumerate(FEATURES) if mask >> i & 1} | set(parts[3:])
+        return parts[0], parts[1], feats
+    (v1, m1, f1), (v2, m2, f2) = parse(theirs), parse(ours)
+    diffs = []
+    if v1 != v2:
+        diffs.append(f"llama-cpp-python {v1} vs {v2} here")
+    if m1 != m2:
+        diffs.append(f"machine {m1} vs {m2} here")
+    if f1 - f2:
+        diffs.append("features missing here: " + " ".join(sorted(f1 - f2)))
+    if f2 - f1:
+        diffs.append("extra features here: " + " ".join(sorted(f2 - f1)))
+    return "; ".join(diffs) or "fingerprints differ"
 
 
 class Backend:

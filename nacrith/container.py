@@ -138,12 +138,14 @@ def read_file_header(f) -> FileHeader:
     if len(head) < 6:
         raise NacritError("truncated archive (in file header)")
     version, flags = head[4], head[5]
-    if version > VERSION:
+    intact = len(head) == 10 and hash32(head[:6]) == struct.unpack("<I", head[6:])[0]
+    if version > VERSION:   # a newer format may lay out its header differently
         raise NacritError(f"archive format version {version} is newer than this nacrith supports "
-                          f"(<= {VERSION}); upgrade nacrith")
+                          f"(<= {VERSION}); upgrade nacrith" + ("" if intact else
+                                                               ", or the file is damaged"))
     if len(head) < 10:
         raise NacritError("truncated archive (in file header)")
-    if hash32(head[:6]) != struct.unpack("<I", head[6:])[0]:
+    if not intact:
         raise NacritError("corrupt file header (checksum mismatch)")
     if version == 0:
         raise NacritError("corrupt file header (version 0)")

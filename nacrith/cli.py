@@ -1,0 +1,755 @@
+"""Command line: gzip/zstd-style front end over nacrith.api.
+
+    nacrith [compress] [OPTIONS] [FILE]...      FILE -> FILE.nc   (also: cat x | nacrith > x.nc)
+    nacrith decompress [OPTIONS] [FILE]...      FILE.nc -> FILE   (also: nacrith -d, -dc, -df ...)
+    nacrith info FILE...                        describe archives (also: nacrith -l)
+    nacrith test FILE...                        decode and verify, write nothing (also: nacrith -t)
+
+Invariants:
+- an output file only ever appears complete: data goes to a temp file in the output's directory
+  (`.NAME.XXXXXX.tmp`), which is flushed, fsynced, given the input's mode and times, then renamed
+  to its final name; on any error, Ctrl-C or SIGTERM the temp file is removed;
+- an existing output is never replaced without -f (the final link is no-clobber when possible);
+- `--rm` deletes an input only after its output has been committed;
+- every failure the user can cause (NacritError, OSError) is one stderr line
+  `nacrith: NAME: reason`, the remaining files are still processed, and the exit status is 1;
+  usage errors exit 2, Ctrl-C 130, SIGTERM 143 (128 + signal number);
+- compressed data is never written to a terminal or read from one unless -f.
+"""
+import errno
+import json
+import os
+import signal
+import stat
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import typer
+import typer.main
+
+from . import __version__, api
+from . import container as C
+from .errors import NacritError
+
+PROG = "nacrith"
+SUFFIX = ".nc"
+COMMANDS = ("compress", "decompress", "info", "test")
+# zstd-style mode flags that select a subcommand when none is named (removed from argv).
+MODE_FLAGS = {"-z": "compress", "--compress": "compress", "-d": "decompress",
+              "--decompress": "decompress", "--uncompress": "decompress", "-t": "test",
+              "--test": "test", "-l": "info", "--list": "info"}
+SHORT_FLAGS = set("cdfklqtvzhV")           # single-letter flags that take no value
+SHORT_VALUE = set("o")                     # single-letter options that take a value
+VALUE_OPTS = {"-o", "--output", "--model", "--threads", "--ctx", "--lanes", "--gpu-layers"}
+USAGE = f"Usage: {PROG} [compress|decompress|info|test] [OPTIONS] [FILE]..."
+STDIN_NAME = "<stdin>"
+STDOUT_NAME = "<stdout>"
+
+
+def _click_class(name: str):
+    """click's exception classes, whether typer uses click or its vendored copy."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+
+
+UsageError = _click_class("UsageError")
+ClickException = _click_class("ClickException")
+_SIGNALS = [s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None),
+                        getattr(signal, "SIGHUP", None)) if s is not None]
+
+
+# ---------------------------------------------------------------- control-flow exceptions
+class _Signalled(BaseException):
+    """Raised from the SIGTERM/SIGHUP handler so that every `finally` cleanup runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Stop(BaseException):
+    """End the whole invocation now with this status (and optional message); not seen by click."""
+
+    def __init__(self, code: int, message: Optional[str] = None):
+        super().__init__(code)
+        self.code = code
+        self.message = message
+
+
+class _Fail(Exception):
+    """A per-file failure reported as `nacrith: NAME: reason`."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(reason)
+        self.name = name
+        self.reason = reason
+
+
+class _OutputError(Exception):
+    """An OSError while creating/writing/committing an output, reported under the output's name."""
+
+    def __init__(self, name: str, err: OSError):
+        super().__init__(str(err))
+        self.name = name
+        self.err = err
+
+
+def _on_signal(signum, frame):
+    raise _Signalled(signum)
+
+
+class _deferred_signals:
+    """Block SIGINT/SIGTERM/SIGHUP for a short critical section (commit or cleanup)."""
+
+    def __enter__(self):
+        self.old = None
+        if hasattr(signal, "pthread_sigmask"):
+            try:
+                self.old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+            except (OSError, ValueError):
+                self.old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self.old)
+        return False
+
+
+# ---------------------------------------------------------------- messages
+def _err(msg: str) -> None:
+    try:
+        sys.stderr.write(f"{PROG}: {msg}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _oneline(s) -> str:
+    return " ".join(str(s).split()) or "unknown error"
+
+
+def _strerror(e: OSError) -> str:
+    return _oneline(e.strerror or e)
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+# ---------------------------------------------------------------- outputs
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_all(f, b, name: str) -> int:
+    """Write every byte or raise. io.BufferedWriter can report a short count instead of raising
+    when the error (EPIPE, ENOSPC) comes after a partial write, so loop until the error shows."""
+    view = memoryview(b).cast("B")
+    total = len(view)
+    try:
+        while view:
+            n = f.write(view)
+            if not n:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            view = view[n:]
+    except OSError as e:
+        raise _OutputError(name, e) from None
+    return total
+
+
+class _FileOutput:
+    """Temp file beside `path`; `commit` makes it the final file, `discard` removes it."""
+
+    def __init__(self, path: str, force: bool, src_stat: Optional[os.stat_result]):
+        self.path, self.force, self.src_stat = path, force, src_stat
+        self.tmp = None
+        self.f = None
+        d, base = os.path.split(path)
+        try:
+            with _deferred_signals():       # a signal can only arrive once self.tmp is known
+                fd, self.tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=d or ".")
+                self.f = os.fdopen(fd, "wb")
+        except BaseException as e:
+            self.discard()
+            if isinstance(e, OSError):
+                raise _OutputError(path, e) from None
+            raise
+
+    def write(self, b) -> int:
+        return _write_all(self.f, b, self.path)
+
+    def commit(self) -> None:
+        try:
+            self.f.flush()
+            fd = self.f.fileno()
+            self._copy_attributes(fd)
+            os.fsync(fd)
+            with _deferred_signals():
+                self.f.close()
+                self._install()
+                self.tmp = None
+            self._sync_dir()
+        except OSError as e:
+            raise _OutputError(self.path, e) from None
+
+    def _copy_attributes(self, fd: int) -> None:
+        """Like gzip: the output gets the input's owner, mode bits and times (best-effort)."""
+        st = self.src_stat
+        if st is None or not stat.S_ISREG(st.st_mode):
+            mode = 0o666 & ~_umask()
+        else:
+            mode = stat.S_IMODE(st.st_mode)
+            try:
+                os.fchown(fd, st.st_uid, st.st_gid)
+            except (OSError, AttributeError):
+                pass
+        try:
+            os.fchmod(fd, mode)
+        except (OSError, AttributeError):
+            pass
+        if st is not None and stat.S_ISREG(st.st_mode):
+            try:
+                os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+            except (OSError, NotImplementedError, TypeError):
+                pass
+
+    def _install(self) -> None:
+        if self.force:
+            os.replace(self.tmp, self.path)
+            return
+        try:                                    # no-clobber: fails if the output appeared meanwhile
+            os.link(self.tmp, self.path)
+        except FileExistsError:
+            raise _Fail(self.path, "already exists (use -f to overwrite)") from None
+        except OSError:                         # filesystem without hard links
+            if os.path.lexists(self.path):
+                raise _Fail(self.path, "already exists (use -f to overwrite)") from None
+            os.replace(self.tmp, self.path)
+            return
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
+
+    def _sync_dir(self) -> None:
+        try:
+            fd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def discard(self) -> None:
+        with _deferred_signals():
+            if self.f is not None:
+                try:
+                    self.f.close()
+                except OSError:
+                    pass
+                self.f = None
+            if self.tmp is not None:
+                try:
+                    os.unlink(self.tmp)
+                except OSError:
+                    pass
+                self.tmp = None
+
+
+class _StdoutOutput:
+    def __init__(self):
+        self.f = sys.stdout.buffer
+
+    def write(self, b) -> int:
+        return _write_all(self.f, b, STDOUT_NAME)
+
+    def commit(self) -> None:
+        try:
+            self.f.flush()
+        except OSError as e:
+            raise _OutputError(STDOUT_NAME, e) from None
+
+    def discard(self) -> None:
+        try:
+            self.f.flush()
+        except (OSError, ValueError):
+            pass
+
+
+class _NullOutput:
+    def write(self, b) -> int:
+        return len(b)
+
+    def commit(self) -> None:
+        pass
+
+    def discard(self) -> None:
+        pass
+
+
+class _CountingReader:
+    """Counts the bytes read from a non-seekable source (stays non-seekable)."""
+
+    def __init__(self, f):
+        self.f = f
+        self.n = 0
+
+    def read(self, n=-1) -> bytes:
+        b = self.f.read(n)
+        self.n += len(b)
+        return b
+
+    def seekable(self) -> bool:
+        return False
+
+
+def _seekable(f) -> bool:
+    try:
+        return f.seekable()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+class _Progress:
+    """tqdm bar on stderr, created on the first coded token (so zstd-only files show nothing)."""
+
+    def __init__(self, desc: str, enabled: bool):
+        self.desc, self.enabled, self.bar = desc, enabled, None
+
+    def __call__(self, n: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+            try:
+                size = os.get_terminal_size(sys.stderr.fileno())
+            except (OSError, ValueError, AttributeError):
+                size = os.terminal_size((0, 0))
+            # a terminal that reports no size (fresh pty) would get no bar at all: assume 80x24
+            shape = {"dynamic_ncols": True} if min(size) > 0 else {"ncols": 80, "nrows": 24}
+            self.bar = tqdm(desc=self.desc, unit="tok", file=sys.stderr, leave=False,
+                            mininterval=0.25, **shape)
+        self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            try:
+                self.bar.close()
+            except Exception:
+                pass
+            self.bar = None
+
+    def callback(self):
+        return self if self.enabled else None
+
+
+# ---------------------------------------------------------------- the per-file engine
+@dataclass
+class Job:
+    mode: str                               # compress | decompress | test | info
+    output: Optional[str] = None
+    stdout: bool = False
+    force: bool = False
+    rm: bool = False
+    quiet: bool = False
+    verbose: bool = False
+    json: bool = False
+    opts: api.Options = field(default_factory=api.Options)
+
+    @property
+    def progress(self) -> bool:
+        return not self.quiet and _isatty(sys.stderr)
+
+
+def _run(job: Job, files: Optional[List[str]], ctx=None) -> int:
+    files = list(files or []) or ["-"]
+    if job.output is not None and len(files) > 1:
+        raise UsageError("-o/--output needs a single input FILE", ctx=ctx)
+    if job.output is not None and job.stdout:
+        raise UsageError("-o/--output and -c/--stdout are mutually exclusive", ctx=ctx)
+    writes_stdout = job.mode in ("compress", "decompress") and (
+        job.stdout or job.output == "-" or (job.output is None and "-" in files))
+    if job.mode == "compress" and writes_stdout and not job.force and _isatty(sys.stdout):
+        _err("stdout is a terminal; refusing to write compressed data (use -f to force)")
+        return 1
+    if job.mode != "compress" and "-" in files and not job.force and _isatty(sys.stdin):
+        _err("stdin is a terminal; refusing to read compressed data"
+             + (" (use -f to force)" if job.mode == "decompress" else ""))
+        return 1
+    if job.rm and (job.stdout or job.output == "-") and not job.quiet:
+        _err("--rm ignored when writing to standard output")
+    failed = False
+    for name in files:
+        shown = STDIN_NAME if name == "-" else name
+        try:
+            _one(job, name)
+            continue
+        except KeyboardInterrupt:
+            raise _Stop(130, "interrupted") from None
+        except _Signalled as e:
+            raise _Stop(128 + e.signum, "terminated") from None
+        except _Fail as e:
+            _err(f"{e.name}: {e.reason}")
+        except NacritError as e:
+            _err(f"{shown}: {_oneline(e)}")
+        except _OutputError as e:
+            if e.err.errno == errno.EPIPE:
+                raise _Stop(128 + 13) from None     # like being killed by SIGPIPE, silently
+            _err(f"{e.name}: {_strerror(e.err)}")
+        except OSError as e:
+            extra = f"{e.filename}: " if e.filename not in (None, name) else ""
+            _err(f"{shown}: {extra}{_strerror(e)}")
+        except Exception as e:                      # a bug: still one line, unless debugging
+            if os.environ.get("NACRITH_DEBUG"):
+                raise
+            _err(f"{shown}: internal error ({type(e).__name__}: {_oneline(e)})")
+        failed = True
+    return 1 if failed else 0
+
+
+def _output_path(job: Job, name: str) -> Optional[str]:
+    """Final output path, or None for stdout."""
+    if job.stdout or job.output == "-" or (name == "-" and job.output is None):
+        return None
+    if job.output is not None:
+        return job.output
+    if job.mode == "compress":
+        if name.endswith(SUFFIX) and not job.force:
+            raise _Fail(name, f"already has {SUFFIX} suffix -- ignored")
+        return name + SUFFIX
+    base = os.path.basename(name)
+    if not base.endswith(SUFFIX) or base == SUFFIX:
+        raise _Fail(name, "unknown suffix -- ignored")
+    return name[:-len(SUFFIX)]
+
+
+def _one(job: Job, name: str) -> None:
+    shown = STDIN_NAME if name == "-" else name
+    st = None
+    if name != "-":
+        st = os.stat(name)
+        if stat.S_ISDIR(st.st_mode):
+            raise _Fail(name, "is a directory -- ignored")
+        if not stat.S_ISREG(st.st_mode) and not job.force:
+            raise _Fail(name, "not a regular file -- ignored (use -f to force)")
+    if job.mode == "info":
+        return _info(job, name, shown)
+    out_path = _output_path(job, name) if job.mode != "test" else None
+    if out_path is not None and os.path.lexists(out_path):
+        if st is not None and os.path.exists(out_path) and os.path.samefile(name, out_path):
+            raise _Fail(name, "input and output are the same file")
+        if not job.force:
+            raise _Fail(out_path, "already exists (use -f to overwrite)")
+
+    src = sys.stdin.buffer if name == "-" else open(name, "rb")
+    out = None
+    progress = _Progress(shown, job.progress)
+    try:
+        if job.mode == "test":
+            out = _NullOutput()
+        elif out_path is None:
+            out = _StdoutOutput()
+        else:
+            out = _FileOutput(out_path, job.force, st)
+        if job.mode == "compress":
+            stats = api.compress_stream(src, out, job.opts, progress=progress.callback())
+        else:
+            reader = src if _seekable(src) else _CountingReader(src)
+            start = src.tell() if reader is src else 0
+            stats = api.decompress_stream(reader, out, job.opts, progress=progress.callback())
+            packed = src.tell() - start if reader is src else reader.n
+        progress.close()
+        out.commit()
+    finally:
+        progress.close()
+        if out is not None:
+            out.discard()               # no-op once committed; removes the temp file otherwise
+        if src is not sys.stdin.buffer:
+            src.close()
+
+    if job.rm and out_path is not None and st is not None and stat.S_ISREG(st.st_mode):
+        with _deferred_signals():
+            os.unlink(name)
+    if job.mode == "compress":
+        if job.verbose:
+            methods = "+".join(dict.fromkeys(stats["methods"])) or "empty"
+            _err_plain(f"{shown}: {stats['in']} -> {stats['out']} bytes "
+                       f"({_bpb(stats['out'], stats['in'])} bpb, {methods})")
+    elif job.mode == "decompress":
+        if job.verbose:
+            _err_plain(f"{shown}: {packed} -> {stats['in']} bytes "
+                       f"({_bpb(packed, stats['in'])} bpb)")
+    elif not job.quiet:
+        _print(f"{shown}: OK")
+
+
+def _bpb(packed: int, original: int) -> str:
+    return f"{packed * 8 / original:.3f}" if original else "-"
+
+
+def _err_plain(line: str) -> None:
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _print(line: str) -> None:
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except OSError as e:
+        raise _OutputError(STDOUT_NAME, e) from None
+
+
+def _info(job: Job, name: str, shown: str) -> None:
+    src = sys.stdin.buffer if name == "-" else open(name, "rb")
+    try:
+        reader = src if _seekable(src) else _CountingReader(src)
+        start = src.tell() if reader is src else 0
+        d = api.info(reader)
+        size = src.tell() - start if reader is src else reader.n
+    finally:
+        if src is not sys.stdin.buffer:
+            src.close()
+    if job.json:
+        _print(json.dumps({"file": shown, "archive_size": size, **d}, sort_keys=True))
+        return
+    orig = d["original_size"]
+    lines = [f"{shown}:", f"  format       nacrith v{d['version']}"]
+    m = d.get("model")
+    if m is None:
+        lines.append("  model        none (no neural segments)")
+    else:
+        params = " ".join(f"{k}={m[k]}" for k in C.PARAM_IDS if k in m)
+        lines += [f"  model        {m['name']}",
+                  f"  sha256       {m['sha256']}",
+                  f"  n_vocab      {m['n_vocab']}",
+                  f"  backend      {m['backend']}",
+                  f"  params       {params}"]
+    segs = d["segments"]
+    lines.append(f"  segments     {len(segs)}")
+    if segs:
+        lines.append(f"    {'#':>4}  {'method':<7} {'original':>12} {'compressed':>12}  bpb")
+        for i, s in enumerate(segs):
+            lines.append(f"    {i:>4}  {s['method']:<7} {s['original']:>12} {s['compressed']:>12}"
+                         f"  {_bpb(s['compressed'], s['original'])}"
+                         + (f"  ({s['lanes']} lanes)" if s["lanes"] > 1 else ""))
+    ratio = f"{size / orig:.3f}" if orig else "-"
+    lines += [f"  original     {orig} bytes",
+              f"  compressed   {size} bytes",
+              f"  ratio        {ratio} ({_bpb(size, orig)} bpb)"]
+    _print("\n".join(lines))
+
+
+# ---------------------------------------------------------------- typer commands
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(name=PROG, add_completion=False, rich_markup_mode=None,
+                  pretty_exceptions_enable=False, no_args_is_help=False, context_settings=CONTEXT,
+                  help="Lossless neural text compressor (small LLM + arithmetic coding).\n\n"
+                       "Without a command, works like gzip/zstd: `nacrith FILE` compresses to "
+                       "FILE.nc, -d decompresses, -t tests, -l lists; no FILE or `-` means "
+                       "stdin to stdout. Short flags combine (-dc, -kf).")
+
+FILES = typer.Argument(None, metavar="FILE", show_default=False,
+                       help="Input files; `-` or none: standard input.")
+OUTPUT = typer.Option(None, "-o", "--output", metavar="OUT", help="Write to OUT (one input only).")
+STDOUT = typer.Option(False, "-c", "--stdout", help="Write to standard output, keep inputs.")
+FORCE = typer.Option(False, "-f", "--force",
+                     help="Overwrite outputs; read non-regular files; write to a terminal.")
+KEEP = typer.Option(False, "-k", "--keep",
+                    help="Keep inputs (the default; accepted for compatibility).")
+RM = typer.Option(False, "--rm", help="Delete each input once its output is safely written.")
+QUIET = typer.Option(False, "-q", "--quiet", help="No progress bar, no OK lines.")
+VERBOSE = typer.Option(False, "-v", "--verbose", help="Print a size summary per file (stderr).")
+MODEL = typer.Option(None, "--model", metavar="PATH|PRESET",
+                     help="GGUF model file or preset name (default: smollm2).")
+THREADS = typer.Option(None, "--threads", min=1, metavar="N",
+                       help="llama.cpp threads (default: min(4, cpus); decode: as recorded).")
+GPU = typer.Option(0, "--gpu-layers", min=0, metavar="N", help="Layers to offload to the GPU.")
+IGNORE = typer.Option(False, "--ignore-backend",
+                      help="Decode even if the archive was made on another llama.cpp backend "
+                           "(checksums still verify the result).")
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"{PROG} {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "-V", "--version", is_eager=True,
+                                       callback=_version, help="Print the version and exit.")):
+    pass
+
+
+CTX = typer.Option(2048, "--ctx", min=1, metavar="N",
+                   help="KV window per lane, tokens (a multiple of 256).")
+LANES = typer.Option(1, "--lanes", min=1, max=C.MAX_LANES, metavar="N",
+                     help="Sequences coded in lockstep (faster, slightly larger).")
+NO_NEURAL = typer.Option(False, "--no-neural", help="zstd/stored only: never load a model.")
+JSON = typer.Option(False, "--json", help="One JSON object per archive.")
+
+
+@app.command(context_settings=CONTEXT)
+def compress(context: typer.Context, files: Optional[List[str]] = FILES,
+             output: Optional[str] = OUTPUT, stdout: bool = STDOUT, force: bool = FORCE,
+             keep: bool = KEEP, rm: bool = RM, quiet: bool = QUIET, verbose: bool = VERBOSE,
+             model: Optional[str] = MODEL, threads: Optional[int] = THREADS, ctx: int = CTX,
+             lanes: int = LANES, no_neural: bool = NO_NEURAL, gpu_layers: int = GPU):
+    """Compress FILEs to FILE.nc (default command)."""
+    opts = api.Options(model=model, ctx=ctx, threads=threads, lanes=lanes,
+                       n_gpu_layers=gpu_layers, neural=not no_neural)
+    job = Job("compress", output, stdout, force, rm, quiet, verbose, opts=opts)
+    return _run(job, files, context)
+
+
+@app.command(context_settings=CONTEXT)
+def decompress(context: typer.Context, files: Optional[List[str]] = FILES,
+               output: Optional[str] = OUTPUT, stdout: bool = STDOUT, force: bool = FORCE,
+               keep: bool = KEEP, rm: bool = RM, quiet: bool = QUIET, verbose: bool = VERBOSE,
+               model: Optional[str] = MODEL, threads: Optional[int] = THREADS,
+               ignore_backend: bool = IGNORE, gpu_layers: int = GPU):
+    """Decompress FILE.nc to FILE (also: nacrith -d)."""
+    opts = api.Options(model=model, threads=threads, n_gpu_layers=gpu_layers,
+                       ignore_backend=ignore_backend)
+    job = Job("decompress", output, stdout, force, rm, quiet, verbose, opts=opts)
+    return _run(job, files, context)
+
+
+@app.command(context_settings=CONTEXT)
+def info(context: typer.Context, files: Optional[List[str]] = FILES, as_json: bool = JSON):
+    """Describe archives from their headers; never loads a model (also: nacrith -l)."""
+    return _run(Job("info", json=as_json), files, context)
+
+
+@app.command("test", context_settings=CONTEXT)
+def test_(context: typer.Context, files: Optional[List[str]] = FILES, quiet: bool = QUIET,
+          model: Optional[str] = MODEL, threads: Optional[int] = THREADS,
+          ignore_backend: bool = IGNORE, gpu_layers: int = GPU):
+    """Decode archives fully and verify every checksum; write nothing (also: nacrith -t)."""
+    opts = api.Options(model=model, threads=threads, n_gpu_layers=gpu_layers,
+                       ignore_backend=ignore_backend)
+    return _run(Job("test", quiet=quiet, opts=opts), files, context)
+
+
+# ---------------------------------------------------------------- argv shim
+def _usage_exit(message: str) -> None:
+    sys.stderr.write(f"{USAGE}\nTry '{PROG} -h' for help.\n\nError: {message}\n")
+    raise _Stop(2)
+
+
+def _expand_short(args: List[str]) -> List[str]:
+    """-dc -> -d -c; -kfo OUT / -kfoOUT -> -k -f -o OUT. Unknown letters: left for click."""
+    out, value_next, dashdash = [], False, False
+    for a in args:
+        if dashdash or value_next:
+            out.append(a)
+            value_next = False
+            continue
+        if a == "--":
+            dashdash = True
+            out.append(a)
+            continue
+        if len(a) > 2 and a[0] == "-" and a[1] != "-":
+            parts, ok = [], True
+            for i, ch in enumerate(a[1:], 1):
+                if ch in SHORT_FLAGS:
+                    parts.append("-" + ch)
+                elif ch in SHORT_VALUE:
+                    parts.append("-" + ch)
+                    if a[i + 1:]:
+                        parts.append(a[i + 1:])
+                    else:
+                        value_next = True
+                    break
+                else:
+                    ok = False
+                    break
+            if ok:
+                out += parts
+                continue
+            value_next = False
+        out.append(a)
+        value_next = a in VALUE_OPTS
+    return out
+
+
+def shim(argv: List[str]) -> List[str]:
+    """Turn zstd-style argv (no command, mode flags) into typer's `COMMAND [OPTIONS] [FILE]...`."""
+    args = list(argv)
+    if not args:
+        if _isatty(sys.stdin):
+            _usage_exit("no input FILE and standard input is a terminal")
+        return ["compress"]
+    if args[0] in COMMANDS:
+        return [args[0]] + _expand_short(args[1:])
+    if args[0] in ("-h", "--help", "-V", "--version"):
+        return args
+    modes, rest, value_next, dashdash = [], [], False, False
+    for a in _expand_short(args):
+        if dashdash or value_next:
+            rest.append(a)
+            value_next = False
+            continue
+        if a == "--":
+            dashdash = True
+        elif a in MODE_FLAGS:
+            modes.append(MODE_FLAGS[a])
+            continue
+        value_next = a in VALUE_OPTS
+        rest.append(a)
+    if len(set(modes)) > 1:
+        _usage_exit("conflicting modes: " + ", ".join(dict.fromkeys(modes)))
+    return [modes[0] if modes else "compress"] + rest
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)):
+        if s is not None:
+            try:
+                signal.signal(s, _on_signal)
+            except (OSError, ValueError):       # not the main thread
+                pass
+    code = 0
+    try:
+        args = shim(sys.argv[1:] if argv is None else argv)
+        cmd = typer.main.get_command(app)
+        rv = cmd.main(args=args, prog_name=PROG, standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except _Stop as e:
+        code = e.code
+        if e.message:
+            _err(e.message)
+    except ClickException as e:
+        e.show()
+        code = e.exit_code
+    except typer.Abort:
+        code = 1
+    except KeyboardInterrupt:
+        _err("interrupted")
+        code = 130
+    except _Signalled as e:
+        _err("terminated")
+        code = 128 + e.signum
+    if code == 128 + 13:                        # broken pipe: don't complain again at exit
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Neural round trips with the real default model, decoded in a fresh process."""
+import hashlib
+import math
+
+import numpy as np
+import pytest
+
+import nacrith
+from nacrith import api, container as C, models
+from nacrith.neural import lockstep
+
+from helpers import corpus, fresh_python
+
+PROSE = (b"It was a bright cold day in April, and the clocks were striking thirteen. Winston Smith,\n"
+         b"his chin nuzzled into his breast in an effort to escape the vile wind, slipped quickly\n"
+         b"through the glass doors of Victory Mansions, though not quickly enough to prevent a swirl\n"
+         b"of gritty dust from entering along with him. The hallway smelt of boiled cabbage and old\n"
+         b"rag mats. At one end of it a coloured poster, too large for indoor display, had been\n"
+         b"tacked to the wall. It depicted simply an enormous face, more than a metre wide.\n")
+
+CASES = {
+    "empty": lambda: b"",
+    "one_byte": lambda: b"a",
+    "all_bytes": lambda: bytes(range(256)),
+    "invalid_utf8": lambda: PROSE[:300] + b" caf\xc3\xa9 \xff\xfe broken \xc3( \xed\xa0\x80 " + PROSE[300:],
+    "crlf": lambda: PROSE.replace(b"\n", b"\r\n"),
+    "special_tokens": lambda: PROSE[:200] + b" <|endoftext|> then <|im_start|>assistant\n<|im_end|> "
+                              + PROSE[200:],
+    "control_bytes": lambda: PROSE[:100] + b"\x04" + PROSE[100:400] + b"\x1d\x13" + PROSE[400:],
+    "alice_4k": lambda: corpus("alice29.txt", 4096),
+    "fields_4k": lambda: corpus("fields.c", 4096),
+    "xargs_4k": lambda: corpus("xargs.1", 4096),
+    "kennedy_xls": lambda: corpus("kennedy.xls"),
+}
+TEXTUAL = ["invalid_utf8", "crlf", "special_tokens", "control_bytes", "alice_4k", "fields_4k",
+           "xargs_4k"]
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rt")
+    out = {}
+    for name, make in CASES.items():
+        data = make()
+        blob = nacrith.compress(data)
+        (d / f"{name}.nc").write_bytes(blob)
+        out[name] = (data, blob, d / f"{name}.nc")
+    return out
+
+
+def test_text_goes_neural_binary_falls_back(archives):
+    for name in TEXTUAL:
+        data, blob, _ = archives[name]
+        _, model, segs, _ = C.scan_bytes(blob)
+        assert [s.method for s in segs] == [C.NEURAL], name
+        assert model.params == {"ctx": 2048, "slide": 512, "n_keep": 1, "threads": api.default_threads(),
+                                "lanes": 1, "bos": 1, "cdf_bits": 24}
+        assert model.sha256 == models.sha256(models.resolve(None))
+    assert C.scan_bytes(archives["kennedy_xls"][1])[2][0].method == C.ZSTD
+    assert C.scan_bytes(archives["empty"][1])[2] == []
+
+
+def test_no_archive_exceeds_the_bound(archives):
+    for name, (data, blob, _) in archives.items():
+        assert len(blob) <= len(data) + api.HEADER_BOUND, name
+
+
+def test_text_compresses_well(archives):
+    data, blob, _ = archives["alice_4k"]
+    assert 8 * len(blob) / len(data) < 1.9          # xz -9e manages ~3.3 bpb on this slice
+
+
+def test_decode_in_fresh_process(archives):
+    names = list(archives)
+    code = ("import sys, hashlib, nacrith\n"
+            "for p in sys.argv[1:]:\n"
+            "    print(hashlib.sha256(nacrith.decompress(open(p, 'rb').read())).hexdigest())\n")
+    r = fresh_python(code, *[str(archives[n][2]) for n in names])
+    assert r.returncode == 0, r.stderr.decode()
+    got = r.stdout.decode().split()
+    assert got == [hashlib.sha256(archives[n][0]).hexdigest() for n in names]
+
+
+def test_deterministic_encoding(archives):
+    data, blob, _ = archives["special_tokens"]
+    assert nacrith.compress(data) == blob
+
+
+def test_sliding_window_nondefault_settings_fresh_process(tmp_path):
+    # ctx 256 / slide 64 forces many KV slides (with BOS kept) on ~1000 tokens
+    data = corpus("fields.c", 3000)
+    blob = nacrith.compress(data, ctx=256, slide=64, n_keep=4, threads=1)
+    model = C.scan_bytes(blob)[1]
+    assert (model.params["ctx"], model.params["slide"], model.params["n_keep"],
+            model.params["threads"]) == (256, 64, 4, 1)
+    p = tmp_path / "f.nc"
+    p.write_bytes(blob)
+    r = fresh_python("import sys, nacrith; sys.stdout.buffer.write("
+                     "nacrith.decompress(open(sys.argv[1], 'rb').read()))", str(p))
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == data
+
+
+def test_coded_size_matches_model_cross_entropy():
+    """The coder + 24-bit CDF lose < 1% against the model's own cross-entropy."""
+    data = corpus("alice29.txt", 1500)
+    opts = api._options(None, {})
+    engine = api.get_engine(models.resolve(None), opts)
+    toks, esc = engine.tokenizer.tokenize(data)
+    assert esc == []
+    bits = 0.0
+
+    def code(lane, t, row):
+        nonlocal bits
+        x = row.astype(np.float64)
+        m = x.max()
+        bits += (m + math.log(np.exp(x - m).sum()) - x[toks[t]]) / math.log(2)
+        return int(toks[t])
+
+    lockstep(engine.backend, [len(toks)], code)
+    _, _, segs, _ = C.scan_bytes(nacrith.compress(data, opts))
+    stream_bits = 8 * segs[0].lanes[0].stream_bytes
+    assert stream_bits <= bits * 1.01 + 16, (stream_bits, bits)
+
+
+def test_wrong_model_is_refused(tmp_path, archives):
+    blob = archives["crlf"][1]
+    fake = tmp_path / "other.gguf"
+    fake.write_bytes(b"GGUF not really")
+    with pytest.raises(nacrith.NacritError, match="archive was made with model SmolLM2-135M-Instruct"):
+        nacrith.decompress(blob, model=str(fake))
