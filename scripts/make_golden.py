@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Write formats/golden/*.nc: one archive per format feature, and MANIFEST.txt with the SHA-256
+of each original. Run once per format version; never rewrite an existing version's archives
+(tests/test_golden.py decodes them all, so old formats keep decoding)."""
+import hashlib
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import nacrith  # noqa: E402
+from nacrith import container as C  # noqa: E402
+
+CORPUS = ROOT.parent / "shared" / "corpus"
+OUT = ROOT / "formats" / "golden"
+
+
+def cases():
+    alice = (CORPUS / "alice29.txt").read_bytes()
+    fields = (CORPUS / "fields.c").read_bytes()
+    v = C.VERSION
+    yield f"v{v}-empty", b"", {}
+    noise = b"".join(hashlib.sha256(bytes([i])).digest() for i in range(16))   # incompressible
+    yield f"v{v}-stored", noise, {"neural": False}
+    yield f"v{v}-zstd", (CORPUS / "kennedy.xls").read_bytes()[:20000], {}
+    yield f"v{v}-multisegment", fields[:3000] + bytes(range(256)), {"neural": False,
+                                                                    "segment_size": 1000}
+    yield f"v{v}-neural-1lane", alice[2000:2600], {"threads": 1}
+    yield f"v{v}-neural-escapes", b"tab\x04\x1d caf\xc3\xa9 \xff <|endoftext|>\r\n" + alice[3000:3300], \
+        {"threads": 1}
+    yield f"v{v}-neural-3lanes", fields[:900], {"threads": 1, "lanes": 3}
+    yield f"v{v}-neural-slide", fields[1000:2200], {"threads": 1, "ctx": 256, "slide": 64,
+                                                     "n_keep": 2}
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    manifest = OUT / "MANIFEST.txt"
+    lines = manifest.read_text().splitlines() if manifest.exists() else []
+    for name, data, opts in cases():
+        path = OUT / f"{name}.nc"
+        if path.exists():
+            print(f"keep {path.name}")
+            continue
+        blob = nacrith.compress(data, **opts)
+        assert nacrith.decompress(blob) == data
+        path.write_bytes(blob)
+        methods = ",".join(C.METHOD_NAMES[s.method] for s in C.scan_bytes(blob)[2]) or "-"
+        lines.append(f"{hashlib.sha256(data).hexdigest()}  {len(data)}  {path.name}  {methods}")
+        print(f"wrote {path.name}: {len(data)} -> {len(blob)} bytes ({methods})")
+    manifest.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

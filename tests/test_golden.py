@@ -1,0 +1,31 @@
+"""Golden archives of every format feature (formats/golden) decode to their recorded originals.
+
+These files are never regenerated for an existing format version: a decoder change that breaks
+them breaks users' archives."""
+import hashlib
+from pathlib import Path
+
+import pytest
+
+import nacrith
+from nacrith import container as C
+
+GOLDEN = Path(__file__).resolve().parents[1] / "formats" / "golden"
+ENTRIES = [line.split() for line in (GOLDEN / "MANIFEST.txt").read_text().splitlines() if line]
+
+
+def test_every_feature_is_covered():
+    names = {e[2] for e in ENTRIES}
+    for feature in ["empty", "stored", "zstd", "multisegment", "neural-1lane", "neural-escapes",
+                    "neural-3lanes", "neural-slide"]:
+        assert f"v1-{feature}.nc" in names
+
+
+@pytest.mark.parametrize("sha, size, name, methods", ENTRIES, ids=[e[2] for e in ENTRIES])
+def test_golden_decodes(sha, size, name, methods):
+    blob = (GOLDEN / name).read_bytes()
+    segs = C.scan_bytes(blob)[2]
+    assert (",".join(C.METHOD_NAMES[s.method] for s in segs) or "-") == methods
+    data = nacrith.decompress(blob)
+    assert len(data) == int(size)
+    assert hashlib.sha256(data).hexdigest() == sha
