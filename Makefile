@@ -21,7 +21,8 @@ $(VENV)/.installed: pyproject.toml native/build-llama.sh
 # Main job on the embedded default model: compress + decompress a slice of alice29.txt, print ratio.
 demo: install
 	@mkdir -p build/demo
-	head -c $(DEMO_BYTES) $(DEMO_IN) > build/demo/sample.txt
+	if [ "$(DEMO_BYTES)" = 0 ]; then cp $(DEMO_IN) build/demo/sample.txt; \
+	else head -c $(DEMO_BYTES) $(DEMO_IN) > build/demo/sample.txt; fi
 	$(BIN)/nacrith compress -f -v build/demo/sample.txt
 	$(BIN)/nacrith decompress -f -v -o build/demo/sample.out build/demo/sample.txt.nc
 	cmp build/demo/sample.txt build/demo/sample.out && echo "round trip OK"

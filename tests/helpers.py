@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,3 +22,18 @@ def fresh_python(code: str, *args: str, timeout: int = 900) -> subprocess.Comple
     """Run code in a new interpreter (nothing shared with the test process but files)."""
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
                           timeout=timeout, cwd=REPO)
+
+
+def det_logits(seed: int, v: int, scale: float = 25.0) -> np.ndarray:
+    """Platform- and numpy-version-independent float32 logits (splitmix64 + IEEE * only)."""
+    with np.errstate(over="ignore"):
+        x = (np.arange(v, dtype=np.uint64) + np.uint64(seed)) * np.uint64(0x9E3779B97F4A7C15)
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    u = (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    for _ in range(5):
+        u = u * u                                  # u**32: LLM-like, a few large logits
+    return (scale * u - 2.0).astype(np.float32)

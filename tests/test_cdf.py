@@ -10,20 +10,7 @@ from nacrith import cdf
 from nacrith.cdf import TOTAL, exp_nonpos, quantize, quantize_into
 from nacrith.coder import Decoder, Encoder, scratch
 
-
-def det_logits(seed: int, v: int, scale: float = 25.0) -> np.ndarray:
-    """Platform- and numpy-version-independent float32 logits (splitmix64 + IEEE * only)."""
-    with np.errstate(over="ignore"):
-        x = (np.arange(v, dtype=np.uint64) + np.uint64(seed)) * np.uint64(0x9E3779B97F4A7C15)
-        x ^= x >> np.uint64(30)
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(27)
-        x *= np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-    u = (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-    for _ in range(5):
-        u = u * u                                  # u**32: LLM-like, a few large logits
-    return (scale * u - 2.0).astype(np.float32)
+from helpers import det_logits
 
 
 def q(logits) -> np.ndarray:
