@@ -18,7 +18,9 @@ import lzma
 import math
 import platform
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 import nacrith  # noqa: E402
 from nacrith import api, container as C, models  # noqa: E402
-from nacrith.neural import lockstep  # noqa: E402
+from nacrith.neural import lockstep, split_lanes  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpus"
 TEXTS = ["alice29.txt", "asyoulik.txt", "lcet10.txt", "plrabn12.txt", "cp.html", "fields.c",
@@ -47,39 +49,56 @@ def classic(data: bytes) -> dict:
 
 
 def raw_llm(engine, data: bytes) -> tuple[float, float, int]:
-    """Plain llama.cpp loop over the exact tokens: (cross-entropy bits, seconds, tokens)."""
-    toks, escapes = engine.tokenizer.tokenize(data)
+    """Plain llama.cpp loop over the exact tokens, split into the engine's lanes and decoded in
+    lockstep (one token per lane per llama_decode): (cross-entropy bits, seconds, tokens)."""
+    toks = [engine.tokenizer.tokenize(part)[0] for part in split_lanes(data, engine.backend.lanes)]
     bits = 0.0
 
     def code(lane, t, row):
         nonlocal bits
         x = row.astype(np.float64)
         m = x.max()
-        lse = m + math.log(np.exp(x - m).sum())
-        bits += (lse - x[toks[t]]) / math.log(2)
-        return int(toks[t])
+        tok = toks[lane][t]
+        bits += (m + math.log(np.exp(x - m).sum()) - x[tok]) / math.log(2)
+        return int(tok)
 
     t0 = time.perf_counter()
-    lockstep(engine.backend, [len(toks)], code)
-    return bits, time.perf_counter() - t0, len(toks)
+    lockstep(engine.backend, [len(t) for t in toks], code)
+    return bits, time.perf_counter() - t0, sum(len(t) for t in toks)
+
+
+def cli(*args: str, stdin=None) -> bytes:
+    r = subprocess.run([sys.executable, "-m", "nacrith", *args], stdin=stdin,
+                       capture_output=True, cwd=ROOT)
+    if r.returncode != 0:
+        raise SystemExit(f"nacrith {' '.join(args)} failed: {r.stderr.decode()}")
+    return r.stdout
 
 
 def bench_file(name: str, data: bytes, opts: api.Options, decompress: bool) -> dict:
+    """Raw LLM loop in this process; compress and decompress through the CLI, each in its own
+    process (so the round trip is the real one; times include ~1-2 s of start-up)."""
     engine = api.get_engine(models.resolve(opts.model), opts)
     ce_bits, raw_s, n_tok = raw_llm(engine, data)
-    t0 = time.perf_counter()
-    blob = nacrith.compress(data, opts)
-    c_s = time.perf_counter() - t0
-    payload = sum(s.payload_len for s in C.scan_bytes(blob)[2])
-    row = {"file": name, "bytes": len(data), "tokens": n_tok, "nc": len(blob),
-           "bpb": 8 * len(blob) / len(data), "payload_bpb": 8 * payload / len(data),
-           "ce_bpb": ce_bits / len(data),
-           "raw_tps": n_tok / raw_s, "c_tps": n_tok / c_s}
-    if decompress:
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / name
+        src.write_bytes(data)
+        flags = ["--threads", str(opts.threads), "--ctx", str(opts.ctx), "--lanes", str(opts.lanes)]
+        if opts.model:
+            flags += ["--model", str(opts.model)]
         t0 = time.perf_counter()
-        ok = nacrith.decompress(blob, opts) == data
-        row["d_tps"] = n_tok / (time.perf_counter() - t0)
-        row["roundtrip"] = "ok" if ok else "FAIL"
+        cli("compress", "-q", *flags, str(src))
+        c_s = time.perf_counter() - t0
+        blob = (Path(tmp) / (name + ".nc")).read_bytes()
+        payload = sum(s.payload_len for s in C.scan_bytes(blob)[2])
+        row = {"file": name, "bytes": len(data), "tokens": n_tok, "nc": len(blob),
+               "bpb": 8 * len(blob) / len(data), "payload_bpb": 8 * payload / len(data),
+               "ce_bpb": ce_bits / len(data), "raw_tps": n_tok / raw_s, "c_tps": n_tok / c_s}
+        if decompress:
+            t0 = time.perf_counter()
+            out = cli("decompress", "-q", "-c", str(Path(tmp) / (name + ".nc")))
+            row["d_tps"] = n_tok / (time.perf_counter() - t0)
+            row["roundtrip"] = "ok" if out == data else "FAIL"
     row.update({k: 8 * v / len(data) for k, v in classic(data).items()})
     return row
 
@@ -99,6 +118,9 @@ def main() -> None:
     ap.add_argument("--no-decompress", action="store_true")
     ap.add_argument("--ctx-sweep", default="", help="comma list of ctx values: bpb and speed per ctx "
                     "(raw LLM loop) on the selected files")
+    ap.add_argument("--keep-sweep", default="", help="comma list of n_keep values (raw LLM loop)")
+    ap.add_argument("--lanes-sweep", default="", help="comma list of lane counts: raw lockstep "
+                    "llama.cpp throughput vs nacrith compress/decompress throughput and bpb")
     args = ap.parse_args()
     opts = api._options(None, dict(model=args.model, ctx=args.ctx, slide=args.slide,
                                    n_keep=args.n_keep, threads=args.threads, lanes=args.lanes))
@@ -113,16 +135,31 @@ def main() -> None:
         n = args.alice_bytes if name == "alice29.txt" else args.bytes
         return data[:n] if n else data
 
-    if args.ctx_sweep:
-        print("\n| ctx | file | bytes | LLM bpb | raw tok/s |\n|---|---|---|---|---|")
-        for ctx in [int(c) for c in args.ctx_sweep.split(",")]:
-            o = api._options(opts, dict(ctx=ctx, slide=max(1, min(args.slide, ctx // 4))))
+    if args.ctx_sweep or args.keep_sweep:
+        sweep = [("ctx", int(c)) for c in args.ctx_sweep.split(",") if c] + \
+                [("n_keep", int(c)) for c in args.keep_sweep.split(",") if c]
+        print("\n| setting | file | bytes | LLM bpb | raw tok/s |\n|---|---|---|---|---|")
+        for key, value in sweep:
+            kw = {"ctx": value, "slide": max(1, value // 4)} if key == "ctx" else {"n_keep": value}
+            o = api._options(opts, kw)
             eng = api.get_engine(models.resolve(o.model), o)
             for name in files:
                 data = load(name)
                 bits, s, n = raw_llm(eng, data)
-                print(f"| {ctx} | {name} | {len(data)} | {bits / len(data):.4f} | {n / s:.1f} |",
-                      flush=True)
+                print(f"| {key}={value} | {name} | {len(data)} | {bits / len(data):.4f} | "
+                      f"{n / s:.1f} |", flush=True)
+        return
+
+    if args.lanes_sweep:
+        print("\n| lanes | file | bytes | bpb | raw lockstep tok/s | compress tok/s | ratio | "
+              "decompress tok/s | d/c time |\n|---|---|---|---|---|---|---|---|---|")
+        for k in [int(c) for c in args.lanes_sweep.split(",")]:
+            o = api._options(opts, {"lanes": k})
+            for name in files:
+                r = bench_file(name, load(name), o, True)
+                print(f"| {k} | {name} | {r['bytes']} | {r['bpb']:.4f} | {r['raw_tps']:.1f} | "
+                      f"{r['c_tps']:.1f} | {r['c_tps'] / r['raw_tps']:.3f} | {r['d_tps']:.1f} | "
+                      f"{r['c_tps'] / r['d_tps']:.3f} |", flush=True)
         return
 
     cols = ["file", "bytes", "tokens", "nc", "bpb", "payload_bpb", "ce_bpb", "raw_tps", "c_tps", "d_tps",
@@ -134,8 +171,9 @@ def main() -> None:
         cells = [f"{row[c]:.3f}" if isinstance(row.get(c), float) else str(row.get(c, "-"))
                  for c in cols]
         print("| " + " | ".join(cells) + f" | {row['c_tps'] / row['raw_tps']:.3f} |", flush=True)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\n# peak RSS {rss:.0f} MiB; bpb = whole archive bits per input byte, payload_bpb = "
+    rss = max(resource.getrusage(w).ru_maxrss for w in
+              (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
+    print(f"\n# peak RSS {rss:.0f} MiB (largest process); bpb = whole archive bits per input byte, payload_bpb = "
           "coded payload only, ce_bpb = the model's cross-entropy (raw llama.cpp loop); "
           "tps = tokens/s; ratio = nacrith compress tps / raw llama.cpp tps")
 
