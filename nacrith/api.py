@@ -45,6 +45,30 @@ class Options:
     segment_size: int = 4 << 20
     zstd_level: int = 19
     ignore_backend: bool = False                # decode even if the backend profile differs
+    # ensemble mixer (nacrith/mixer.py); None = the tuned default (mixer.DEFAULTS).  mixer=False
+    # codes with the LLM alone (a version-1 archive); a component is off when its switch is 0.
+    mixer: bool = True
+    ngram: int | None = None                    # highest n-gram order (0 = off)
+    ngram_bits: int | None = None
+    ngram_limit: int | None = None
+    ngram_esc: int | None = None                # / 2^16
+    match: int | None = None                    # match context length in tokens (0 = off)
+    match_bits: int | None = None
+    match_limit: int | None = None
+    bias_lr: int | None = None                  # / 2^20 (0 = bias head off)
+    bias_ada: int | None = None
+    temp_lr: int | None = None                  # / 2^20 (0 = temperature off)
+    mix_lr: int | None = None                   # / 2^20
+    mix_floor: int | None = None                # / 2^16
+    boost_lr: int | None = None                 # / 2^20 (0 = boost off)
+
+    def mix_params(self):
+        """The ensemble hyperparameters these options select (all zero: LLM only)."""
+        from .mixer import DEFAULTS, MixParams
+        if not self.neural or not self.mixer:
+            return MixParams()
+        return replace(DEFAULTS, **{k: int(getattr(self, k)) for k in MixParams.KEYS
+                                    if getattr(self, k) is not None})
 
 
 class Engine:
@@ -64,9 +88,12 @@ class Engine:
                        "threads": opts.threads, "lanes": opts.lanes, "bos": self.backend.bos,
                        "cdf_bits": 24}
 
-    def descriptor(self) -> C.ModelDescriptor:
+    def descriptor(self, mix=None) -> C.ModelDescriptor:
+        params = dict(self.params)
+        if mix is not None:
+            params.update(mix.params())         # ensemble keys only when a component is on
         return C.ModelDescriptor(self.sha256, self.path.name, self.backend.n_vocab,
-                                 self.fingerprint, dict(self.params))
+                                 self.fingerprint, params)
 
 
 _engines: dict = {}
@@ -94,6 +121,13 @@ def _options(opts: Options | None, kw) -> Options:
             raise NacritError(f"{name} must be >= 1")
     if o.lanes > C.MAX_LANES:
         raise NacritError(f"lanes must be <= {C.MAX_LANES}")
+    if o.ctx > C.MAX_CTX or o.lanes * o.ctx > C.MAX_KV_TOKENS:
+        raise NacritError(f"lanes x ctx must be <= {C.MAX_KV_TOKENS} tokens (ctx <= {C.MAX_CTX})")
+    if o.threads > C.MAX_THREADS:
+        raise NacritError(f"threads must be <= {C.MAX_THREADS}")
+    if o.neural and o.segment_size > C.MAX_NEURAL_SEGMENT:
+        raise NacritError(f"segment_size must be <= {C.MAX_NEURAL_SEGMENT} for neural coding")
+    o.mix_params().validate()
     return o
 
 
@@ -118,7 +152,8 @@ def _encode_segment(data: bytes, o: Options, engine: Engine | None, extra: int, 
     best = _fallback_segment(data, o.zstd_level)
     if engine is not None and not looks_binary(data):
         from .neural import encode_segment
-        r = encode_segment(engine, data, o.lanes, max(16, len(data) // 20), progress)
+        r = encode_segment(engine, data, o.lanes, max(16, len(data) // 20), progress,
+                           mix=o.mix_params())
         if r is not None and len(r[0].pack()) + r[0].payload_len + extra < \
                 len(best[0].pack()) + best[0].payload_len:
             best = r
@@ -130,13 +165,15 @@ def compress_stream(src, dst, opts: Options | None = None, progress=None, **kw) 
     o = _options(opts, kw)
     h = xxhash.xxh3_64()
     total = 0
-    written = _write(dst, C.FileHeader().pack())
+    mix = o.mix_params()
+    version = C.VERSION if mix.active else C.LLM_ONLY_VERSION
+    written = _write(dst, C.FileHeader(version).pack())
     methods = []
     engine, model_frame = None, None
     while block := _read_block(src, o.segment_size):
         if o.neural and engine is None and not looks_binary(block):
             engine = get_engine(models.resolve(o.model), o)
-        pending = b"" if engine is None or model_frame else engine.descriptor().pack()
+        pending = b"" if engine is None or model_frame else engine.descriptor(mix).pack()
         seg, payload = _encode_segment(block, o, engine, len(pending), progress)
         if seg.method == C.NEURAL and not model_frame:
             model_frame = pending
@@ -176,13 +213,18 @@ def compress(data: bytes, opts: Options | None = None, **kw) -> bytes:
 
 
 # ---------------------------------------------------------------- decompression
-def _decode_engine(m: C.ModelDescriptor, o: Options) -> Engine:
+def _decode_engine(m: C.ModelDescriptor, o: Options):
+    """(engine, mixer.MixParams) for an archive's model frame."""
     p = m.params
+    C.check_model_params(m)             # read_frame did already; also for hand-made descriptors
     path = models.find_by_sha(m.sha256, m.name, o.model)
     if p.get("cdf_bits") != 24:
         raise NacritError(f"unsupported CDF precision {p.get('cdf_bits')}")
+    from .mixer import MixParams
+    mix = MixParams.from_params(p)      # absent keys (version 1): component off
+    mix.validate()
     dopts = replace(o, ctx=p["ctx"], slide=p["slide"], n_keep=p["n_keep"], lanes=p["lanes"],
-                    threads=o.threads or p["threads"])
+                    threads=o.threads or min(p.get("threads", 1), default_threads()))
     engine = get_engine(path, dopts)
     if engine.backend.n_vocab != m.n_vocab or engine.backend.bos != p["bos"]:
         raise NacritError("model vocabulary does not match the archive")
@@ -192,7 +234,7 @@ def _decode_engine(m: C.ModelDescriptor, o: Options) -> Engine:
                           f"({describe_difference(m.backend, engine.fingerprint)}), so logits may "
                           "differ; decode on a matching build (native/README.md) or pass "
                           "--ignore-backend (checksums still verify the result)")
-    return engine
+    return engine, mix
 
 
 def decompress_stream(src, dst, opts: Options | None = None, progress=None, **kw) -> dict:
@@ -205,7 +247,7 @@ def decompress_stream(src, dst, opts: Options | None = None, progress=None, **kw
     C.read_file_header(src)
     h = xxhash.xxh3_64()
     total = index = 0
-    engine = model = None
+    engine = model = mix = None
     while True:
         frame = C.read_frame(src, index)
         if isinstance(frame, C.End):
@@ -220,21 +262,23 @@ def decompress_stream(src, dst, opts: Options | None = None, progress=None, **kw
         if frame.method == C.STORED:
             data = payload
         elif frame.method == C.ZSTD:
-            try:
-                data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=frame.orig_len)
-            except zstandard.ZstdError as e:
-                raise NacritError(f"corrupt zstd data in segment {index} ({e})") from None
+            data = _unzstd(payload, frame.orig_len, index)
         else:
             if model is None:
                 raise NacritError("corrupt archive (neural segment before any model frame)")
+            C.check_neural_segment(frame, model, index)
             if engine is None:
-                engine = _decode_engine(model, o)
+                engine, mix = _decode_engine(model, o)
             from .neural import decode_segment
-            data = decode_segment(engine, frame, payload, progress)
+            try:
+                data = decode_segment(engine, frame, payload, progress, mix=mix)
+            except NacritError as e:
+                raise NacritError(f"segment {index} (at byte offset {total}) does not decode: "
+                                  f"{str(e).split(' (')[0]}{_mismatch_hint(engine, model)}") from None
         if len(data) != frame.orig_len or C.hash64(data) != frame.orig_hash:
             raise NacritError(f"segment {index} (at byte offset {total}) does not match its "
-                              "checksum" + (" (model or backend mismatch?)" if frame.method == C.NEURAL
-                                            else ""))
+                              "checksum" + (_mismatch_hint(engine, model)
+                                            if frame.method == C.NEURAL else ""))
         _write(dst, data)
         h.update(data)
         total += len(data)
@@ -244,6 +288,32 @@ def decompress_stream(src, dst, opts: Options | None = None, progress=None, **kw
     if not _seekable(src) and src.read(1):
         raise NacritError("corrupt archive (data after end frame)")
     return {"in": total, "segments": index}
+
+
+def _mismatch_hint(engine: Engine, m: C.ModelDescriptor) -> str:
+    """What may differ when a neural segment does not reproduce, and what to try."""
+    made, used = m.params.get("threads"), engine.params.get("threads")
+    if made is not None and used != made:
+        return (f" (decoded with threads={used}, the archive was made with threads={made}: "
+                f"retry with --threads {made}; else a model or backend mismatch)")
+    return " (model or backend mismatch?)"
+
+
+def _unzstd(payload: bytes, orig_len: int, index: int) -> bytes:
+    """One zstd frame -> at most orig_len bytes, produced in <= 1 MiB steps: nothing is allocated
+    from the frame's own (unverified) content size or from orig_len before data exists."""
+    parts, n = [], 0
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(payload) as r:
+            while chunk := r.read(min(1 << 20, orig_len - n + 1)):
+                n += len(chunk)
+                if n > orig_len:
+                    raise NacritError(f"corrupt zstd data in segment {index} (longer than "
+                                      "its original)")
+                parts.append(chunk)
+    except zstandard.ZstdError as e:
+        raise NacritError(f"corrupt zstd data in segment {index} ({e})") from None
+    return b"".join(parts)
 
 
 def _seekable(f) -> bool:

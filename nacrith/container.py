@@ -1,4 +1,4 @@
-"""Container format v1: file header, segment frames, end frame (spec: formats/FORMAT.md).
+"""Container format v2 (reads v1): file header, segment frames, end frame (spec: formats/FORMAT.md).
 
 Invariants:
 - every multi-byte integer is little-endian; lengths are LEB128 varints of at most 10 bytes;
@@ -20,7 +20,8 @@ import xxhash
 from .errors import NacritError
 
 MAGIC = b"NACR"
-VERSION = 1
+VERSION = 2              # written when the model frame may carry ensemble keys (>= 8)
+LLM_ONLY_VERSION = 1     # written otherwise (archives a version-1 reader can decode)
 FRAME_END = 0x00
 FRAME_SEGMENT = 0x01
 FRAME_MODEL = 0x02
@@ -31,6 +32,11 @@ METHOD_NAMES = {STORED: "stored", ZSTD: "zstd", NEURAL: "neural"}
 MAX_SEGMENT = 1 << 32        # bytes of original per segment (the encoder uses far less)
 MAX_TOTAL = 1 << 50
 MAX_LANES = 256
+MAX_CTX = 1 << 17            # KV window per lane, tokens
+MAX_KV_TOKENS = 1 << 17      # lanes * ctx: the llama.cpp KV cache (~23 KB/token for SmolLM2-135M)
+MAX_THREADS = 512            # GGML_MAX_N_THREADS; more crashed or hung llama.cpp
+MAX_NEURAL_SEGMENT = 1 << 26 # bytes of original per neural segment (the encoder uses 4 MiB)
+REQUIRED_PARAMS = ("ctx", "slide", "n_keep", "threads", "lanes", "bos", "cdf_bits")
 
 # Model-descriptor parameter keys (u8 key, varint value). Unknown keys are refused.
 PARAM_KEYS = {
@@ -41,6 +47,22 @@ PARAM_KEYS = {
     5: "lanes",        # sequences in the llama.cpp context (n_seq_max)
     6: "bos",          # token fed first in every lane
     7: "cdf_bits",     # CDF precision (24)
+    # version 2: ensemble mixer (nacrith/mixer.py); an absent key takes its mix_preset value
+    # (0 = component off when there is no mix_preset, e.g. in every version-1 archive)
+    8: "ngram",        # highest token n-gram order (orders 1..ngram)
+    9: "ngram_bits",   # log2 buckets per n-gram order table
+    10: "ngram_limit", # bucket counts are halved when one exceeds this
+    11: "ngram_esc",   # n-gram escape mass per distinct token, / 2^16
+    12: "match",       # match model context length in tokens
+    13: "match_bits",  # log2 entries of the match hash table
+    14: "match_limit", # match hit/miss counts are halved above this total
+    15: "bias_lr",     # log-space bias head learning rate, / 2^20
+    16: "bias_ada",    # 1: AdaGrad step sizes for the bias head
+    17: "temp_lr",     # LLM temperature learning rate, / 2^20
+    18: "mix_lr",      # mixer weight learning rate, / 2^20
+    19: "mix_floor",   # mixer weight floor, / 2^16
+    20: "boost_lr",    # log-linear candidate boost learning rate, / 2^20
+    21: "mix_preset",  # base values of keys 8..20 (0/absent: all 0; 1: mixer.PRESETS[1])
 }
 PARAM_IDS = {name: key for key, name in PARAM_KEYS.items()}
 
@@ -285,12 +307,14 @@ def read_frame(f, index: int):
         name = fixed(fixed(1)[0]).decode("utf-8", "replace")
         backend = fixed(fixed(1)[0]).decode("utf-8", "replace")
         n_vocab = struct.unpack("<I", fixed(4))[0]
-        params = {}
+        params, unknown = {}, []
         for _ in range(fixed(1)[0]):
-            key = fixed(1)[0]
-            if key not in PARAM_KEYS:
-                raise NacritError(f"archive uses unknown model parameter {key}; upgrade nacrith")
-            params[PARAM_KEYS[key]] = _read_varint_stream(t, what, 1 << 32)
+            key = fixed(1)[0]           # every value is a varint: unknown keys can be skipped
+            value = _read_varint_stream(t, what, 1 << 32)
+            if key in PARAM_KEYS:
+                params[PARAM_KEYS[key]] = value
+            else:
+                unknown.append(key)
         frame = ModelDescriptor(sha, name, n_vocab, backend, params)
     else:
         raise NacritError(f"corrupt archive (unknown frame type {kind} at frame {index})")
@@ -300,7 +324,50 @@ def read_frame(f, index: int):
         raise NacritError(f"corrupt {what} (checksum mismatch)")
     if isinstance(frame, Segment):
         _validate_segment(frame, what)
+    if isinstance(frame, ModelDescriptor):
+        if unknown:                     # checksum verified: really a newer format
+            raise NacritError(f"archive uses unknown model parameter {unknown[0]}; upgrade nacrith")
+        check_model_params(frame, what)
     return frame
+
+
+def check_model_params(m: "ModelDescriptor", what: str = "model frame") -> None:
+    """Refuse model-frame values that would make llama.cpp allocate or spawn without bound.
+
+    Checked before any model is loaded; the encoder (api._options) keeps to the same limits."""
+    p = m.params
+    missing = [k for k in REQUIRED_PARAMS if k not in p]
+    if missing:
+        raise NacritError(f"corrupt {what} (missing parameter {', '.join(missing)})")
+    ctx, lanes, slide, n_keep = p["ctx"], p["lanes"], p["slide"], p["n_keep"]
+    if not 256 <= ctx <= MAX_CTX or ctx % 256:
+        raise NacritError(f"corrupt {what} (ctx {ctx} is not a multiple of 256 up to {MAX_CTX})")
+    if not 1 <= lanes <= MAX_LANES or lanes * ctx > MAX_KV_TOKENS:
+        raise NacritError(f"{what} asks for {lanes} lanes x {ctx} tokens of KV cache "
+                          f"(limit {MAX_KV_TOKENS} tokens)")
+    if not 1 <= n_keep < ctx or not 1 <= slide <= ctx - n_keep:
+        raise NacritError(f"corrupt {what} (window ctx={ctx} slide={slide} n_keep={n_keep})")
+    if "threads" in p and not 1 <= p["threads"] <= MAX_THREADS:
+        raise NacritError(f"corrupt {what} (threads {p['threads']}, limit {MAX_THREADS})")
+    if not 2 <= m.n_vocab <= (1 << 23):     # 24-bit CDFs give every token a frequency >= 1
+        raise NacritError(f"corrupt {what} (n_vocab {m.n_vocab})")
+
+
+def check_neural_segment(s: "Segment", m: "ModelDescriptor", index: int) -> None:
+    """Lane table against the model frame, and token counts against what their streams can hold:
+    every frequency is >= 1 of 2^cdf_bits, so a token costs at least -log2(1 - (V-1)/2^24) bits."""
+    import math
+    if len(s.lanes) > m.params["lanes"]:
+        raise NacritError(f"corrupt archive (segment {index} has {len(s.lanes)} lanes, the model "
+                          f"frame {m.params['lanes']})")
+    if s.orig_len > MAX_NEURAL_SEGMENT:
+        raise NacritError(f"neural segment {index} of {s.orig_len} bytes exceeds the limit "
+                          f"({MAX_NEURAL_SEGMENT})")
+    min_bits = -math.log2(1.0 - (m.n_vocab - 1) / (1 << 24))
+    for ln in s.lanes:
+        if ln.n_tokens > (8 * ln.stream_bytes + 64) / min_bits + 1:
+            raise NacritError(f"corrupt archive (segment {index}: {ln.n_tokens} tokens cannot "
+                              f"fit in {ln.stream_bytes} coded bytes)")
 
 
 def _validate_segment(s: Segment, what: str) -> None:
@@ -344,8 +411,10 @@ def scan(f):
             model = frame
             continue
         read_payload(f, frame, index - 1)
-        if frame.method == NEURAL and model is None:
-            raise NacritError("corrupt archive (neural segment before any model frame)")
+        if frame.method == NEURAL:
+            if model is None:
+                raise NacritError("corrupt archive (neural segment before any model frame)")
+            check_neural_segment(frame, model, index - 1)
         segs.append(frame)
     if f.read(1):
         raise NacritError("corrupt archive (data after end frame)")

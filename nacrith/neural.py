@@ -6,6 +6,8 @@ Invariants:
 - the sequence of llama_decode calls is produced by `lockstep` alone, from the per-lane token
   counts (which the header stores), so encoder and decoder issue identical calls: at step t every
   lane with t < n_tokens[lane] is fed its previous token (BOS at t = 0), in lane order;
+- with the ensemble on (mix), each lane has its own mixer.LaneModel, fresh at segment start, and
+  every token is coded with the ensemble's frequencies instead of the LLM's;
 - lane payload = escape block + coded stream; escape block = varint count, then per escape
   varint(gap from the end of the previous escape), varint(length), raw bytes.
 """
@@ -75,8 +77,18 @@ def unpack_escapes(block: bytes, lane_len: int):
     return escapes
 
 
-def encode_segment(engine, data: bytes, lanes: int, max_escaped: int, progress=None):
-    """Code `data` neurally. Returns (Segment, payload) or None if it is not text enough."""
+def _lane_models(engine, mix, n_tokens):
+    """One fresh ensemble state per lane (None: the LLM-only path of coder.py)."""
+    if mix is None or not mix.active:
+        return None
+    from .mixer import LaneModel
+    return [LaneModel(mix, engine.backend.n_vocab, n) for n in n_tokens]
+
+
+def encode_segment(engine, data: bytes, lanes: int, max_escaped: int, progress=None, mix=None):
+    """Code `data` neurally. Returns (Segment, payload) or None if it is not text enough.
+
+    mix: mixer.MixParams of the ensemble, or None / inactive for the LLM alone."""
     parts = split_lanes(data, lanes)
     toks, escs = [], []
     for part in parts:
@@ -86,10 +98,14 @@ def encode_segment(engine, data: bytes, lanes: int, max_escaped: int, progress=N
         toks.append(r[0])
         escs.append(r[1])
     encoders = [Encoder() for _ in parts]
+    lms = _lane_models(engine, mix, [len(t) for t in toks])
 
     def code(lane, t, row):
         sym = int(toks[lane][t])
-        encoders[lane].encode_logits(row, sym)
+        if lms is None:
+            encoders[lane].encode_logits(row, sym)
+        else:
+            lms[lane].encode(encoders[lane], row, sym)
         return sym
 
     lockstep(engine.backend, [len(t) for t in toks], code, progress)
@@ -104,7 +120,7 @@ def encode_segment(engine, data: bytes, lanes: int, max_escaped: int, progress=N
     return seg, payload
 
 
-def decode_segment(engine, seg: Segment, payload: bytes, progress=None) -> bytes:
+def decode_segment(engine, seg: Segment, payload: bytes, progress=None, mix=None) -> bytes:
     pos, escs, decoders = 0, [], []
     for lane in seg.lanes:
         escs.append(unpack_escapes(payload[pos:pos + lane.ins_bytes], lane.orig_bytes))
@@ -113,9 +129,13 @@ def decode_segment(engine, seg: Segment, payload: bytes, progress=None) -> bytes
         pos += lane.stream_bytes
     n_tokens = [lane.n_tokens for lane in seg.lanes]
     toks = [np.zeros(n, dtype=np.int32) for n in n_tokens]
+    lms = _lane_models(engine, mix, n_tokens)
 
     def code(lane, t, row):
-        sym = decoders[lane].decode_logits(row)
+        if lms is None:
+            sym = decoders[lane].decode_logits(row)
+        else:
+            sym = lms[lane].decode(decoders[lane], row)
         toks[lane][t] = sym
         return sym
 

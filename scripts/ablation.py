@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Ablation of the ensemble mixer: bpb per file for LLM only, each component alone on top of the
+LLM, and the full ensemble; plus the per-token cost of the non-LLM part.
+
+The LLM is the slow part, so its logits are cached: the first run over a file slice writes
+<cache>/<file>-<bytes>.logits.npy (float32, 196 KB per token for SmolLM2: ~200 MB per 1000
+tokens) with the tokens; every later run evaluates the mixer configurations offline against the
+cache through the same compiled predict/update kernels the coder uses (mixer.LaneModel.costs),
+so the numbers are the coded sizes of the token streams (escapes and container headers aside).
+
+    python scripts/ablation.py                                   # 16 KB of each text, threads 1
+    python scripts/ablation.py --files alice29.txt --bytes 0     # whole file
+    python scripts/ablation.py --set bias_lr=200000 --set match=0  # override DEFAULTS
+    python scripts/ablation.py --files '' --repeat xargs.1       # a file concatenated with itself
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nacrith import api, models  # noqa: E402
+from nacrith.coder import Encoder  # noqa: E402
+from nacrith.mixer import DEFAULTS, LaneModel, MixParams  # noqa: E402
+from nacrith.neural import lockstep  # noqa: E402
+
+CORPUS = ROOT.parent / "shared" / "corpus"
+TEXTS = ["alice29.txt", "asyoulik.txt", "lcet10.txt", "plrabn12.txt", "cp.html", "fields.c",
+         "grammar.lsp", "xargs.1"]
+OFF = dict(ngram=0, match=0, bias_lr=0, temp_lr=0, boost_lr=0)
+
+
+def configs(full: MixParams) -> dict:
+    return {
+        "LLM only": MixParams(),
+        "+n-gram": replace(full, **dict(OFF, ngram=full.ngram, boost_lr=full.boost_lr)),
+        "+match": replace(full, **dict(OFF, match=full.match, boost_lr=full.boost_lr)),
+        "+bias": replace(full, **dict(OFF, bias_lr=full.bias_lr, temp_lr=full.temp_lr)),
+        "full": full,
+    }
+
+
+_engine = None
+
+
+def cached(name: str, data: bytes, cache: Path, opts: api.Options):
+    """(logits memmap [n, V] float32, tokens int64[n]) for data, computing them once."""
+    global _engine
+    stem = cache / f"{name}-{len(data)}"
+    lp, tp, mp, np_ = (Path(f"{stem}.{x}") for x in ("logits.npy", "tokens.npy", "json", "lens.npy"))
+    if not (lp.is_file() and tp.is_file() and mp.is_file()):
+        if _engine is None:
+            _engine = api.get_engine(models.resolve(opts.model), opts)
+        toks, _ = _engine.tokenizer.tokenize(data)
+        n, V = len(toks), _engine.backend.n_vocab
+        mm = np.lib.format.open_memmap(lp, mode="w+", dtype=np.float32, shape=(max(n, 1), V))
+
+        def code(lane, t, row):
+            mm[t] = row
+            return int(toks[t])
+
+        t0 = time.perf_counter()
+        lockstep(_engine.backend, [n], code)
+        mm.flush()
+        del mm
+        np.save(tp, np.asarray(toks, dtype=np.int64))
+        np.save(np_, np.array([len(_engine.tokenizer.pieces[t]) for t in toks], dtype=np.int64))
+        mp.write_text(json.dumps({"bytes": len(data), "tokens": n,
+                                  "llm_tok_s": n / max(time.perf_counter() - t0, 1e-9)}))
+    return np.load(lp, mmap_mode="r"), np.load(tp).astype(np.int64)
+
+
+def bits_of(mp: MixParams, logits, toks) -> float:
+    f = LaneModel(mp, logits.shape[1], len(toks)).costs(logits, toks)
+    return float(24 * len(f) - np.log2(f.astype(np.float64)).sum())
+
+
+def per_token_ms(mp: MixParams | None, logits, toks, reps: int = 3) -> float:
+    """Best-of-reps wall time per token of the whole coding kernel (in-RAM logits)."""
+    best = float("inf")
+    for _ in range(reps):
+        enc = Encoder()
+        lm = LaneModel(mp, logits.shape[1], len(toks)) if mp is not None else None
+        t0 = time.perf_counter()
+        if lm is None:
+            for t in range(len(toks)):
+                enc.encode_logits(logits[t], int(toks[t]))
+        else:
+            for t in range(len(toks)):
+                lm.encode(enc, logits[t], int(toks[t]))
+        best = min(best, (time.perf_counter() - t0) / len(toks))
+    return best * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--files", default=",".join(TEXTS))
+    ap.add_argument("--bytes", type=int, default=16384, help="slice length (0 = whole file)")
+    ap.add_argument("--cache", default="/tmp/nacrith-logits", help="logits cache directory")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a DEFAULTS hyperparameter of the full ensemble")
+    ap.add_argument("--timing-tokens", type=int, default=1500)
+    ap.add_argument("--repeat", default="xargs.1",
+                    help="file (sliced by --bytes) concatenated with itself: cost of each copy; "
+                         "'' to skip")
+    a = ap.parse_args()
+    cache = Path(a.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    opts = api._options(None, {"threads": a.threads, "model": a.model})
+    full = replace(DEFAULTS, **{k: int(v) for k, v in (s.split("=", 1) for s in a.set)})
+    full.validate()
+    cfgs = configs(full)
+    print(f"full ensemble: {full}")
+    print(f"{'file':14s} {'bytes':>7s} {'tokens':>6s} " + " ".join(f"{c:>9s}" for c in cfgs)
+          + "   full vs LLM")
+    timing = None
+    for name in filter(None, a.files.split(",")):
+        data = (CORPUS / name).read_bytes()
+        if a.bytes:
+            data = data[:a.bytes]
+        logits, toks = cached(name, data, cache, opts)
+        row = {c: bits_of(mp, logits, toks) / len(data) for c, mp in cfgs.items()}
+        print(f"{name:14s} {len(data):7d} {len(toks):6d} "
+              + " ".join(f"{row[c]:9.4f}" for c in cfgs)
+              + f"   {100 * (row['full'] / row['LLM only'] - 1):+6.2f}%", flush=True)
+        if timing is None and len(toks) >= 200:
+            n = min(len(toks), a.timing_tokens)
+            timing = (np.ascontiguousarray(logits[:n]), toks[:n])
+    if a.repeat:
+        once = (CORPUS / a.repeat).read_bytes()
+        if a.bytes:
+            once = once[:a.bytes]
+        data = once * 2
+        logits, toks = cached(a.repeat + "-x2", data, cache, opts)
+        lens = np.load(cache / f"{a.repeat}-x2-{len(data)}.lens.npy")
+        second = np.cumsum(lens) > len(once)    # tokens ending in the second copy
+        for c in ("LLM only", "+match", "full"):
+            f = LaneModel(cfgs[c], logits.shape[1], len(toks)).costs(logits, toks)
+            bits = 24 - np.log2(f.astype(np.float64))
+            print(f"{a.repeat} x2, {c:8s}: first copy {bits[~second].sum() / len(once):.4f} bpb, "
+                  f"second copy {bits[second].sum() / len(once):.4f} bpb")
+        if timing is None:
+            n = min(len(toks), a.timing_tokens)
+            timing = (np.ascontiguousarray(logits[:n]), toks[:n])
+    if timing is not None:
+        lg, tk = timing
+        base = per_token_ms(None, lg, tk)
+        ens = per_token_ms(full, lg, tk)
+        print(f"\nper-token coding kernel, V={lg.shape[1]}, {len(tk)} tokens: LLM-only coder "
+              f"{base:.3f} ms, full ensemble {ens:.3f} ms (the non-LLM cost per token; "
+              f"+{ens - base:.3f} ms over the LLM-only coder)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""Ensemble mixer: exact round trips with every component on and off, non-default
+hyperparameters, decoded in a fresh process; format keys; synthetic-logit kernel checks."""
+import hashlib
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import nacrith
+from nacrith import container as C
+from nacrith.coder import Decoder, Encoder
+from nacrith.errors import NacritError
+from nacrith.mixer import DEFAULTS, LaneModel, MixParams
+
+from helpers import corpus, fresh_python
+
+OFF = dict(ngram=0, match=0, bias_lr=0, temp_lr=0, boost_lr=0)
+
+
+# ---------------------------------------------------------------- synthetic logits (no LLM)
+def _synthetic(n_tok=600, V=512, seed=1):
+    """A token stream with repeats and logits that half-know it (float32, like llama.cpp)."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, V, 150)
+    toks = np.concatenate([base, rng.integers(0, V, 150), base, base[:150]])[:n_tok]
+    logits = rng.normal(0, 2, (len(toks), V)).astype(np.float32)
+    logits[np.arange(len(toks)), toks] += rng.uniform(0, 4, len(toks)).astype(np.float32)
+    logits[5, :] = -np.inf                      # degenerate rows stay codable
+    logits[6, 3] = np.nan
+    return toks.astype(np.int64), logits
+
+
+CONFIGS = {
+    "llm_only_kernel": MixParams(),
+    "defaults": DEFAULTS,
+    "ngram_only": replace(DEFAULTS, match=0, bias_lr=0, temp_lr=0),
+    "match_only": replace(DEFAULTS, ngram=0, bias_lr=0, temp_lr=0),
+    "bias_sgd": replace(DEFAULTS, ngram=0, match=0, bias_ada=0, temp_lr=0),
+    "boost_nondefault": replace(DEFAULTS, ngram=6, ngram_bits=10, ngram_limit=7, ngram_esc=9000,
+                                match=3, match_bits=8, match_limit=15, bias_lr=900000,
+                                temp_lr=5000, mix_lr=1000000, mix_floor=2000, boost_lr=200000),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_kernel_roundtrip_synthetic(name):
+    mp = CONFIGS[name]
+    toks, logits = _synthetic()
+    V = logits.shape[1]
+    enc, lm = Encoder(), LaneModel(mp, V, len(toks))
+    for t, y in enumerate(toks):
+        lm.encode(enc, logits[t], int(y))
+        f = lm.freqs
+        assert f.min() >= 1 and f.sum() == 1 << 24
+    blob = enc.finish()
+    dec, lm2 = Decoder(blob), LaneModel(mp, V, len(toks))
+    got = [lm2.decode(dec, logits[t]) for t in range(len(toks))]
+    assert got == toks.tolist()
+    # the offline cost kernel sees the same probabilities as the coder
+    f = LaneModel(mp, V, len(toks)).costs(logits, toks)
+    bits = 24 * len(f) - np.log2(f.astype(np.float64)).sum()
+    assert abs(8 * len(blob) - bits) < 40
+
+
+def test_match_model_learns_repeats_synthetic():
+    toks, logits = _synthetic()
+    V = logits.shape[1]
+    def bits(mp):
+        f = LaneModel(mp, V, len(toks)).costs(logits, toks)
+        c = 24 - np.log2(f.astype(np.float64))
+        return c[450:].sum()                    # the repeated part
+    assert bits(replace(DEFAULTS, **dict(OFF, match=6))) < 0.5 * bits(MixParams())
+
+
+def test_params_roundtrip_and_absent_keys_mean_off():
+    p = CONFIGS["boost_nondefault"].params()
+    assert MixParams.from_params(p) == CONFIGS["boost_nondefault"]
+    assert MixParams.from_params({"ctx": 2048}) == MixParams()
+    assert not MixParams().active and MixParams().params() == {}
+    assert set(p) <= set(C.PARAM_IDS)
+    with pytest.raises(NacritError):
+        replace(DEFAULTS, ngram=99).validate()
+    with pytest.raises(NacritError):
+        replace(DEFAULTS, mix_floor=30000).validate()
+    # the defaults cost one key (mix_preset = 1); a change costs that key only; 0 turns off
+    assert DEFAULTS.params() == {"mix_preset": 1}
+    assert replace(DEFAULTS, match=0).params() == {"mix_preset": 1, "match": 0}
+    assert MixParams.from_params({"mix_preset": 1, "match": 0}) == replace(DEFAULTS, match=0)
+    with pytest.raises(NacritError, match="unknown mixer preset 9"):
+        MixParams.from_params({"mix_preset": 9})
+
+
+# ---------------------------------------------------------------- real model, fresh process
+TEXT = corpus("alice29.txt", 800)
+REPEAT = corpus("xargs.1", 600)
+
+ARCHIVES = {
+    "llm_only": dict(mixer=False),
+    "full_default": dict(),
+    "ngram": dict(OFF, ngram=4),
+    "match": dict(OFF, match=6),
+    "bias": dict(OFF, bias_lr=300000, bias_ada=1),
+    "bias_temp_sgd": dict(OFF, bias_lr=100000, bias_ada=0, temp_lr=2000),
+    "nondefault": dict(ngram=3, ngram_bits=9, ngram_limit=5, ngram_esc=20000, match=3,
+                       match_bits=7, match_limit=31, bias_lr=700000, bias_ada=1, temp_lr=4000,
+                       mix_lr=900000, mix_floor=1000, boost_lr=300000),
+}
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mix")
+    out = {}
+    for name, kw in ARCHIVES.items():
+        data = TEXT if name != "nondefault" else REPEAT + REPEAT[:300]
+        blob = nacrith.compress(data, threads=1, **kw)
+        (d / f"{name}.nc").write_bytes(blob)
+        out[name] = (data, blob, d / f"{name}.nc")
+    # two lanes, every component on
+    data = TEXT + REPEAT
+    blob = nacrith.compress(data, threads=1, lanes=2)
+    (d / "lanes2.nc").write_bytes(blob)
+    out["lanes2"] = (data, blob, d / "lanes2.nc")
+    return out
+
+
+def test_archive_fields(archives):
+    hdr, model, segs, _ = C.scan_bytes(archives["llm_only"][1])
+    assert hdr.version == 1 and "ngram" not in model.params
+    hdr, model, segs, _ = C.scan_bytes(archives["full_default"][1])
+    assert hdr.version == 2 and segs[0].method == C.NEURAL
+    assert MixParams.from_params(model.params) == DEFAULTS
+    assert model.params["mix_preset"] == 1 and "ngram" not in model.params
+    model = C.scan_bytes(archives["nondefault"][1])[1]
+    assert MixParams.from_params(model.params) == replace(DEFAULTS, **ARCHIVES["nondefault"])
+    model = C.scan_bytes(archives["match"][1])[1]
+    assert model.params["ngram"] == 0 and "match" not in model.params
+    assert MixParams.from_params(model.params) == replace(DEFAULTS, **ARCHIVES["match"])
+
+
+def test_decode_all_in_fresh_process(archives):
+    names = list(archives)
+    code = ("import sys, hashlib, nacrith\n"
+            "for p in sys.argv[1:]:\n"
+            "    print(hashlib.sha256(nacrith.decompress(open(p, 'rb').read(), threads=1))"
+            ".hexdigest())\n")
+    r = fresh_python(code, *[str(archives[n][2]) for n in names])
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().split() == [hashlib.sha256(archives[n][0]).hexdigest() for n in names]
+
+
+def test_ensemble_not_worse_than_llm(archives):
+    # on 800 bytes the online models have little to learn; they must not cost anything either
+    # (the larger-text gains are measured by scripts/ablation.py)
+    full = sum(s.payload_len for s in C.scan_bytes(archives["full_default"][1])[2])
+    llm = sum(s.payload_len for s in C.scan_bytes(archives["llm_only"][1])[2])
+    assert full <= llm * 1.01 + 2
+    assert len(archives["full_default"][1]) <= len(archives["llm_only"][1]) * 1.01 + 6
+
+
+def test_deterministic_encoding(archives):
+    data, blob, _ = archives["full_default"]
+    assert nacrith.compress(data, threads=1) == blob
