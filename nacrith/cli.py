@@ -10,7 +10,14 @@ Invariants:
   (`.NAME.XXXXXX.tmp`), which is flushed, fsynced, given the input's mode and times, then renamed
   to its final name; on any error, Ctrl-C or SIGTERM the temp file is removed;
 - an existing output is never replaced without -f (the final link is no-clobber when possible);
-- `--rm` deletes an input only after its output has been committed;
+- `--rm` deletes an input only after its output has been committed (never when the output is a
+  device or FIFO such as /dev/null);
+- inputs are handled like gzip: a symbolic link is followed only with -f or when writing to
+  stdout (-c) or nothing (test); FIFOs and devices are read only with -f or when writing to
+  stdout; an existing output that is a character device or FIFO is written in place, never
+  replaced by a regular file;
+- strings taken from an archive (model name, backend) are printed with control characters
+  escaped, so an archive cannot drive the terminal;
 - every failure the user can cause (NacritError, OSError) is one stderr line
   `nacrith: NAME: reason`, the remaining files are still processed, and the exit status is 1;
   usage errors exit 2, Ctrl-C 130, SIGTERM 143 (128 + signal number);
@@ -126,8 +133,17 @@ def _err(msg: str) -> None:
         pass
 
 
+def _printable(s: str) -> str:
+    """Escape control and format characters (terminal escapes, bidi overrides) that an archive
+    could carry in its model name or backend string, so they are shown, never interpreted."""
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() or c == " " else
+                   (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in s)
+
+
 def _oneline(s) -> str:
-    return " ".join(str(s).split()) or "unknown error"
+    return _printable(" ".join(str(s).split())) or "unknown error"
 
 
 def _strerror(e: OSError) -> str:
@@ -286,6 +302,45 @@ class _StdoutOutput:
             pass
 
 
+class _StreamOutput:
+    """An existing character device or FIFO (/dev/null, a pipe): written in place, never
+    created, replaced, chmod-ed or removed (gzip -c > /dev/null; zstd -o /dev/null)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.f = None
+        fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOCTTY", 0))
+        try:
+            ost = os.fstat(fd)
+            if not (stat.S_ISCHR(ost.st_mode) or stat.S_ISFIFO(ost.st_mode)):
+                raise _Fail(path, "changed while being opened -- not written")
+            self.f = os.fdopen(fd, "wb")
+        except BaseException:
+            if self.f is None:
+                os.close(fd)
+            raise
+
+    def write(self, b) -> int:
+        return _write_all(self.f, b, self.path)
+
+    def commit(self) -> None:
+        try:
+            self.f.flush()
+            self.f.close()
+        except OSError as e:
+            raise _OutputError(self.path, e) from None
+        finally:
+            self.f = None
+
+    def discard(self) -> None:
+        if self.f is not None:
+            try:
+                self.f.close()
+            except OSError:
+                pass
+            self.f = None
+
+
 class _NullOutput:
     def write(self, b) -> int:
         return len(b)
@@ -431,25 +486,98 @@ def _output_path(job: Job, name: str) -> Optional[str]:
     return name[:-len(SUFFIX)]
 
 
+def _open_input(job: Job, name: str, writes_file: bool):
+    """Open a named input the way gzip does; returns (file, stat of what was opened).
+
+    - a symbolic link is followed only with -f or when nothing is written beside it (-c, test,
+      info): otherwise `is a symbolic link -- ignored` (gzip: O_NOFOLLOW unless -f or -c);
+    - a FIFO, device or socket is read only with -f or when writing to stdout (gzip -c reads
+      them; zstd -f does too), never just because its name was given;
+    - the checks are made on the opened file (fstat), so a file swapped for a FIFO or a link
+      between the check and the open is still refused, and a FIFO never blocks the check."""
+    follow = job.force or not writes_file
+    lst = os.lstat(name)
+    if stat.S_ISLNK(lst.st_mode) and not follow:
+        raise _Fail(name, "is a symbolic link -- ignored (use -f to force)")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    if not follow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(name, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP and not follow:
+            raise _Fail(name, "is a symbolic link -- ignored (use -f to force)") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise _Fail(name, "is a directory -- ignored")
+        if not stat.S_ISREG(st.st_mode):
+            if not (job.force or (job.mode in ("compress", "decompress") and not writes_file)):
+                raise _Fail(name, "not a regular file -- ignored" + (
+                    " (use -f to force)" if job.mode in ("compress", "decompress") else ""))
+            # a FIFO must block for its writer like a plain open(); reopen without O_NONBLOCK
+            fd2 = os.open(name, flags & ~getattr(os, "O_NONBLOCK", 0))
+            st2 = os.fstat(fd2)
+            os.close(fd)
+            fd = fd2
+            if (st2.st_dev, st2.st_ino) != (st.st_dev, st.st_ino):
+                raise _Fail(name, "changed while being opened -- ignored")
+        elif hasattr(os, "O_NONBLOCK"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), st
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _output_kind(out_path: str) -> Optional[str]:
+    """None: no such file; "file": a regular file (or a dangling link) to be replaced only with
+    -f; "stream": a character device or FIFO (e.g. /dev/null), written in place like a shell
+    redirection, never replaced; anything else is refused."""
+    if not os.path.lexists(out_path):
+        return None
+    try:
+        ost = os.stat(out_path)
+    except OSError:
+        return "file"
+    if stat.S_ISREG(ost.st_mode):
+        return "file"
+    if stat.S_ISCHR(ost.st_mode) or stat.S_ISFIFO(ost.st_mode):
+        return "stream"
+    if stat.S_ISDIR(ost.st_mode):
+        raise _Fail(out_path, "is a directory")
+    raise _Fail(out_path, "not a regular file -- not replaced")
+
+
 def _one(job: Job, name: str) -> None:
     shown = STDIN_NAME if name == "-" else name
     st = None
-    if name != "-":
-        st = os.stat(name)
-        if stat.S_ISDIR(st.st_mode):
-            raise _Fail(name, "is a directory -- ignored")
-        if not stat.S_ISREG(st.st_mode) and not job.force:
-            raise _Fail(name, "not a regular file -- ignored (use -f to force)")
     if job.mode == "info":
+        if name != "-":
+            st = os.stat(name)
+            if stat.S_ISDIR(st.st_mode):
+                raise _Fail(name, "is a directory -- ignored")
+            if not stat.S_ISREG(st.st_mode):
+                raise _Fail(name, "not a regular file -- ignored")
         return _info(job, name, shown)
-    out_path = _output_path(job, name) if job.mode != "test" else None
-    if out_path is not None and os.path.lexists(out_path):
-        if st is not None and os.path.exists(out_path) and os.path.samefile(name, out_path):
-            raise _Fail(name, "input and output are the same file")
-        if not job.force:
-            raise _Fail(out_path, "already exists (use -f to overwrite)")
+    to_stdout = job.stdout or job.output == "-" or (name == "-" and job.output is None)
+    src = sys.stdin.buffer
+    if name != "-":
+        src, st = _open_input(job, name, writes_file=job.mode != "test" and not to_stdout)
+    try:
+        out_path = _output_path(job, name) if job.mode != "test" else None
+        kind = _output_kind(out_path) if out_path is not None else None
+        if kind is not None:
+            if st is not None and os.path.exists(out_path) and os.path.samefile(name, out_path):
+                raise _Fail(name, "input and output are the same file")
+            if kind == "file" and not job.force:
+                raise _Fail(out_path, "already exists (use -f to overwrite)")
+    except BaseException:
+        if src is not sys.stdin.buffer:
+            src.close()
+        raise
 
-    src = sys.stdin.buffer if name == "-" else open(name, "rb")
     out = None
     progress = _Progress(shown, job.progress)
     try:
@@ -457,6 +585,8 @@ def _one(job: Job, name: str) -> None:
             out = _NullOutput()
         elif out_path is None:
             out = _StdoutOutput()
+        elif kind == "stream":
+            out = _StreamOutput(out_path)
         else:
             out = _FileOutput(out_path, job.force, st)
         if job.mode == "compress":
@@ -476,8 +606,12 @@ def _one(job: Job, name: str) -> None:
             src.close()
 
     if job.rm and out_path is not None and st is not None and stat.S_ISREG(st.st_mode):
-        with _deferred_signals():
-            os.unlink(name)
+        if kind == "stream":            # /dev/null, a FIFO: nothing durable to keep the data
+            if not job.quiet:
+                _err(f"{out_path}: --rm ignored (output is not a regular file)")
+        else:
+            with _deferred_signals():
+                os.unlink(name)
     if job.mode == "compress":
         if job.verbose:
             methods = "+".join(dict.fromkeys(stats["methods"])) or "empty"
@@ -531,10 +665,10 @@ def _info(job: Job, name: str, shown: str) -> None:
         lines.append("  model        none (no neural segments)")
     else:
         params = " ".join(f"{k}={m[k]}" for k in C.PARAM_IDS if k in m)
-        lines += [f"  model        {m['name']}",
+        lines += [f"  model        {_printable(m['name'])}",
                   f"  sha256       {m['sha256']}",
                   f"  n_vocab      {m['n_vocab']}",
-                  f"  backend      {m['backend']}",
+                  f"  backend      {_printable(m['backend'])}",
                   f"  params       {params}"]
     segs = d["segments"]
     lines.append(f"  segments     {len(segs)}")

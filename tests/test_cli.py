@@ -2,10 +2,13 @@
 exit codes, and which files exist afterwards)."""
 import errno
 import importlib.util
+import io
 import json
 import os
 import re
+import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -228,9 +231,12 @@ def test_compress_refuses_nc_suffix(tmp_path, archive):
 
 
 # ---------------------------------------------------------------- damaged archives
+FUTURE = 9            # a format version no nacrith has used (the current one is 1 or 2)
+
+
 def _future_version(blob: bytes) -> bytes:
     b = bytearray(blob)
-    b[4] = 2
+    b[4] = FUTURE
     b[6:10] = struct.pack("<I", xxhash.xxh32_intdigest(bytes(b[:6])))
     return bytes(b)
 
@@ -251,7 +257,7 @@ DAMAGE = {
     "flip_frame_header": (lambda b: _flip(b, 12, 2), "corrupt frame 0 header"),
     "flip_payload": (lambda b: _flip(b, len(b) // 2, 5), "payload checksum mismatch"),
     "wrong_magic": (lambda b: b"GZIP" + b[4:], "not a nacrith archive (bad magic)"),
-    "future_version": (_future_version, "archive format version 2 is newer than this nacrith"),
+    "future_version": (_future_version, f"archive format version {FUTURE} is newer than this nacrith"),
     "trailing_garbage": (lambda b: b + b"\x00", "data after end frame"),
 }
 
@@ -603,3 +609,337 @@ def test_ctrl_c_during_neural_coding(tmp_path):
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+# ================================================================ reliability (issue 6)
+def _binary_text(n: int) -> bytes:
+    """Text-like bytes with a NUL every few KiB (binary-flagged: no model is ever loaded); every
+    MiB rotated differently, so zstd level 19 needs seconds per 4 MiB segment."""
+    import random
+    rng = random.Random(3)
+    words = [bytes(rng.choice(b"etaoinshrdlucmfwyp") for _ in range(rng.randint(1, 9)))
+             for _ in range(2000)]
+    base = bytearray()
+    while len(base) < 1 << 20:
+        base += rng.choice(words) + (b"\n" if rng.random() < 0.1 else b" ")
+        if len(base) % 4096 < 10:
+            base += b"\x00"
+    base = bytes(base[:1 << 20])
+    out = b"".join(base[k:] + base[:k] for k in ((i * 7919) % len(base)
+                                                 for i in range(-(-n // len(base)))))
+    return out[:n]
+
+
+def _signal_when_temp_appears(p: subprocess.Popen, d: Path, sig, delay: float) -> str:
+    tmp = _wait_for_temp(d, p, timeout=300)
+    time.sleep(delay)
+    assert p.poll() is None, "finished before the signal"
+    p.send_signal(sig)
+    return tmp
+
+
+SIGNALS = [(signal.SIGINT, 130, b"nacrith: interrupted\n"),
+           (signal.SIGTERM, 143, b"nacrith: terminated\n")]
+
+
+@pytest.mark.parametrize("sig,code,msg", SIGNALS, ids=["SIGINT", "SIGTERM"])
+def test_signal_mid_compress_of_a_file_keeps_input_with_rm(tmp_path, sig, code, msg):
+    """A regular file being compressed (zstd level 19, several seconds) with --rm: the signal
+    leaves the input byte-identical and no output or temp file."""
+    data = _binary_text(24 << 20)
+    put(tmp_path, "big.bin", data)
+    p = popen("-q", "--rm", "big.bin", cwd=tmp_path, stdout=subprocess.PIPE,
+              stderr=subprocess.PIPE)
+    try:
+        tmp = _signal_when_temp_appears(p, tmp_path, sig, 0.5)
+        assert tmp.startswith(".big.bin.nc.")
+        assert p.wait(timeout=60) == code
+        assert p.stderr.read() == msg
+        assert listing(tmp_path) == {"big.bin"}
+        assert (tmp_path / "big.bin").read_bytes() == data
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.parametrize("sig,code,msg", SIGNALS, ids=["SIGINT", "SIGTERM"])
+def test_signal_mid_neural_decompress_of_a_file_keeps_input_with_rm(tmp_path, sig, code, msg):
+    """Decoding a neural archive (model load + token loop, seconds) from a file with --rm: the
+    signal leaves the archive and no partial output."""
+    why = _neural_available()
+    if why:
+        pytest.skip(why)
+    blob = (REPO / "formats" / "golden" / "v1-neural-slide.nc").read_bytes()
+    put(tmp_path, "g.txt.nc", blob)
+    p = popen("-d", "-q", "--rm", "--threads", "1", "g.txt.nc", cwd=tmp_path,
+              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _signal_when_temp_appears(p, tmp_path, sig, 1.0)
+        assert p.wait(timeout=120) == code
+        assert p.stderr.read() == msg
+        assert listing(tmp_path) == {"g.txt.nc"}
+        assert (tmp_path / "g.txt.nc").read_bytes() == blob
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+# ---------------------------------------------------------------- failing writes
+def test_compress_to_full_stdout_is_one_line(tmp_path):
+    put(tmp_path, "a.bin", _binary_text(300000))
+    with open("/dev/full", "wb") as full:
+        r = run("-c", "--rm", "a.bin", cwd=tmp_path, stdout=full)
+    assert (r.returncode, r.stderr) == (1, b"nacrith: --rm ignored when writing to standard "
+                                           b"output\nnacrith: <stdout>: No space left on device\n")
+    assert listing(tmp_path) == {"a.bin"}
+
+
+def _char_device(path: Path, major: int, minor: int) -> None:
+    try:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+        with open(path, "wb", buffering=0):
+            pass
+    except OSError as e:
+        pytest.skip(f"cannot create a character device node here ({e})")
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_output_to_a_full_device_fails_and_never_replaces_it(tmp_path, archive, force):
+    """`-o FULL` where FULL is a /dev/full node (1,7): written in place like a shell redirection,
+    so exit 1 `No space left on device`, the node is still the same character device (it is
+    never replaced by a regular file, even with -f), and --rm keeps the input."""
+    data, blob = archive
+    _char_device(tmp_path / "full", 1, 7)
+    rdev = (tmp_path / "full").stat().st_rdev
+    put(tmp_path, "a.txt", data)
+    put(tmp_path, "a.txt.nc", blob)
+    flags = ["-f"] if force else []
+    for args, name in ((["--no-neural", "--rm", "-o", "full", "a.txt"], "full"),
+                       (["-d", "--rm", "-o", "full", "a.txt.nc"], "full")):
+        r = run(*flags, *args, cwd=tmp_path)
+        assert one_error(r, name) == "No space left on device"
+        st = (tmp_path / "full").lstat()
+        assert stat.S_ISCHR(st.st_mode) and st.st_rdev == rdev
+        assert listing(tmp_path) == {"a.txt", "a.txt.nc", "full"}
+    assert (tmp_path / "a.txt").read_bytes() == data
+
+
+def test_output_to_a_null_device_is_written_in_place_and_rm_is_ignored(tmp_path, archive):
+    data, blob = archive
+    _char_device(tmp_path / "null", 1, 3)
+    put(tmp_path, "a.txt.nc", blob)
+    r = run("-d", "--rm", "-o", "null", "a.txt.nc", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, b"")
+    assert r.stderr == b"nacrith: null: --rm ignored (output is not a regular file)\n"
+    assert stat.S_ISCHR((tmp_path / "null").lstat().st_mode)
+    assert listing(tmp_path) == {"a.txt.nc", "null"}
+
+
+def test_full_filesystem_leaves_no_partial_file_and_keeps_input(tmp_path):
+    """A 64 KiB tmpfs (private mount namespace via unshare -m): compressing 1 MiB of incompressible
+    data into it fails with one line, leaves nothing in it, and --rm keeps the input."""
+    if not shutil.which("unshare"):
+        pytest.skip("unshare not available")
+    data = os.urandom(1 << 20)
+    put(tmp_path, "in.bin", data)
+    (tmp_path / "mnt").mkdir()
+    script = (f'mount -t tmpfs -o size=64k tmpfs mnt || exit 99; '
+              f'"{sys.executable}" -m nacrith --no-neural --rm -o mnt/in.bin.nc in.bin; '
+              f'echo "rc=$?"; ls -A mnt')
+    r = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=tmp_path, env=ENV,
+                       capture_output=True, timeout=120)
+    if r.returncode == 99 or b"rc=" not in r.stdout:
+        pytest.skip(f"cannot mount a private tmpfs: {r.stderr.decode()[-200:]}")
+    assert r.stdout == b"rc=1\n", r.stdout              # exit 1, nothing left in the tmpfs
+    assert r.stderr == b"nacrith: mnt/in.bin.nc: No space left on device\n"
+    assert (tmp_path / "in.bin").read_bytes() == data
+    assert listing(tmp_path) == {"in.bin", "mnt"}
+
+
+TRACE = """
+import json, os, sys
+from nacrith import cli
+events = []
+def wrap(name):
+    real = getattr(os, name)
+    def f(*a, **k):
+        arg = a[0] if a else None
+        if isinstance(arg, int):
+            try:
+                arg = os.readlink(f"/proc/self/fd/{arg}")
+            except OSError:
+                arg = f"fd{arg}"
+        events.append([name, os.path.basename(str(arg)),
+                       os.path.basename(str(a[1])) if len(a) > 1 else None])
+        return real(*a, **k)
+    setattr(os, name, f)
+for n in ("fsync", "link", "replace", "rename", "unlink"):
+    wrap(n)
+try:
+    cli.main(sys.argv[1:])
+except SystemExit as e:
+    events.append(["exit", e.code, None])
+sys.stderr.write(json.dumps(events))
+"""
+
+
+@pytest.mark.parametrize("mode", ["compress", "decompress"])
+def test_rm_deletes_input_only_after_output_is_synced_and_renamed(tmp_path, archive, mode):
+    """Order of the system calls with --rm: fsync(output temp file) -> link/rename to the final
+    name -> fsync(directory) -> unlink(input), and nothing is unlinked before."""
+    data, blob = archive
+    if mode == "compress":
+        put(tmp_path, "a.txt", data)
+        args, src, dst = ["--no-neural", "--rm", "a.txt"], "a.txt", "a.txt.nc"
+    else:
+        put(tmp_path, "a.txt.nc", blob)
+        args, src, dst = ["-d", "--rm", "a.txt.nc"], "a.txt.nc", "a.txt"
+    r = subprocess.run([sys.executable, "-c", TRACE, *args], cwd=tmp_path, env=ENV,
+                       capture_output=True, timeout=120)
+    ev = json.loads(r.stderr)
+    assert ev[-1] == ["exit", 0, None]
+    names = [e[0] for e in ev]
+    i_fsync = next(i for i, e in enumerate(ev) if e[0] == "fsync" and e[1].startswith(f".{dst}."))
+    i_final = next(i for i, e in enumerate(ev) if e[0] in ("link", "replace", "rename")
+                   and e[2] == dst)
+    i_dir = next(i for i, e in enumerate(ev) if e[0] == "fsync" and e[1] == tmp_path.name)
+    i_rm = names.index("unlink", i_dir)
+    assert ev[i_rm][1] == src
+    assert i_fsync < i_final < i_dir < i_rm
+    assert all(e[1] != src for e in ev[:i_rm] if e[0] == "unlink")
+    assert listing(tmp_path) == {dst}
+
+
+# ---------------------------------------------------------------- hostile paths and inputs
+def test_symlink_inputs_like_gzip(tmp_path, archive):
+    """gzip 1.12: a symlinked input is refused unless -f (then the link is followed, and --rm
+    removes the link, not its target) or the output is stdout (-c)."""
+    data, blob = archive
+    put(tmp_path, "real.txt", data)
+    os.symlink("real.txt", tmp_path / "link.txt")
+    put(tmp_path, "other.txt", b"other\n" * 50)
+    r = run("--no-neural", "link.txt", "other.txt", cwd=tmp_path)
+    assert one_error(r, "link.txt") == "is a symbolic link -- ignored (use -f to force)"
+    assert listing(tmp_path) == {"real.txt", "link.txt", "other.txt", "other.txt.nc"}
+    r = run("--no-neural", "-c", "link.txt", cwd=tmp_path)          # -c follows the link
+    assert (r.returncode, r.stderr, r.stdout) == (0, b"", blob)
+    r = run("--no-neural", "-f", "--rm", "link.txt", cwd=tmp_path)   # -f follows, rm the link
+    assert (r.returncode, r.stderr) == (0, b"")
+    assert listing(tmp_path) == {"real.txt", "link.txt.nc", "other.txt", "other.txt.nc"}
+    assert (tmp_path / "real.txt").read_bytes() == data
+    assert not (tmp_path / "link.txt.nc").is_symlink()
+    assert (tmp_path / "link.txt.nc").read_bytes() == blob
+    # decompress: same rules; a dangling link is an error of its own
+    os.symlink("link.txt.nc", tmp_path / "l2.txt.nc")
+    os.symlink("nowhere.nc", tmp_path / "dangling.nc")
+    r = run("-d", "l2.txt.nc", "dangling.nc", cwd=tmp_path)
+    assert r.returncode == 1
+    assert r.stderr.decode().splitlines() == [
+        "nacrith: l2.txt.nc: is a symbolic link -- ignored (use -f to force)",
+        "nacrith: dangling.nc: is a symbolic link -- ignored (use -f to force)"]
+    r = run("-d", "-f", "dangling.nc", cwd=tmp_path)
+    assert one_error(r, "dangling.nc") == "No such file or directory"
+    r = run("-dc", "l2.txt.nc", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, data)
+    r = run("-t", "-q", "l2.txt.nc", cwd=tmp_path)                    # test writes nothing
+    assert (r.returncode, r.stderr) == (0, b"")
+    assert "l2.txt" not in listing(tmp_path) and "dangling" not in listing(tmp_path)
+
+
+def test_fifo_and_device_inputs_like_gzip(tmp_path):
+    """FIFOs and devices: never read just because they were named (no FIFO.nc, no /dev/zero.nc),
+    but read when the output is stdout (gzip -c FIFO, gzip -c /dev/null) or with -f."""
+    os.mkfifo(tmp_path / "fifo")
+    r = run("--no-neural", "/dev/zero", cwd=tmp_path, timeout=20)
+    assert one_error(r, "/dev/zero") == "not a regular file -- ignored (use -f to force)"
+    assert not os.path.exists("/dev/zero.nc")
+    r = run("-c", "/dev/null", cwd=tmp_path)
+    assert r.returncode == 0 and run("-d", cwd=tmp_path, input=r.stdout).stdout == b""
+    fd = os.open(tmp_path / "fifo", os.O_RDWR)          # keeps the FIFO open for writing
+    try:
+        os.write(fd, b"through a fifo\n" * 20)
+        p = popen("--no-neural", "-c", "fifo", cwd=tmp_path, stdout=subprocess.PIPE,
+                  stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        os.close(fd)
+        fd = None
+        out, err = p.communicate(timeout=60)
+        assert (p.returncode, err) == (0, b"")
+        assert run("-d", cwd=tmp_path, input=out).stdout == b"through a fifo\n" * 20
+    finally:
+        if fd is not None:
+            os.close(fd)
+    r = run("-t", "fifo", cwd=tmp_path, timeout=20)
+    assert one_error(r, "fifo") == "not a regular file -- ignored"
+    assert listing(tmp_path) == {"fifo"}
+
+
+def _drop_dac_override():
+    """preexec_fn: root without CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH, so file modes apply."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):                      # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:   # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_unreadable_file_is_a_per_file_error_and_the_batch_continues(tmp_path):
+    """chmod 000 input among others: `nacrith: FILE: Permission denied`, the other files are
+    compressed, exit 1. Tests run as root, so the CLI runs without the capabilities that let
+    root ignore file modes (when running unprivileged, the modes already apply)."""
+    put(tmp_path, "a.txt", b"first file\n" * 40)
+    put(tmp_path, "secret.txt", b"cannot read me\n" * 40)
+    put(tmp_path, "b.txt", b"second file\n" * 40)
+    os.chmod(tmp_path / "secret.txt", 0)
+    kw = {"preexec_fn": _drop_dac_override} if os.geteuid() == 0 else {}
+    try:
+        r = run("--no-neural", "a.txt", "secret.txt", "b.txt", cwd=tmp_path, **kw)
+    except subprocess.SubprocessError as e:
+        pytest.skip(f"cannot drop CAP_DAC_OVERRIDE: {e}")
+    assert one_error(r, "secret.txt") == "Permission denied"
+    assert listing(tmp_path) == {"a.txt", "b.txt", "secret.txt", "a.txt.nc", "b.txt.nc"}
+    os.chmod(tmp_path / "secret.txt", 0o644)
+
+
+def test_read_error_mid_input_is_a_per_file_error(tmp_path):
+    """A file whose read fails (EIO: /proc/self/mem at offset 0) with -c: one line, the next file
+    is still done, exit 1. (On stdout, like gzip -c, what was written before the error stays in
+    the stream: here the 10-byte file header of the failed archive.)"""
+    if not os.path.exists("/proc/self/mem"):
+        pytest.skip("no /proc/self/mem")
+    put(tmp_path, "b.txt", b"second file\n" * 40)
+    r = run("--no-neural", "-c", "/proc/self/mem", "b.txt", cwd=tmp_path)
+    assert one_error(r, "/proc/self/mem") == "Input/output error"
+    good = run("--no-neural", "-c", "b.txt", cwd=tmp_path).stdout
+    assert r.stdout.endswith(good) and len(r.stdout) - len(good) <= 10
+
+
+def test_archive_strings_cannot_name_files_or_drive_the_terminal(tmp_path):
+    """An archive stores no file name: output names come only from the command line (FILE.nc ->
+    FILE, -o), so `../` or absolute-path attacks through the archive do not apply. The only
+    strings it carries are the model file name and backend fingerprint of the model frame,
+    used in messages: a hostile `../../x\\x1b[2J` name is shown escaped on one line, never used
+    as a path and never interpreted by the terminal."""
+    blob = (REPO / "formats" / "golden" / "v1-neural-1lane.nc").read_bytes()
+    from nacrith import container as C
+    f = io.BytesIO(blob)
+    C.read_file_header(f)
+    m = C.read_frame(f, 0)
+    rest = blob[f.tell():]
+    m.name = "../../evil\x1b[2J\x07\u202e.gguf"
+    m.backend = "0.0.1 x86_64 \x1b]0;owned\x07"
+    m.sha256 = bytes(32)                               # no installed model has this hash
+    put(tmp_path, "x.txt.nc", blob[:10] + m.pack() + rest)
+    r = run("-d", "x.txt.nc", cwd=tmp_path)
+    reason = one_error(r, "x.txt.nc")
+    assert "\x1b" not in reason and "\x07" not in reason and "\u202e" not in reason
+    assert "../../evil\\x1b[2J\\x07\\u202e.gguf" in reason
+    assert listing(tmp_path) == {"x.txt.nc"}
+    assert not (tmp_path.parent.parent / "evil").exists()
+    r = run("-l", "x.txt.nc", cwd=tmp_path)
+    out = r.stdout.decode()
+    assert r.returncode == 0 and "\x1b" not in out and "\x07" not in out
+    assert "  model        ../../evil\\x1b[2J\\x07\\u202e.gguf\n" in out
+    assert "  backend      0.0.1 x86_64 \\x1b]0;owned\\x07\n" in out
