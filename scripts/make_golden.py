@@ -18,19 +18,24 @@ OUT = ROOT / "formats" / "golden"
 def cases():
     alice = (CORPUS / "alice29.txt").read_bytes()
     fields = (CORPUS / "fields.c").read_bytes()
-    v = C.VERSION
+    v = 1                                   # version-1 features (LLM only, fallbacks)
     yield f"v{v}-empty", b"", {}
     noise = b"".join(hashlib.sha256(bytes([i])).digest() for i in range(16))   # incompressible
     yield f"v{v}-stored", noise, {"neural": False}
     yield f"v{v}-zstd", (CORPUS / "kennedy.xls").read_bytes()[:20000], {}
     yield f"v{v}-multisegment", fields[:3000] + bytes(range(256)), {"neural": False,
                                                                     "segment_size": 1000}
-    yield f"v{v}-neural-1lane", alice[2000:2600], {"threads": 1}
+    yield f"v{v}-neural-1lane", alice[2000:2600], {"threads": 1, "mixer": False}
     yield f"v{v}-neural-escapes", b"tab\x04\x1d caf\xc3\xa9 \xff <|endoftext|>\r\n" + alice[3000:3300], \
-        {"threads": 1}
-    yield f"v{v}-neural-3lanes", fields[:900], {"threads": 1, "lanes": 3}
+        {"threads": 1, "mixer": False}
+    yield f"v{v}-neural-3lanes", fields[:900], {"threads": 1, "lanes": 3, "mixer": False}
     yield f"v{v}-neural-slide", fields[1000:2200], {"threads": 1, "ctx": 256, "slide": 64,
-                                                     "n_keep": 2}
+                                                     "n_keep": 2, "mixer": False}
+    # version 2: the ensemble mixer
+    yield "v2-ensemble", alice[5000:5800], {"threads": 1}
+    yield "v2-ensemble-custom", fields[2200:3000] * 2, {"threads": 1, "ngram": 2, "match": 4,
+                                                        "bias_lr": 0, "mix_floor": 500}
+    yield "v2-ensemble-2lanes", alice[6000:6800], {"threads": 1, "lanes": 2}
 
 
 def main():

@@ -19,6 +19,8 @@ def test_every_feature_is_covered():
     for feature in ["empty", "stored", "zstd", "multisegment", "neural-1lane", "neural-escapes",
                     "neural-3lanes", "neural-slide"]:
         assert f"v1-{feature}.nc" in names
+    for feature in ["ensemble", "ensemble-custom", "ensemble-2lanes"]:
+        assert f"v2-{feature}.nc" in names
 
 
 @pytest.mark.parametrize("sha, size, name, methods", ENTRIES, ids=[e[2] for e in ENTRIES])
