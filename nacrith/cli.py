@@ -732,6 +732,7 @@ CTX = typer.Option(2048, "--ctx", min=1, metavar="N",
 LANES = typer.Option(1, "--lanes", min=1, max=C.MAX_LANES, metavar="N",
                      help="Sequences coded in lockstep (faster, slightly larger).")
 NO_NEURAL = typer.Option(False, "--no-neural", help="zstd/stored only: never load a model.")
+NO_MIXER = typer.Option(False, "--no-mixer", help="LLM only: no n-gram/match/bias ensemble.")
 JSON = typer.Option(False, "--json", help="One JSON object per archive.")
 
 
@@ -740,10 +741,11 @@ def compress(context: typer.Context, files: Optional[List[str]] = FILES,
              output: Optional[str] = OUTPUT, stdout: bool = STDOUT, force: bool = FORCE,
              keep: bool = KEEP, rm: bool = RM, quiet: bool = QUIET, verbose: bool = VERBOSE,
              model: Optional[str] = MODEL, threads: Optional[int] = THREADS, ctx: int = CTX,
-             lanes: int = LANES, no_neural: bool = NO_NEURAL, gpu_layers: int = GPU):
+             lanes: int = LANES, no_neural: bool = NO_NEURAL, no_mixer: bool = NO_MIXER,
+             gpu_layers: int = GPU):
     """Compress FILEs to FILE.nc (default command)."""
     opts = api.Options(model=model, ctx=ctx, threads=threads, lanes=lanes,
-                       n_gpu_layers=gpu_layers, neural=not no_neural)
+                       n_gpu_layers=gpu_layers, neural=not no_neural, mixer=not no_mixer)
     job = Job("compress", output, stdout, force, rm, quiet, verbose, opts=opts)
     return _run(job, files, context)
 

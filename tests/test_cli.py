@@ -571,6 +571,23 @@ def test_neural_roundtrip_small_text(tmp_path):
     assert listing(tmp_path) == {"alice.txt", "alice.txt.nc", "back.txt"}
 
 
+def test_no_mixer_writes_llm_only_v1_archive(tmp_path):
+    why = _neural_available()
+    if why:
+        pytest.skip(why)
+    data = corpus("xargs.1")[:700]
+    put(tmp_path, "x.txt", data)
+    r = run("--no-mixer", "--threads", "1", "x.txt", cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    blob = (tmp_path / "x.txt.nc").read_bytes()
+    from nacrith import container as C
+    _, model, segs, _ = C.scan_bytes(blob)
+    assert blob[4] == 1 and [s.method for s in segs] == [C.NEURAL]
+    assert "mix_preset" not in model.params
+    r = run("-dc", "x.txt.nc", cwd=tmp_path, timeout=600)
+    assert (r.returncode, r.stdout) == (0, data)
+
+
 def test_ctrl_c_during_neural_coding(tmp_path):
     """SIGINT while tokens are being coded (the progress bar is on a terminal): exit 130, the
     partial output is removed and the input is kept."""
