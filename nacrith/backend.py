@@ -19,6 +19,7 @@ import platform
 
 import numpy as np
 
+from ._signals import blocked
 from .errors import NacritError
 
 _initialised = False
@@ -28,13 +29,15 @@ _log_cb = None
 def _llama():
     global _initialised, _log_cb
     try:
-        import llama_cpp as L
+        with blocked():
+            import llama_cpp as L
     except ImportError as e:  # pragma: no cover - install problem
         raise NacritError(f"llama-cpp-python is not installed ({e})") from None
     if not _initialised:
         _log_cb = L.llama_log_callback(lambda level, text, user: None)  # keep a reference
         L.llama_log_set(_log_cb, ctypes.c_void_p())
-        L.llama_backend_init()
+        with blocked():
+            L.llama_backend_init()
         _initialised = True
     return L
 
@@ -102,7 +105,8 @@ class Backend:
         mp = L.llama_model_default_params()
         mp.n_gpu_layers = n_gpu_layers
         mp.main_gpu = main_gpu
-        self.model = L.llama_model_load_from_file(os.fsencode(path), mp)
+        with blocked():     # native threads started here or in decode never take our signals
+            self.model = L.llama_model_load_from_file(os.fsencode(path), mp)
         if not self.model:
             raise NacritError(f"{path}: cannot load model (not a GGUF file?)")
         self.vocab = L.llama_model_get_vocab(self.model)
@@ -119,7 +123,8 @@ class Backend:
         cp.kv_unified = False
         cp.embeddings = False
         cp.no_perf = True
-        self.lctx = L.llama_init_from_model(self.model, cp)
+        with blocked():
+            self.lctx = L.llama_init_from_model(self.model, cp)
         if not self.lctx:
             raise NacritError("cannot create llama.cpp context")
         if L.llama_n_ctx_seq(self.lctx) != ctx:
@@ -163,7 +168,8 @@ class Backend:
             self._logit[i] = 1
             self.pos[lane] += 1
         b.n_tokens = n
-        rc = self.L.llama_decode(self.lctx, b)
+        with blocked():
+            rc = self.L.llama_decode(self.lctx, b)
         if rc != 0:
             raise NacritError(f"llama_decode failed (code {rc})")
         ptr = self.L.llama_get_logits(self.lctx)

@@ -38,6 +38,7 @@ import typer.main
 
 from . import __version__, api
 from . import container as C
+from ._signals import SIGNALS, blocked
 from .errors import NacritError
 
 PROG = "nacrith"
@@ -62,8 +63,6 @@ def _click_class(name: str):
 
 UsageError = _click_class("UsageError")
 ClickException = _click_class("ClickException")
-_SIGNALS = [s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None),
-                        getattr(signal, "SIGHUP", None)) if s is not None]
 
 
 # ---------------------------------------------------------------- control-flow exceptions
@@ -102,26 +101,20 @@ class _OutputError(Exception):
         self.err = err
 
 
+_received: List[int] = []      # signals seen, so an interrupt a library converted still counts
+
+
 def _on_signal(signum, frame):
+    _received.append(signum)
+    if signum == getattr(signal, "SIGINT", None):
+        raise KeyboardInterrupt
     raise _Signalled(signum)
 
 
-class _deferred_signals:
-    """Block SIGINT/SIGTERM/SIGHUP for a short critical section (commit or cleanup)."""
-
-    def __enter__(self):
-        self.old = None
-        if hasattr(signal, "pthread_sigmask"):
-            try:
-                self.old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-            except (OSError, ValueError):
-                self.old = None
-        return self
-
-    def __exit__(self, *exc):
-        if self.old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self.old)
-        return False
+def _stop_for_signal() -> "_Stop":
+    """The status for the first signal received: 130 for Ctrl-C, 128 + N otherwise."""
+    sig = _received[0]
+    return _Stop(128 + sig, "interrupted" if sig == getattr(signal, "SIGINT", None) else "terminated")
 
 
 # ---------------------------------------------------------------- messages
@@ -189,7 +182,7 @@ class _FileOutput:
         self.f = None
         d, base = os.path.split(path)
         try:
-            with _deferred_signals():       # a signal can only arrive once self.tmp is known
+            with blocked():       # a signal can only arrive once self.tmp is known
                 fd, self.tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=d or ".")
                 self.f = os.fdopen(fd, "wb")
         except BaseException as e:
@@ -207,7 +200,7 @@ class _FileOutput:
             fd = self.f.fileno()
             self._copy_attributes(fd)
             os.fsync(fd)
-            with _deferred_signals():
+            with blocked():
                 self.f.close()
                 self._install()
                 self.tmp = None
@@ -267,7 +260,7 @@ class _FileOutput:
             os.close(fd)
 
     def discard(self) -> None:
-        with _deferred_signals():
+        with blocked():
             if self.f is not None:
                 try:
                     self.f.close()
@@ -445,12 +438,13 @@ def _run(job: Job, files: Optional[List[str]], ctx=None) -> int:
     for name in files:
         shown = STDIN_NAME if name == "-" else name
         try:
-            _one(job, name)
+            try:
+                _one(job, name)
+            except BaseException:
+                if _received:   # e.g. Ctrl-C inside a lazy import, re-raised as ImportError
+                    raise _stop_for_signal() from None
+                raise
             continue
-        except KeyboardInterrupt:
-            raise _Stop(130, "interrupted") from None
-        except _Signalled as e:
-            raise _Stop(128 + e.signum, "terminated") from None
         except _Fail as e:
             _err(f"{e.name}: {e.reason}")
         except NacritError as e:
@@ -610,7 +604,7 @@ def _one(job: Job, name: str) -> None:
             if not job.quiet:
                 _err(f"{out_path}: --rm ignored (output is not a regular file)")
         else:
-            with _deferred_signals():
+            with blocked():
                 os.unlink(name)
     if job.mode == "compress":
         if job.verbose:
@@ -851,12 +845,15 @@ def shim(argv: List[str]) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)):
-        if s is not None:
-            try:
-                signal.signal(s, _on_signal)
-            except (OSError, ValueError):       # not the main thread
-                pass
+    del _received[:]
+    saved = {}
+    for s in SIGNALS:
+        try:
+            saved[s] = signal.signal(s, _on_signal)
+        except (OSError, ValueError):           # not the main thread
+            pass
+    with blocked():
+        import numpy  # noqa: F401  (its BLAS threads start here, blind to our signals)
     code = 0
     try:
         args = shim(sys.argv[1:] if argv is None else argv)
@@ -870,22 +867,31 @@ def main(argv: Optional[List[str]] = None) -> None:
     except ClickException as e:
         e.show()
         code = e.exit_code
-    except typer.Abort:
-        code = 1
-    except KeyboardInterrupt:
-        _err("interrupted")
-        code = 130
-    except _Signalled as e:
-        _err("terminated")
-        code = 128 + e.signum
+    except (typer.Abort, KeyboardInterrupt, _Signalled):
+        code = 1                                # replaced below: a signal was received
+    if _received and code != 128 + _received[0]:
+        stop = _stop_for_signal()
+        _err(stop.message)
+        code = stop.code
+    for s, handler in saved.items():
+        signal.signal(s, handler)
     if code == 128 + 13:                        # broken pipe: don't complain again at exit
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
         except (OSError, ValueError, AttributeError):
             pass
+    if _received and argv is None:
+        # CPython remembers a KeyboardInterrupt that passed through a nested interpreter run
+        # (numba's lazy import) even after it was handled, and would then kill itself with
+        # SIGINT instead of exiting with our status. Flush and leave with the status we chose.
+        for f in (sys.stdout, sys.stderr):
+            try:
+                f.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
     sys.exit(code)
-
 
 if __name__ == "__main__":
     main()

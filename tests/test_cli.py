@@ -515,6 +515,38 @@ def test_signal_removes_partial_output(tmp_path, archive, mode, sig, code, msg):
         p.stdin.close()
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_native_threads_never_take_signals(tmp_path):
+    """llama.cpp's OpenMP pool and numpy's BLAS pool must block SIGINT/SIGTERM/SIGHUP: a signal
+    they took would leave the main thread blocked in read() until input arrives (a hang with an
+    idle writer). After a neural file, the process waits on stdin with those threads running."""
+    (tmp_path / "a.txt").write_bytes(corpus("alice29.txt")[:1500])
+    p = popen("a.txt", "-", cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+              stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "a.txt.nc").exists():
+            assert p.poll() is None and time.monotonic() < deadline, p.stderr.read()
+            time.sleep(0.05)
+        time.sleep(0.5)
+        tasks = sorted(int(t) for t in os.listdir(f"/proc/{p.pid}/task"))
+        assert len(tasks) >= 2                  # main + at least the BLAS/OpenMP helpers
+        want = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGHUP - 1))
+        for t in tasks:
+            status = Path(f"/proc/{p.pid}/task/{t}/status").read_text()
+            blk = int(re.search(r"^SigBlk:\s*([0-9a-f]+)", status, re.M).group(1), 16)
+            assert blk & want == (0 if t == p.pid else want), (t, hex(blk))
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=30) == 143
+        assert p.stderr.read() == b"nacrith: terminated\n"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stdin.close()
+        p.stdout.close()
+
+
 def test_sigterm_on_fifo_input_with_force(tmp_path):
     os.mkfifo(tmp_path / "fifo")
     fd = os.open(tmp_path / "fifo", os.O_RDWR)             # a writer that stays open
