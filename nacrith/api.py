@@ -24,6 +24,7 @@ from . import container as C
 from . import models
 from .errors import NacritError
 
+DEFAULT_SKIP_CAP = 32      # with the confidence skip on: catch-up batches of <= 33 tokens per lane
 HEADER_BOUND = 64          # archive size <= input size + HEADER_BOUND for inputs <= 4 MiB (tested)
 
 
@@ -61,6 +62,8 @@ class Options:
     mix_lr: int | None = None                   # / 2^20
     mix_floor: int | None = None                # / 2^16
     boost_lr: int | None = None                 # / 2^20 (0 = boost off)
+    skip: int | None = None                     # confidence skip threshold / 2^16 (0 = off)
+    skip_cap: int | None = None                 # most tokens waiting for the LLM per lane
 
     def mix_params(self):
         """The ensemble hyperparameters these options select (all zero: LLM only)."""
@@ -74,14 +77,15 @@ class Options:
 class Engine:
     """A loaded model with its exact tokenizer and the header parameters that describe it."""
 
-    def __init__(self, path: Path, opts: Options):
+    def __init__(self, path: Path, opts: Options, group: int = 1):
         from .backend import Backend, fingerprint
         from .tokenizer import ExactTokenizer
         self.path = path
         self.sha256 = models.sha256(path)
         self.backend = Backend(str(path), ctx=opts.ctx, lanes=opts.lanes, threads=opts.threads,
                                slide=opts.slide, n_keep=opts.n_keep,
-                               n_gpu_layers=opts.n_gpu_layers, main_gpu=opts.main_gpu)
+                               n_gpu_layers=opts.n_gpu_layers, main_gpu=opts.main_gpu,
+                               group=group)
         self.tokenizer = ExactTokenizer(self.backend)
         self.fingerprint = fingerprint()
         self.params = {"ctx": opts.ctx, "slide": opts.slide, "n_keep": opts.n_keep,
@@ -99,12 +103,14 @@ class Engine:
 _engines: dict = {}
 
 
-def get_engine(path: Path, opts: Options) -> Engine:
+def get_engine(path: Path, opts: Options, mix=None) -> Engine:
+    """The loaded model for these settings; `mix` (MixParams) sizes the batch for catch-ups."""
+    group = mix.skip_cap + 1 if mix is not None and mix.skip else 1
     key = (str(path), opts.ctx, opts.slide, opts.n_keep, opts.threads, opts.lanes,
-           opts.n_gpu_layers, opts.main_gpu)
+           opts.n_gpu_layers, opts.main_gpu, group)
     if key not in _engines:
         _engines.clear()            # one model in memory at a time
-        _engines[key] = Engine(path, opts)
+        _engines[key] = Engine(path, opts, group)
     return _engines[key]
 
 
@@ -114,6 +120,8 @@ def _options(opts: Options | None, kw) -> Options:
         o.threads = default_threads()
     if o.slide is None:
         o.slide = max(1, o.ctx // 4)
+    if o.skip and o.skip_cap is None:
+        o.skip_cap = DEFAULT_SKIP_CAP
     if o.ctx % 256:
         raise NacritError("ctx must be a multiple of 256")
     for name in ("ctx", "slide", "n_keep", "threads", "lanes", "segment_size"):
@@ -166,13 +174,13 @@ def compress_stream(src, dst, opts: Options | None = None, progress=None, **kw) 
     h = xxhash.xxh3_64()
     total = 0
     mix = o.mix_params()
-    version = C.VERSION if mix.active else C.LLM_ONLY_VERSION
+    version = C.VERSION if mix.skip else C.MIXER_VERSION if mix.active else C.LLM_ONLY_VERSION
     written = _write(dst, C.FileHeader(version).pack())
     methods = []
     engine, model_frame = None, None
     while block := _read_block(src, o.segment_size):
         if o.neural and engine is None and not looks_binary(block):
-            engine = get_engine(models.resolve(o.model), o)
+            engine = get_engine(models.resolve(o.model), o, mix)
         pending = b"" if engine is None or model_frame else engine.descriptor(mix).pack()
         seg, payload = _encode_segment(block, o, engine, len(pending), progress)
         if seg.method == C.NEURAL and not model_frame:
@@ -225,7 +233,7 @@ def _decode_engine(m: C.ModelDescriptor, o: Options):
     mix.validate()
     dopts = replace(o, ctx=p["ctx"], slide=p["slide"], n_keep=p["n_keep"], lanes=p["lanes"],
                     threads=o.threads or min(p.get("threads", 1), default_threads()))
-    engine = get_engine(path, dopts)
+    engine = get_engine(path, dopts, mix)
     if engine.backend.n_vocab != m.n_vocab or engine.backend.bos != p["bos"]:
         raise NacritError("model vocabulary does not match the archive")
     if engine.fingerprint != m.backend and not o.ignore_backend:

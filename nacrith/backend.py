@@ -3,12 +3,14 @@
 Invariants (the decoder can only reproduce logits from the identical sequence of calls):
 - one context per (model, ctx, lanes, threads, device); n_threads == n_threads_batch; flash
   attention off; non-unified KV so each lane owns `ctx` cells;
-- every lane starts with the BOS token at position 0; `step` feeds one token per listed lane at
-  that lane's next position, in the given order, in ONE llama_decode call, and requests logits for
-  every fed token (and nothing else);
-- when a lane's window is full, `step` first slides it natively: positions [n_keep, n_keep+slide)
-  are removed and later positions shifted down by `slide` (llama_memory_seq_rm + seq_add), so the
-  first n_keep positions (the BOS attention sink) are never dropped and nothing is re-evaluated;
+- every lane starts with the BOS token at position 0; `feed` gives each listed lane its list of
+  tokens at that lane's next positions, lanes in the given order, in ONE llama_decode call, and
+  requests logits for the last token of each list (and nothing else); `step` is one token per lane;
+- when a lane's window cannot take its tokens, `feed` first slides it natively (as often as
+  needed): positions [n_keep, n_keep+slide) are removed and later positions shifted down by
+  `slide` (llama_memory_seq_rm + seq_add), so the first n_keep positions (the BOS attention sink)
+  are never dropped and nothing is re-evaluated;
+- native threads (model load, decode) start with SIGINT/SIGTERM/SIGHUP blocked (_signals.py);
 - `reset` clears all lanes; encoder and decoder call it before every segment.
 """
 from __future__ import annotations
@@ -96,7 +98,7 @@ def describe_difference(theirs: str, ours: str) -> str:
 
 class Backend:
     def __init__(self, path: str, *, ctx: int, lanes: int, threads: int, slide: int, n_keep: int,
-                 n_gpu_layers: int = 0, main_gpu: int = 0, batch: int = 512):
+                 n_gpu_layers: int = 0, main_gpu: int = 0, batch: int = 512, group: int = 1):
         L = self.L = _llama()
         if not 1 <= n_keep < ctx or not 1 <= slide <= ctx - n_keep:
             raise NacritError(f"bad window settings (ctx={ctx}, slide={slide}, n_keep={n_keep})")
@@ -114,7 +116,7 @@ class Backend:
         bos = L.llama_vocab_bos(self.vocab)
         self.bos = bos if bos >= 0 else L.llama_vocab_eos(self.vocab)
         cp = L.llama_context_default_params()
-        self.n_batch = max(batch, lanes)
+        self.n_batch = max(batch, lanes * group)      # group: most tokens fed to a lane at once
         cp.n_ctx = ctx * lanes
         cp.n_batch = cp.n_ubatch = self.n_batch
         cp.n_seq_max = lanes
@@ -156,24 +158,36 @@ class Backend:
         """Feed tokens[i] to lanes[i] (one llama_decode); return logits, shape (len(lanes), n_vocab).
 
         The returned array is a view into llama.cpp's buffer, valid until the next call."""
-        n = len(lanes)
+        return self.feed(lanes, [[t] for t in tokens])
+
+    def feed(self, lanes, groups) -> np.ndarray:
+        """Feed the token list groups[i] to lanes[i], all in ONE llama_decode, with logits for
+        the last token of each group only; return them, shape (len(lanes), n_vocab).
+
+        A lane whose window cannot take its group first slides (as often as needed); a group
+        never exceeds ctx - n_keep tokens. One token per lane is `step`."""
+        n = 0
         b = self.batch
-        for i in range(n):
-            lane = lanes[i]
-            if self.pos[lane] >= self.ctx:
+        for lane, toks in zip(lanes, groups):
+            m = len(toks)
+            if not 1 <= m <= self.ctx - self.n_keep or n + m > self.n_batch:
+                raise NacritError(f"batch of {m} tokens for lane {lane} does not fit")
+            while self.pos[lane] + m > self.ctx:
                 self._slide(lane)
-            self._tok[i] = tokens[i]
-            self._pos[i] = self.pos[lane]
-            b.seq_id[i][0] = lane
-            self._logit[i] = 1
-            self.pos[lane] += 1
+            for j in range(m):
+                self._tok[n] = toks[j]
+                self._pos[n] = self.pos[lane]
+                b.seq_id[n][0] = lane
+                self._logit[n] = 1 if j == m - 1 else 0
+                self.pos[lane] += 1
+                n += 1
         b.n_tokens = n
         with blocked():
             rc = self.L.llama_decode(self.lctx, b)
         if rc != 0:
             raise NacritError(f"llama_decode failed (code {rc})")
         ptr = self.L.llama_get_logits(self.lctx)
-        return np.ctypeslib.as_array(ptr, shape=(n, self.n_vocab))
+        return np.ctypeslib.as_array(ptr, shape=(len(lanes), self.n_vocab))
 
     def piece(self, token: int) -> bytes:
         """Bytes of one token, rendered with llama_token_to_piece (never truncated)."""

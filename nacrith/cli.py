@@ -50,7 +50,8 @@ MODE_FLAGS = {"-z": "compress", "--compress": "compress", "-d": "decompress",
               "--test": "test", "-l": "info", "--list": "info"}
 SHORT_FLAGS = set("cdfklqtvzhV")           # single-letter flags that take no value
 SHORT_VALUE = set("o")                     # single-letter options that take a value
-VALUE_OPTS = {"-o", "--output", "--model", "--threads", "--ctx", "--lanes", "--gpu-layers"}
+VALUE_OPTS = {"-o", "--output", "--model", "--threads", "--ctx", "--lanes", "--gpu-layers",
+              "--skip"}
 USAGE = f"Usage: {PROG} [compress|decompress|info|test] [OPTIONS] [FILE]..."
 STDIN_NAME = "<stdin>"
 STDOUT_NAME = "<stdout>"
@@ -727,6 +728,9 @@ LANES = typer.Option(1, "--lanes", min=1, max=C.MAX_LANES, metavar="N",
                      help="Sequences coded in lockstep (faster, slightly larger).")
 NO_NEURAL = typer.Option(False, "--no-neural", help="zstd/stored only: never load a model.")
 NO_MIXER = typer.Option(False, "--no-mixer", help="LLM only: no n-gram/match/bias ensemble.")
+SKIP = typer.Option(None, "--skip", min=0.0, max=0.99998, metavar="P",
+                    help="Confidence skip: code a token without the LLM when the match model "
+                         "gives it probability >= P (e.g. 0.95; faster on repetitive text).")
 JSON = typer.Option(False, "--json", help="One JSON object per archive.")
 
 
@@ -736,10 +740,11 @@ def compress(context: typer.Context, files: Optional[List[str]] = FILES,
              keep: bool = KEEP, rm: bool = RM, quiet: bool = QUIET, verbose: bool = VERBOSE,
              model: Optional[str] = MODEL, threads: Optional[int] = THREADS, ctx: int = CTX,
              lanes: int = LANES, no_neural: bool = NO_NEURAL, no_mixer: bool = NO_MIXER,
-             gpu_layers: int = GPU):
+             gpu_layers: int = GPU, skip: Optional[float] = SKIP):
     """Compress FILEs to FILE.nc (default command)."""
     opts = api.Options(model=model, ctx=ctx, threads=threads, lanes=lanes,
-                       n_gpu_layers=gpu_layers, neural=not no_neural, mixer=not no_mixer)
+                       n_gpu_layers=gpu_layers, neural=not no_neural, mixer=not no_mixer,
+                       skip=None if skip is None else round(skip * 65536))
     job = Job("compress", output, stdout, force, rm, quiet, verbose, opts=opts)
     return _run(job, files, context)
 

@@ -20,7 +20,8 @@ import xxhash
 from .errors import NacritError
 
 MAGIC = b"NACR"
-VERSION = 2              # written when the model frame may carry ensemble keys (>= 8)
+VERSION = 3              # written when the model frame carries the confidence-skip keys (32, 33)
+MIXER_VERSION = 2        # written when it carries ensemble keys (8..21) only
 LLM_ONLY_VERSION = 1     # written otherwise (archives a version-1 reader can decode)
 FRAME_END = 0x00
 FRAME_SEGMENT = 0x01
@@ -63,6 +64,9 @@ PARAM_KEYS = {
     19: "mix_floor",   # mixer weight floor, / 2^16
     20: "boost_lr",    # log-linear candidate boost learning rate, / 2^20
     21: "mix_preset",  # base values of keys 8..20 (0/absent: all 0; 1: mixer.PRESETS[1])
+    # confidence skip (nacrith/neural.py lockstep); absent = off (no mix_preset sets it)
+    32: "skip",        # skip a lane's LLM step when the match probability >= skip / 2^16
+    33: "skip_cap",    # most tokens waiting for the LLM per lane (catch-up batch <= cap + 1)
 }
 PARAM_IDS = {name: key for key, name in PARAM_KEYS.items()}
 

@@ -53,6 +53,7 @@ TAU_MIN, TAU_MAX = 0.5, 2.0
 BIAS_MAX = 16.0
 BOOST_MAX = 30.0
 BIAS_G0 = 1.0
+MAX_SKIP_CAP = 255      # catch-up batches of at most 256 tokens per lane
 
 # fixed-point scales of the float hyperparameters in the model frame (varints)
 LR_SCALE = 1 << 20      # bias_lr, temp_lr, mix_lr: value / 2^20
@@ -88,10 +89,13 @@ class MixParams:
     mix_floor: int = 0      # weight floor / 2^16
     boost_lr: int = 0       # log-linear candidate boost learning rate / 2^20; 0 = off
     bias_ada: int = 0       # 1: AdaGrad step sizes for the bias head
+    skip: int = 0           # confidence skip: code a token without the LLM when the match model's
+                            # probability >= skip / 2^16 (neural.lockstep); 0 = off
+    skip_cap: int = 0       # most tokens a lane lets wait for the LLM (its catch-up batch - 1)
 
     KEYS = ("ngram", "ngram_bits", "ngram_limit", "ngram_esc", "match", "match_bits",
             "match_limit", "bias_lr", "temp_lr", "mix_lr", "mix_floor", "boost_lr",
-            "bias_ada")
+            "bias_ada", "skip", "skip_cap")
 
     @property
     def active(self) -> bool:
@@ -142,6 +146,10 @@ class MixParams:
         for name in ("bias_lr", "temp_lr", "mix_lr", "boost_lr"):
             if not 0 <= getattr(self, name) <= LR_SCALE:
                 raise NacritError(f"{name} must be 0..2^20")
+        if not 0 <= self.skip < FRAC_SCALE or (self.skip and not self.match):
+            raise NacritError("skip must be 0..2^16-1, and needs the match model")
+        if self.skip and not 1 <= self.skip_cap <= MAX_SKIP_CAP:
+            raise NacritError(f"skip_cap must be 1..{MAX_SKIP_CAP}")
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -243,6 +251,73 @@ def _sum8_pl(p, logits, n):
 
 
 @njit(cache=True)
+def _lookup_sparse(S):
+    """n-gram and match predictions for the next token (mk_*, I_NGB/I_NGHIT, I_MPRED, S_MC).
+
+    Returns hit * 256 + mb: the highest n-gram order that hit and the match-length bucket."""
+    (ipar, fpar, ist, fst, hist, bias, xbuf, p, ng_tag, ng_tok, ng_cnt, mt, mcnt, mz,
+     mk_tok, mk_c, mk_n, mk_e, w, cand_tok, cand_x, beta, cand_g, bias_g) = S
+    t = ist[I_T]
+    N = ipar[P_NG]
+    k = 1
+    hit = 0
+    for o in range(N):
+        order = o + 1
+        mk_n[k] = 0
+        mk_e[k] = 1.0
+        ist[I_NGB + o] = -1
+        ist[I_NGHIT + o] = 0
+        if t >= order:
+            h = _ctx_hash(hist, t, order, order)
+            bits = ipar[P_NGBITS]
+            bkt = np.int64(h >> np.uint64(64 - bits))
+            tag = np.int64(h & np.uint64(0xFFFFFFFF)) | 1
+            ist[I_NGB + o] = bkt
+            if ng_tag[o, bkt] == tag:
+                ist[I_NGHIT + o] = 1
+                tot = 0
+                d = 0
+                for j in range(SLOTS):
+                    c = ng_cnt[o, bkt, j]
+                    if c > 0:
+                        tot += c
+                        d += 1
+                if tot > 0:
+                    hit = order
+                    esc = fpar[F_NG_ESC] * d
+                    den = 1.0 / (tot + esc)
+                    nn = 0
+                    for j in range(SLOTS):
+                        c = ng_cnt[o, bkt, j]
+                        if c > 0:
+                            mk_tok[k, nn] = ng_tok[o, bkt, j]
+                            mk_c[k, nn] = c * den
+                            nn += 1
+                    mk_n[k] = nn
+                    mk_e[k] = esc * den
+        k += 1
+    mb = 0
+    ist[I_MPRED] = -1
+    if ipar[P_MMIN] > 0:
+        mk_n[k] = 0
+        mk_e[k] = 1.0
+        mlen = ist[I_MLEN]
+        if mlen > 0:
+            bk = _mbucket(mlen)
+            c = (mcnt[bk, 0] + 0.5) / (mcnt[bk, 0] + mcnt[bk, 1] + 1.0)
+            pred = hist[ist[I_MPTR]]
+            ist[I_MPRED] = pred
+            fst[S_MC] = c
+            mk_tok[k, 0] = pred
+            mk_c[k, 0] = c
+            mk_n[k] = 1
+            mk_e[k] = 1.0 - c
+            mb = 1 if mlen < 16 else (2 if mlen < 32 else 3)
+        k += 1
+    return hit * 256 + mb
+
+
+@njit(cache=True)
 def _predict(logits, S, freqs):
     """Fill freqs (int64[V]) with the ensemble distribution for the next token of this lane."""
     (ipar, fpar, ist, fst, hist, bias, xbuf, p, ng_tag, ng_tok, ng_cnt, mt, mcnt, mz,
@@ -315,63 +390,10 @@ def _predict(logits, S, freqs):
 
     # ---- sparse models
     K = ipar[P_K]
-    N = ipar[P_NG]
-    k = 1
-    hit = 0
     ncand = 0
-    for o in range(N):
-        order = o + 1
-        mk_n[k] = 0
-        mk_e[k] = 1.0
-        ist[I_NGB + o] = -1
-        ist[I_NGHIT + o] = 0
-        if t >= order:
-            h = _ctx_hash(hist, t, order, order)
-            bits = ipar[P_NGBITS]
-            bkt = np.int64(h >> np.uint64(64 - bits))
-            tag = np.int64(h & np.uint64(0xFFFFFFFF)) | 1
-            ist[I_NGB + o] = bkt
-            if ng_tag[o, bkt] == tag:
-                ist[I_NGHIT + o] = 1
-                tot = 0
-                d = 0
-                for j in range(SLOTS):
-                    c = ng_cnt[o, bkt, j]
-                    if c > 0:
-                        tot += c
-                        d += 1
-                if tot > 0:
-                    hit = order
-                    esc = fpar[F_NG_ESC] * d
-                    den = 1.0 / (tot + esc)
-                    nn = 0
-                    for j in range(SLOTS):
-                        c = ng_cnt[o, bkt, j]
-                        if c > 0:
-                            mk_tok[k, nn] = ng_tok[o, bkt, j]
-                            mk_c[k, nn] = c * den
-                            nn += 1
-                    mk_n[k] = nn
-                    mk_e[k] = esc * den
-        k += 1
-    mb = 0
-    ist[I_MPRED] = -1
-    if ipar[P_MMIN] > 0:
-        mk_n[k] = 0
-        mk_e[k] = 1.0
-        mlen = ist[I_MLEN]
-        if mlen > 0:
-            bk = _mbucket(mlen)
-            c = (mcnt[bk, 0] + 0.5) / (mcnt[bk, 0] + mcnt[bk, 1] + 1.0)
-            pred = hist[ist[I_MPTR]]
-            ist[I_MPRED] = pred
-            fst[S_MC] = c
-            mk_tok[k, 0] = pred
-            mk_c[k, 0] = c
-            mk_n[k] = 1
-            mk_e[k] = 1.0 - c
-            mb = 1 if mlen < 16 else (2 if mlen < 32 else 3)
-        k += 1
+    hm = _lookup_sparse(S)
+    hit = hm >> 8
+    mb = hm & 255
 
     # ---- mixer weights of the selected set
     lb = 0 if qmax < 0.3 else (1 if qmax < 0.6 else (2 if qmax < 0.9 else 3))
@@ -506,6 +528,17 @@ def _update(S, y, ly):
         fst[S_TAU] = tau if tau < TAU_MAX else TAU_MAX
     ist[I_Y] = y
 
+    _learn_sparse(S, y)
+
+
+@njit(cache=True)
+def _learn_sparse(S, y):
+    """n-gram counts, history and match model learn token y (after _lookup_sparse)."""
+    (ipar, fpar, ist, fst, hist, bias, xbuf, p, ng_tag, ng_tok, ng_cnt, mt, mcnt, mz,
+     mk_tok, mk_c, mk_n, mk_e, w, cand_tok, cand_x, beta, cand_g, bias_g) = S
+    t = ist[I_T]
+    if t >= hist.shape[0]:
+        raise ValueError("LaneModel: more tokens coded than the lane was created for")
     # ---- n-gram counts
     N = ipar[P_NG]
     lim = ipar[P_NGLIM]
@@ -577,6 +610,52 @@ def _update(S, y, ly):
             mt[slot] = nt + 1
 
 
+SKIP_UNIFORM = 1.0 / 64    # share of a skipped token's escape mass spread uniformly
+
+
+@njit(cache=True)
+def _skip_conf(S):
+    """Probability the match model gives its prediction for the next token (0.0 if none)."""
+    ipar, ist, mcnt = S[0], S[2], S[12]
+    if ipar[P_MMIN] == 0 or ist[I_MLEN] <= 0:
+        return 0.0
+    bk = _mbucket(ist[I_MLEN])
+    return (mcnt[bk, 0] + 0.5) / (mcnt[bk, 0] + mcnt[bk, 1] + 1.0)
+
+
+@njit(cache=True)
+def _skip_predict(S, freqs):
+    """Confidence skip: the next token's distribution without the LLM (only when _skip_conf > 0):
+    P = c [match prediction] + (1 - c) ((1 - u) NG + u / V), NG the candidates of the highest
+    n-gram order that hit, normalised (u = 1 when none hit). Every f >= 1, total 2^24."""
+    hm = _lookup_sparse(S)
+    hit = hm >> 8
+    ist, fst, mk_tok, mk_c, mk_n = S[2], S[3], S[14], S[15], S[16]
+    c = fst[S_MC]
+    pred = ist[I_MPRED]
+    n = freqs.shape[0]
+    scale = np.float64(TOTAL - n)
+    esc = 1.0 - c
+    uni = esc * SKIP_UNIFORM if hit > 0 else esc
+    fu = 1 + np.int64(uni / n * scale)
+    for i in range(n):
+        freqs[i] = fu
+    tot = fu * n
+    if hit > 0:
+        ng = esc - uni
+        cs = 0.0
+        for jj in range(mk_n[hit]):
+            cs += mk_c[hit, jj]
+        for jj in range(mk_n[hit]):
+            tok = mk_tok[hit, jj]
+            f = fu + np.int64(ng * (mk_c[hit, jj] / cs) * scale)
+            tot += f - freqs[tok]
+            freqs[tok] = f
+    f = freqs[pred] + np.int64(c * scale)
+    tot += f - freqs[pred]
+    freqs[pred] = f + (TOTAL - tot)
+
+
 def _make_kernels(stamp):
     @njit(cache=True)
     def enc_kernel(st, buf, logits, sym, freqs, S):
@@ -610,10 +689,53 @@ def _make_kernels(stamp):
             out[t] = freqs[y]
             _update(S, y, np.float64(row[y]))
 
-    return enc_kernel, dec_kernel, cost_kernel
+    @njit(cache=True)
+    def enc_skip_kernel(st, buf, sym, freqs, S):
+        _ = stamp
+        _skip_predict(S, freqs)
+        c_lo = 0
+        for i in range(sym):
+            c_lo += freqs[i]
+        buf = _encode_range(st, buf, c_lo, c_lo + freqs[sym])
+        _learn_sparse(S, sym)
+        return buf
+
+    @njit(cache=True)
+    def dec_skip_kernel(st, data, freqs, S):
+        _ = stamp
+        count = _dec_count(st)
+        _skip_predict(S, freqs)
+        s, c_lo = _find_symbol(freqs, count)
+        _dec_update(st, data, c_lo, c_lo + freqs[s])
+        _learn_sparse(S, s)
+        return s
+
+    @njit(cache=True)
+    def cost_skip_kernel(logits2d, toks, freqs, S, out, thr, cap, skipped):
+        """Offline: as cost_kernel, with the confidence-skip rule of neural.lockstep (skip when
+        _skip_conf >= thr and fewer than cap tokens wait for the LLM); skipped[t] = 1 if so."""
+        _ = stamp
+        run = 0
+        for t in range(toks.shape[0]):
+            y = toks[t]
+            if thr > 0.0 and run < cap and _skip_conf(S) >= thr:
+                _skip_predict(S, freqs)
+                out[t] = freqs[y]
+                _learn_sparse(S, y)
+                skipped[t] = 1
+                run += 1
+            else:
+                row = logits2d[t]
+                _predict(row, S, freqs)
+                out[t] = freqs[y]
+                _update(S, y, np.float64(row[y]))
+                run = 0
+
+    return enc_kernel, dec_kernel, cost_kernel, enc_skip_kernel, dec_skip_kernel, cost_skip_kernel
 
 
-_enc_kernel, _dec_kernel, _cost_kernel = _make_kernels(
+(_enc_kernel, _dec_kernel, _cost_kernel, _enc_skip_kernel, _dec_skip_kernel,
+ _cost_skip_kernel) = _make_kernels(
     _source_stamp(_cdf) ^ (_source_stamp(_coder) << 1))
 
 
@@ -705,11 +827,32 @@ class LaneModel:
         """Decode one symbol from decoder (coder.Decoder), then learn it."""
         return int(_dec_kernel(decoder._st, decoder._data, self._row(logits), self.freqs, self.S))
 
-    def costs(self, logits2d, toks) -> np.ndarray:
-        """Offline evaluation: the frequency of each true token (bits = 24 - log2(f))."""
+    def costs(self, logits2d, toks, skip_thr: float = 0.0, skip_cap: int = 0):
+        """Offline evaluation: the frequency of each true token (bits = 24 - log2(f)); with
+        skip_thr > 0 also the mask of the tokens the confidence skip would code."""
         out = np.zeros(len(toks), dtype=np.int64)
-        _cost_kernel(logits2d, np.asarray(toks, dtype=np.int64), self.freqs, self.S, out)
-        return out
+        toks = np.asarray(toks, dtype=np.int64)
+        if skip_thr <= 0.0:
+            _cost_kernel(logits2d, toks, self.freqs, self.S, out)
+            return out
+        skipped = np.zeros(len(toks), dtype=np.int8)
+        _cost_skip_kernel(logits2d, toks, self.freqs, self.S, out, skip_thr, skip_cap, skipped)
+        return out, skipped
+
+    # ---- confidence skip (neural.lockstep): code a token without the LLM
+    def skip_conf(self) -> float:
+        """Match-model confidence in its prediction of the next token (0.0: no prediction)."""
+        return float(_skip_conf(self.S))
+
+    def encode_skip(self, encoder, sym: int) -> None:
+        encoder._check()
+        sym = int(sym)
+        if not 0 <= sym < self.n_vocab:
+            raise ValueError(f"symbol {sym} out of range [0, {self.n_vocab})")
+        encoder._buf = _enc_skip_kernel(encoder._st, encoder._buf, sym, self.freqs, self.S)
+
+    def decode_skip(self, decoder) -> int:
+        return int(_dec_skip_kernel(decoder._st, decoder._data, self.freqs, self.S))
 
 
 # Presets are part of the format (model-frame key mix_preset): never change one, add a new id.

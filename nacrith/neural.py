@@ -4,8 +4,15 @@ Invariants:
 - a segment's bytes are split into K contiguous lanes; each lane is exactly tokenized
   (tokenizer.py) and coded into its own arithmetic-coded stream;
 - the sequence of llama_decode calls is produced by `lockstep` alone, from the per-lane token
-  counts (which the header stores), so encoder and decoder issue identical calls: at step t every
-  lane with t < n_tokens[lane] is fed its previous token (BOS at t = 0), in lane order;
+  counts (which the header stores) and, with the confidence skip on, from the lanes' model states
+  before each step (which encoder and decoder share), so both sides issue identical calls: at step
+  t every lane with t < n_tokens[lane] either needs the LLM, and is fed the tokens that wait for it
+  (its previous token, BOS at t = 0, preceded by any skipped ones) with logits for the last one
+  only, all such lanes in lane order in ONE llama_decode; or it is skipped (mix.skip > 0, the match
+  model's probability >= skip / 2^16, at most skip_cap tokens already waiting): its token is coded
+  from the n-gram/match models alone and joins the lane's waiting tokens (the KV cache catches up
+  at the lane's next LLM step; nothing is ever re-evaluated). Without skips this is exactly one
+  token per active lane per step;
 - with the ensemble on (mix), each lane has its own mixer.LaneModel, fresh at segment start, and
   every token is coded with the ensemble's frequencies instead of the LLM's;
 - lane payload = escape block + coded stream; escape block = varint count, then per escape
@@ -37,16 +44,28 @@ def split_lanes(data: bytes, k: int) -> list[bytes]:
     return [data[a:b] for a, b in zip(cuts, cuts[1:])]
 
 
-def lockstep(backend, n_tokens: list[int], code, progress=None) -> None:
-    """Drive the LLM over all lanes; code(lane, t, logits_row) codes token t and returns it."""
+def lockstep(backend, n_tokens: list[int], code, progress=None, skip=None, cap: int = 0) -> None:
+    """Drive the LLM over all lanes; code(lane, t, logits_row) codes token t and returns it.
+
+    skip(lane) -> bool (optional): code the lane's token t without the LLM (code gets row None);
+    asked before step t, only while at most `cap` tokens of that lane wait for the LLM."""
     backend.reset()
     k = len(n_tokens)
-    prev = [backend.bos] * k
+    wait = [[backend.bos] for _ in range(k)]       # tokens not yet fed to the LLM, per lane
     for t in range(max(n_tokens, default=0)):
         active = [lane for lane in range(k) if t < n_tokens[lane]]
-        logits = backend.step(active, [prev[lane] for lane in active])
-        for i, lane in enumerate(active):
-            prev[lane] = code(lane, t, logits[i])
+        if skip is None:
+            need = active
+        else:
+            need = [lane for lane in active if len(wait[lane]) > cap or not skip(lane)]
+        logits = backend.feed(need, [wait[lane] for lane in need]) if need else None
+        i = 0
+        for lane in active:
+            if i < len(need) and need[i] == lane:
+                wait[lane] = [code(lane, t, logits[i])]
+                i += 1
+            else:
+                wait[lane].append(code(lane, t, None))
         if progress is not None:
             progress(len(active))
 
@@ -85,6 +104,15 @@ def _lane_models(engine, mix, n_tokens):
     return [LaneModel(mix, engine.backend.n_vocab, n) for n in n_tokens]
 
 
+def _run(engine, mix, lms, n_tokens, code, progress):
+    """lockstep with the confidence skip that mix selects (FRAC_SCALE = 2^16)."""
+    skip, cap = None, 0
+    if lms is not None and mix.skip:
+        thr = mix.skip / 65536.0
+        skip, cap = (lambda lane: lms[lane].skip_conf() >= thr), mix.skip_cap
+    lockstep(engine.backend, n_tokens, code, progress, skip, cap)
+
+
 def encode_segment(engine, data: bytes, lanes: int, max_escaped: int, progress=None, mix=None):
     """Code `data` neurally. Returns (Segment, payload) or None if it is not text enough.
 
@@ -104,11 +132,13 @@ def encode_segment(engine, data: bytes, lanes: int, max_escaped: int, progress=N
         sym = int(toks[lane][t])
         if lms is None:
             encoders[lane].encode_logits(row, sym)
+        elif row is None:
+            lms[lane].encode_skip(encoders[lane], sym)
         else:
             lms[lane].encode(encoders[lane], row, sym)
         return sym
 
-    lockstep(engine.backend, [len(t) for t in toks], code, progress)
+    _run(engine, mix, lms, [len(t) for t in toks], code, progress)
     payload = bytearray()
     lane_table = []
     for part, tk, esc, enc in zip(parts, toks, escs, encoders):
@@ -134,12 +164,14 @@ def decode_segment(engine, seg: Segment, payload: bytes, progress=None, mix=None
     def code(lane, t, row):
         if lms is None:
             sym = decoders[lane].decode_logits(row)
+        elif row is None:
+            sym = lms[lane].decode_skip(decoders[lane])
         else:
             sym = lms[lane].decode(decoders[lane], row)
         toks[lane][t] = sym
         return sym
 
-    lockstep(engine.backend, n_tokens, code, progress)
+    _run(engine, mix, lms, n_tokens, code, progress)
     pieces = engine.tokenizer.pieces
     out = []
     for lane, tk, esc in zip(seg.lanes, toks, escs):

@@ -86,6 +86,8 @@ def bench_file(name: str, data: bytes, opts: api.Options, decompress: bool) -> d
         flags = ["--threads", str(opts.threads), "--ctx", str(opts.ctx), "--lanes", str(opts.lanes)]
         if opts.model:
             flags += ["--model", str(opts.model)]
+        if opts.skip:
+            flags += ["--skip", repr(opts.skip / 65536)]
         t0 = time.perf_counter()
         cli("compress", "-q", *flags, str(src))
         c_s = time.perf_counter() - t0
@@ -121,6 +123,9 @@ def main() -> None:
     ap.add_argument("--keep-sweep", default="", help="comma list of n_keep values (raw LLM loop)")
     ap.add_argument("--lanes-sweep", default="", help="comma list of lane counts: raw lockstep "
                     "llama.cpp throughput vs nacrith compress/decompress throughput and bpb")
+    ap.add_argument("--skip-sweep", default="", help="comma list of confidence-skip thresholds "
+                    "(0 = off): bpb and speed against the raw single-sequence loop")
+    ap.add_argument("--repeat", action="store_true", help="each file concatenated with itself")
     args = ap.parse_args()
     opts = api._options(None, dict(model=args.model, ctx=args.ctx, slide=args.slide,
                                    n_keep=args.n_keep, threads=args.threads, lanes=args.lanes))
@@ -133,7 +138,8 @@ def main() -> None:
     def load(name):
         data = (CORPUS / name).read_bytes()
         n = args.alice_bytes if name == "alice29.txt" else args.bytes
-        return data[:n] if n else data
+        data = data[:n] if n else data
+        return data + data if args.repeat else data
 
     if args.ctx_sweep or args.keep_sweep:
         sweep = [("ctx", int(c)) for c in args.ctx_sweep.split(",") if c] + \
@@ -160,6 +166,19 @@ def main() -> None:
                 print(f"| {k} | {name} | {r['bytes']} | {r['bpb']:.4f} | {r['raw_tps']:.1f} | "
                       f"{r['c_tps']:.1f} | {r['c_tps'] / r['raw_tps']:.3f} | {r['d_tps']:.1f} | "
                       f"{r['c_tps'] / r['d_tps']:.3f} |", flush=True)
+        return
+
+    if args.skip_sweep:
+        print("\n| skip | file | bytes | bpb | raw tok/s | compress tok/s | speed-up vs raw | "
+              "decompress tok/s | d/c time |\n|---|---|---|---|---|---|---|---|---|")
+        for p in [float(c) for c in args.skip_sweep.split(",")]:
+            o = api._options(opts, {"skip": round(p * 65536) or None})
+            for name in files:
+                r = bench_file(name, load(name), o, True)
+                assert r["roundtrip"] == "ok", name
+                print(f"| {p or 'off'} | {name} | {r['bytes']} | {r['bpb']:.4f} | "
+                      f"{r['raw_tps']:.1f} | {r['c_tps']:.1f} | {r['c_tps'] / r['raw_tps']:.3f} | "
+                      f"{r['d_tps']:.1f} | {r['c_tps'] / r['d_tps']:.3f} |", flush=True)
         return
 
     cols = ["file", "bytes", "tokens", "nc", "bpb", "payload_bpb", "ce_bpb", "raw_tps", "c_tps", "d_tps",

@@ -215,7 +215,7 @@ def no_model(monkeypatch):
     the options it was asked for."""
     seen = []
 
-    def get_engine(path, opts):
+    def get_engine(path, opts, mix=None):
         seen.append(opts)
         raise _Built()
 
