@@ -36,6 +36,10 @@ def cases():
     yield "v2-ensemble-custom", fields[2200:3000] * 2, {"threads": 1, "ngram": 2, "match": 4,
                                                         "bias_lr": 0, "mix_floor": 500}
     yield "v2-ensemble-2lanes", alice[6000:6800], {"threads": 1, "lanes": 2}
+    # version 3: confidence skip with catch-up batches (repeats in each lane)
+    yield "v3-skip", alice[7000:7500] * 2, {"threads": 1, "skip": 62259, "skip_cap": 8}
+    yield "v3-skip-2lanes", alice[8000:8400] * 2 + fields[4000:4400] * 2, \
+        {"threads": 1, "lanes": 2, "skip": 62259, "skip_cap": 8}
 
 
 def main():

@@ -21,6 +21,8 @@ def test_every_feature_is_covered():
         assert f"v1-{feature}.nc" in names
     for feature in ["ensemble", "ensemble-custom", "ensemble-2lanes"]:
         assert f"v2-{feature}.nc" in names
+    for feature in ["skip", "skip-2lanes"]:
+        assert f"v3-{feature}.nc" in names
 
 
 @pytest.mark.parametrize("sha, size, name, methods", ENTRIES, ids=[e[2] for e in ENTRIES])
