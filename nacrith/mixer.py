@@ -13,27 +13,35 @@ Invariants (part of the bitstream format; formats/FORMAT.md "Ensemble mixer" is 
 Per token (one fused kernel call):
 1. LLM + bias head: x_i = tau * l_i + b_i (the pending bias step of the previous token is applied
    in the same pass), q = softmax(x) with the deterministic exp;
-2. sparse models: n-gram orders 1..N (hashed buckets of SLOTS (token, count) slots with a check
-   tag) and the match model each give a few candidate tokens with probability c and an escape
-   mass e that is spread like q, i.e. P_k(i) = c_k(i) + e_k q_i (the LLM itself is k = 0 with
-   e_0 = 1);
+2. sparse models: n-gram orders 1..N (hashed buckets of SLOTS or ngram_slots (token, count)
+   slots with a check tag; with slot_lr each slot also learns a log-space bias) and the match
+   model each give a few candidate tokens with probability c and an escape mass e that is
+   spread like q, i.e. P_k(i) = c_k(i) + e_k q_i (the LLM itself is k = 0 with e_0 = 1);
 3. mixer: P = sum_k w_k P_k = A q + sparse extras, with w = floor + (1 - K floor) softmax(z_set)
    and the weight set selected by (highest n-gram order that hit, match-length bucket, LLM top
-   probability bucket); z is trained by online gradient descent on -log P(y);
+   probability bucket); z is trained by online gradient descent on -log P(y); with mix2 a second
+   set, selected by the agreement of the LLM argmax with the top n-gram / match candidates, is
+   averaged in (each set trained on its own mixture);
 4. boost (boost_lr > 0): a log-linear correction of the candidates, P'_c ∝ P_c exp(sum_k beta_k
-   c_k(c)), beta per weight set, trained on -log P'(y); the normaliser only involves the
-   candidates, so it is O(candidates);
-5. quantize: f_i = 1 + floor(P_i (2^24 - V)), the remainder to the largest f (first index), so
+   c_k(c) + slot biases), beta per weight set, trained on -log P'(y); the normaliser only
+   involves the candidates, so it is O(candidates);
+5. SSE (apm_lr > 0): the probability of the top token is refined by an interpolated adaptive
+   table (context: hit order, match bucket, agreement flags), the others rescaled;
+6. quantize: f_i = 1 + floor(P_i (2^24 - V)), the remainder to the largest f (first index), so
    every f_i >= 1 and the total is exactly 2^24.
 
 Vocabulary-sized work per token: one pass (bias step + x), a max, the exp, one or two 8-way sums,
 the quantization, and the coder's cumulative sum / symbol search: ~0.15 ms for V = 49152 on an
-idle core here (scripts/ablation.py prints it).  The n-gram, match and mixer work is O(orders x
-slots).
+idle core here (scripts/ablation.py prints it).  The n-gram, match, mixer, slot-bias and SSE work
+is O(orders x slots).
+
+Presets (PRESETS, model-frame key mix_preset) are frozen; fields without a model-frame key
+(ngram_slots, slot_lr, mix2, apm_lr, apm_w, bias_g0) come only from the preset, and 0 means the
+preset-1 behaviour, so preset-1 archives decode exactly as before.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 from numba import njit
@@ -52,23 +60,30 @@ MIX_MATCH_BUCKETS = 4   # match-length buckets of the weight-set selector
 TAU_MIN, TAU_MAX = 0.5, 2.0
 BIAS_MAX = 16.0
 BOOST_MAX = 30.0
+SB_MAX = 8.0
 BIAS_G0 = 1.0
 MAX_SKIP_CAP = 255      # catch-up batches of at most 256 tokens per lane
+APM_N = 29              # SSE nodes per context: stretch -4, -3.5, .., +10
+APM_S0, APM_DS = -4.0, 0.5
+APM_PMIN, APM_PMAX = 1e-6, 1.0 - 1e-6
 
 # fixed-point scales of the float hyperparameters in the model frame (varints)
 LR_SCALE = 1 << 20      # bias_lr, temp_lr, mix_lr: value / 2^20
 FRAC_SCALE = 1 << 16    # mix_floor, ngram_esc: value / 2^16
 
 # ipar slots
-P_NG, P_NGBITS, P_NGLIM, P_MMIN, P_MBITS, P_MLIM, P_BIAS, P_TEMP, P_K, P_NSETS, P_BOOST = range(11)
+P_NG, P_NGBITS, P_NGLIM, P_MMIN, P_MBITS, P_MLIM, P_BIAS, P_TEMP, P_K, P_NSETS, P_BOOST, P_APM, \
+    P_MIX2, P_SB = range(14)
 # fpar slots
-F_BIAS_LR, F_TEMP_LR, F_MIX_LR, F_FLOOR, F_NG_ESC, F_BOOST_LR = range(6)
+F_BIAS_LR, F_TEMP_LR, F_MIX_LR, F_FLOOR, F_NG_ESC, F_BOOST_LR, F_APM_LR, F_APM_W, \
+    F_SB_LR = range(9)
 # ist slots (ints of the lane state)
-I_T, I_MPTR, I_MLEN, I_SET, I_HIT, I_MB, I_MPRED, I_NCAND, I_HAVEP, I_Y = range(10)
+I_T, I_MPTR, I_MLEN, I_SET, I_HIT, I_MB, I_MPRED, I_NCAND, I_HAVEP, I_Y, I_APMT, I_APMI, \
+    I_SET2 = range(13)
 I_NGB = 16              # I_NGB + o: bucket of order o+1 in this step, -1 if not available
 I_NGHIT = 32            # I_NGHIT + o: 1 if that bucket's tag matched
 # fst slots (floats of the lane state)
-S_TAU, S_INVS, S_A, S_EL, S_MC, S_IZ = range(6)
+S_TAU, S_INVS, S_A, S_EL, S_MC, S_IZ, S_APMR, S_APMP = range(8)
 
 
 @dataclass
@@ -92,6 +107,14 @@ class MixParams:
     skip: int = 0           # confidence skip: code a token without the LLM when the match model's
                             # probability >= skip / 2^16 (neural.lockstep); 0 = off
     skip_cap: int = 0       # most tokens a lane lets wait for the LLM (its catch-up batch - 1)
+    # preset-only fields (no model-frame key: an archive gets them from mix_preset; 0 = off /
+    # the preset-1 behaviour)
+    ngram_slots: int = 0    # (token, count) slots per n-gram bucket; 0 = SLOTS (4)
+    slot_lr: int = 0        # n-gram slot bias learning rate / 2^20; 0 = off
+    mix2: int = 0           # 1: second mixer weight set (agreement selector), weights averaged
+    apm_lr: int = 0         # SSE (top token) table learning rate / 2^20; 0 = off
+    apm_w: int = 0          # weight of the SSE output / 2^16
+    bias_g0: int = 0        # AdaGrad initial sum G0 / 2^16; 0 = BIAS_G0 (1.0)
 
     KEYS = ("ngram", "ngram_bits", "ngram_limit", "ngram_esc", "match", "match_bits",
             "match_limit", "bias_lr", "temp_lr", "mix_lr", "mix_floor", "boost_lr",
@@ -102,12 +125,21 @@ class MixParams:
         return bool(self.ngram or self.match or self.bias_lr or self.temp_lr)
 
     def params(self) -> dict:
-        """Model-frame parameters: none for LLM only; else mix_preset = 1 and the keys whose
-        value differs from preset 1 (a few bytes for the defaults)."""
+        """Model-frame parameters: none for LLM only; else mix_preset = the highest preset whose
+        preset-only fields (those without a model-frame key) equal ours, and the keys whose value
+        differs from that preset (a few bytes for the defaults).  Settings whose preset-only
+        fields match no preset cannot be written (ValueError)."""
         if not self.active:
             return {}
-        base = PRESETS[1]
-        out = {"mix_preset": 1}
+        own = [f.name for f in fields(self) if f.name not in self.KEYS]
+        for pid in sorted(PRESETS, reverse=True):
+            base = PRESETS[pid]
+            if all(getattr(self, k) == getattr(base, k) for k in own):
+                break
+        else:
+            raise ValueError("mixer settings " + ", ".join(f"{k}={getattr(self, k)}" for k in own)
+                             + " match no preset (these fields have no model-frame key)")
+        out = {"mix_preset": pid}
         out.update({k: int(getattr(self, k)) for k in self.KEYS
                     if getattr(self, k) != getattr(base, k)})
         return out
@@ -143,7 +175,13 @@ class MixParams:
             raise NacritError("ngram_esc out of range")
         if not 0 <= self.mix_floor * k < FRAC_SCALE:
             raise NacritError("mix_floor * inputs must be < 1")
-        for name in ("bias_lr", "temp_lr", "mix_lr", "boost_lr"):
+        if not 0 <= self.ngram_slots <= 16:
+            raise NacritError("ngram_slots must be 0..16")
+        if not 0 <= self.bias_g0 <= 1 << 24:
+            raise NacritError("bias_g0 must be 0..2^24")
+        if not 0 <= self.apm_w <= FRAC_SCALE:
+            raise NacritError("apm_w must be 0..2^16")
+        for name in ("bias_lr", "temp_lr", "mix_lr", "boost_lr", "apm_lr", "slot_lr"):
             if not 0 <= getattr(self, name) <= LR_SCALE:
                 raise NacritError(f"{name} must be 0..2^20")
         if not 0 <= self.skip < FRAC_SCALE or (self.skip and not self.match):
@@ -256,7 +294,8 @@ def _lookup_sparse(S):
 
     Returns hit * 256 + mb: the highest n-gram order that hit and the match-length bucket."""
     (ipar, fpar, ist, fst, hist, bias, xbuf, p, ng_tag, ng_tok, ng_cnt, mt, mcnt, mz,
-     mk_tok, mk_c, mk_n, mk_e, w, cand_tok, cand_x, beta, cand_g, bias_g) = S
+     mk_tok, mk_c, mk_n, mk_e, w, cand_tok, cand_x, beta, cand_g, bias_g, apm, apm_nodes, ng_b,
+     mk_s) = S
     t = ist[I_T]
     N = ipar[P_NG]
     k = 1
@@ -277,7 +316,7 @@ def _lookup_sparse(S):
                 ist[I_NGHIT + o] = 1
                 tot = 0
                 d = 0
-                for j in range(SLOTS):
+                for j in range(ng_cnt.shape[2]):
                     c = ng_cnt[o, bkt, j]
                     if c > 0:
                         tot += c
@@ -287,11 +326,12 @@ def _lookup_sparse(S):
                     esc = fpar[F_NG_ESC] * d
                     den = 1.0 / (tot + esc)
                     nn = 0
-                    for j in range(SLOTS):
+                    for j in range(ng_cnt.shape[2]):
                         c = ng_cnt[o, bkt, j]
                         if c > 0:
                             mk_tok[k, nn] = ng_tok[o, bkt, j]
                             mk_c[k, nn] = c * den
+                            mk_s[k, nn] = j
                             nn += 1
                     mk_n[k] = nn
                     mk_e[k] = esc * den
@@ -321,7 +361,8 @@ def _lookup_sparse(S):
 def _predict(logits, S, freqs):
     """Fill freqs (int64[V]) with the ensemble distribution for the next token of this lane."""
     (ipar, fpar, ist, fst, hist, bias, xbuf, p, ng_tag, ng_tok, ng_cnt, mt, mcnt, mz,
-     mk_tok, mk_c, mk_n, mk_e, w, cand_tok, cand_x, beta, cand_g, bias_g) = S
+     mk_tok, mk_c, mk_n, mk_e, w, cand_tok, cand_x, beta, cand_g, bias_g, apm, apm_nodes, ng_b,
+     mk_s) = S
     n = logits.shape[0]
     t = ist[I_T]
     tau = fst[S_TAU]
@@ -390,6 +431,7 @@ def _predict(logits, S, freqs):
 
     # ---- sparse models
     K = ipar[P_K]
+    N = ipar[P_NG]
     ncand = 0
     hm = _lookup_sparse(S)
     hit = hm >> 8
@@ -418,6 +460,45 @@ def _predict(logits, S, freqs):
             A += w[j] * mk_e[j]
             for jj in range(mk_n[j]):
                 ncand = _add_cand(cand_tok, cand_x, ncand, mk_tok[j, jj], w[j] * mk_c[j, jj])
+    if K > 1 and ipar[P_MIX2] != 0:
+        # second weight set, selected by the agreement of the LLM argmax with the top candidate
+        # of the highest n-gram order that hit (and its probability) and with the match model;
+        # w = (w_sel + w_sel2) / 2 (both sets are trained on their own mixture)
+        ag = 0
+        cb = 0
+        if hit > 0:
+            top = 0
+            for jj in range(1, mk_n[hit]):
+                if mk_c[hit, jj] > mk_c[hit, top]:
+                    top = jj
+            ag = 1 if mk_tok[hit, top] == arg else 2
+            cc = mk_c[hit, top]
+            cb = 0 if cc < 0.4 else (1 if cc < 0.7 else (2 if cc < 0.9 else 3))
+        ma = 0 if ist[I_MPRED] < 0 else (1 if ist[I_MPRED] == arg else 2)
+        sel2 = ipar[P_NSETS] + ((hit * 3 + ag) * 4 + cb) * 3 + ma
+        ist[I_SET2] = sel2
+        for j in range(K):
+            w[K + j] = w[j]
+        zmax = mz[sel2, 0]
+        for j in range(1, K):
+            zmax = mz[sel2, j] if mz[sel2, j] > zmax else zmax
+        zs = 0.0
+        for j in range(K):
+            e = _exp_nonpos(mz[sel2, j] - zmax)
+            w[2 * K + j] = e
+            zs += e
+        fl = fpar[F_FLOOR]
+        sc = (1.0 - K * fl) / zs
+        for j in range(K):
+            w[2 * K + j] = fl + w[2 * K + j] * sc
+        for j in range(K):
+            w[j] = 0.5 * (w[K + j] + w[2 * K + j])
+        ncand = 0
+        A = w[0]
+        for j in range(1, K):
+            A += w[j] * mk_e[j]
+            for jj in range(mk_n[j]):
+                ncand = _add_cand(cand_tok, cand_x, ncand, mk_tok[j, jj], w[j] * mk_c[j, jj])
     fst[S_A] = A
     ist[I_NCAND] = ncand
 
@@ -425,15 +506,23 @@ def _predict(logits, S, freqs):
     aqi = A * invs
     Z = 1.0
     use_boost = ipar[P_BOOST] != 0
+    use_sb = ipar[P_SB] != 0
     for j in range(ncand):
         c = cand_tok[j]
         pc = p[c] * aqi + cand_x[j]
         cand_x[j] = pc
         pb = pc
-        if use_boost:
+        if use_boost or use_sb:
             g = 0.0
-            for kk in range(1, K):
-                g += beta[sel, kk] * _feat(mk_tok, mk_c, mk_n, kk, c)
+            if use_boost:
+                for kk in range(1, K):
+                    g += beta[sel, kk] * _feat(mk_tok, mk_c, mk_n, kk, c)
+            if use_sb:
+                # slot biases: a learned log-space offset per (n-gram context, token)
+                for kk in range(1, N + 1):
+                    for jj in range(mk_n[kk]):
+                        if mk_tok[kk, jj] == c:
+                            g += np.float64(ng_b[kk - 1, ist[I_NGB + kk - 1], mk_s[kk, jj]])
             g = g if g < BOOST_MAX else BOOST_MAX
             g = g if g > -BOOST_MAX else -BOOST_MAX
             pb = pc * _exp_signed(g)
@@ -444,9 +533,54 @@ def _predict(logits, S, freqs):
     for j in range(ncand):
         cand_g[j] = cand_g[j] * iz
 
-    # ---- pass 4: quantize P_i = A q_i / Z (candidates: P'_c)
+    # ---- SSE: the top token T (highest P among the candidates and the LLM argmax) gets
+    # P''_T = P_T + apm_w (a - P_T), a interpolated from an adaptive table indexed by a small
+    # context and P_T's position between fixed nodes; every other token is scaled by
+    # (1 - P''_T) / (1 - P_T)
+    so = 1.0
+    pn = 0.0
+    T = -1
+    ist[I_APMT] = -1
+    if ipar[P_APM] != 0:
+        T = arg
+        pT = p[arg] * aqi * iz
+        for j in range(ncand):
+            if cand_tok[j] == arg:
+                pT = cand_g[j]
+        for j in range(ncand):
+            if cand_g[j] > pT:
+                T = cand_tok[j]
+                pT = cand_g[j]
+        if pT < APM_PMAX:
+            ctx = ((hit * MIX_MATCH_BUCKETS + mb) * 2 + (1 if T == arg else 0)) * 2 + \
+                (1 if T == ist[I_MPRED] else 0)
+            jn = 0
+            r = 0.0
+            if pT >= apm_nodes[APM_N - 1]:
+                jn = APM_N - 2
+                r = 1.0
+            elif pT > apm_nodes[0]:
+                while apm_nodes[jn + 1] <= pT:
+                    jn += 1
+                r = (pT - apm_nodes[jn]) / (apm_nodes[jn + 1] - apm_nodes[jn])
+            idx = ctx * APM_N + jn
+            a = apm[idx] * (1.0 - r) + apm[idx + 1] * r
+            pn = pT + fpar[F_APM_W] * (a - pT)
+            pn = pn if pn > APM_PMIN else APM_PMIN
+            pn = pn if pn < APM_PMAX else APM_PMAX
+            so = (1.0 - pn) / (1.0 - pT)
+            ist[I_APMT] = T
+            ist[I_APMI] = idx
+            fst[S_APMR] = r
+            fst[S_APMP] = a
+        else:
+            T = -1
+
+    # ---- pass 4: quantize P_i = A q_i / Z (candidates: P'_c), times so except T
     scale = np.float64(TOTAL - n)
     aq = aqi * iz * scale
+    if T >= 0:
+        aq = aq * so
     tot = 0
     for i in range(n):
         f = 1 + np.int64(p[i] * aq)
@@ -456,9 +590,18 @@ def _predict(logits, S, freqs):
     ibest = arg
     for j in range(ncand):
         c = cand_tok[j]
-        f = 1 + np.int64(cand_g[j] * scale)
+        if T < 0:
+            f = 1 + np.int64(cand_g[j] * scale)
+        elif c == T:
+            f = 1 + np.int64(pn * scale)
+        else:
+            f = 1 + np.int64(cand_g[j] * so * scale)
         tot += f - freqs[c]
         freqs[c] = f
+    if T == arg:
+        f = 1 + np.int64(pn * scale)
+        tot += f - freqs[arg]
+        freqs[arg] = f
     for j in range(ncand):
         c = cand_tok[j]
         if freqs[c] > fbest or (freqs[c] == fbest and c < ibest):
@@ -473,7 +616,8 @@ def _predict(logits, S, freqs):
 def _update(S, y, ly):
     """Learn from the coded token y, whose LLM logit is ly (after coding, on both sides)."""
     (ipar, fpar, ist, fst, hist, bias, xbuf, p, ng_tag, ng_tok, ng_cnt, mt, mcnt, mz,
-     mk_tok, mk_c, mk_n, mk_e, w, cand_tok, cand_x, beta, cand_g, bias_g) = S
+     mk_tok, mk_c, mk_n, mk_e, w, cand_tok, cand_x, beta, cand_g, bias_g, apm, apm_nodes, ng_b,
+     mk_s) = S
     t = ist[I_T]
     if t >= hist.shape[0]:
         raise ValueError("LaneModel: more tokens coded than the lane was created for")
@@ -482,7 +626,35 @@ def _update(S, y, ly):
     qy = p[y] * invs
 
     # ---- mixer: dL/dz_j = (1 - K floor) s_j (g_j - sum_k s_k g_k), g_k = -P_k(y) / P(y)
-    if K > 1 and fpar[F_MIX_LR] > 0.0:
+    if K > 1 and fpar[F_MIX_LR] > 0.0 and ipar[P_MIX2] != 0:
+        fl = fpar[F_FLOOR]
+        one = 1.0 - K * fl
+        for j in range(K):
+            pk = qy * mk_e[j]
+            for jj in range(mk_n[j]):
+                if mk_tok[j, jj] == y:
+                    pk += mk_c[j, jj]
+            xbuf[j] = pk
+        lr = fpar[F_MIX_LR]
+        for m in range(2):
+            sel = ist[I_SET] if m == 0 else ist[I_SET2]
+            off = K * (m + 1)
+            py = 0.0
+            for j in range(K):
+                py += w[off + j] * xbuf[j]
+            if py > 0.0:
+                ip = 1.0 / py
+                gs = 0.0
+                for j in range(K):
+                    sj = (w[off + j] - fl) / one
+                    gs += sj * (-xbuf[j] * ip)
+                for j in range(K):
+                    sj = (w[off + j] - fl) / one
+                    g = one * sj * (-xbuf[j] * ip - gs)
+                    z = mz[sel, j] - lr * g
+                    z = z if z < 40.0 else 40.0
+                    mz[sel, j] = z if z > -40.0 else -40.0
+    elif K > 1 and fpar[F_MIX_LR] > 0.0:
         sel = ist[I_SET]
         fl = fpar[F_FLOOR]
         one = 1.0 - K * fl
@@ -521,12 +693,43 @@ def _update(S, y, ly):
             bt = bt if bt < BOOST_MAX else BOOST_MAX
             beta[sel, kk] = bt if bt > -BOOST_MAX else -BOOST_MAX
 
+    # ---- SSE table: the two nodes around P_T move toward [y = T] by lr (1 - r), lr r
+    T = ist[I_APMT]
+    if T >= 0:
+        idx = ist[I_APMI]
+        r = fst[S_APMR]
+        err = (1.0 if y == T else 0.0) - fst[S_APMP]
+        lr = fpar[F_APM_LR]
+        a0 = apm[idx] + lr * (1.0 - r) * err
+        a1 = apm[idx + 1] + lr * r * err
+        a0 = a0 if a0 > 0.0 else 0.0
+        a1 = a1 if a1 > 0.0 else 0.0
+        apm[idx] = a0 if a0 < 1.0 else 1.0
+        apm[idx + 1] = a1 if a1 < 1.0 else 1.0
+
     # ---- temperature: d(-log q_y)/d tau = E_q[l] - l_y
     if ipar[P_TEMP] != 0 and ly > -1e300 and ly < 1e300:     # skipped for a non-finite l_y
         tau = fst[S_TAU] - fpar[F_TEMP_LR] * (fst[S_EL] - ly)
         tau = tau if tau > TAU_MIN else TAU_MIN
         fst[S_TAU] = tau if tau < TAU_MAX else TAU_MAX
     ist[I_Y] = y
+
+    # ---- slot biases of the buckets that predicted: b += lr ([y = c] - P'_c), kept as float32
+    if ipar[P_SB] != 0:
+        lr = fpar[F_SB_LR]
+        ncand = ist[I_NCAND]
+        for o in range(ipar[P_NG]):
+            k = o + 1
+            bkt = ist[I_NGB + o]
+            for jj in range(mk_n[k]):
+                c = mk_tok[k, jj]
+                pc = 0.0
+                for j in range(ncand):
+                    if cand_tok[j] == c:
+                        pc = cand_g[j]
+                b = np.float64(ng_b[o, bkt, mk_s[k, jj]]) + lr * ((1.0 if c == y else 0.0) - pc)
+                b = b if b < SB_MAX else SB_MAX
+                ng_b[o, bkt, mk_s[k, jj]] = b if b > -SB_MAX else -SB_MAX
 
     _learn_sparse(S, y)
 
@@ -535,7 +738,8 @@ def _update(S, y, ly):
 def _learn_sparse(S, y):
     """n-gram counts, history and match model learn token y (after _lookup_sparse)."""
     (ipar, fpar, ist, fst, hist, bias, xbuf, p, ng_tag, ng_tok, ng_cnt, mt, mcnt, mz,
-     mk_tok, mk_c, mk_n, mk_e, w, cand_tok, cand_x, beta, cand_g, bias_g) = S
+     mk_tok, mk_c, mk_n, mk_e, w, cand_tok, cand_x, beta, cand_g, bias_g, apm, apm_nodes, ng_b,
+     mk_s) = S
     t = ist[I_T]
     if t >= hist.shape[0]:
         raise ValueError("LaneModel: more tokens coded than the lane was created for")
@@ -549,13 +753,15 @@ def _learn_sparse(S, y):
         if ist[I_NGHIT + o] == 0:
             h = _ctx_hash(hist, t, o + 1, o + 1)
             ng_tag[o, bkt] = np.int64(h & np.uint64(0xFFFFFFFF)) | 1
-            for j in range(SLOTS):
+            for j in range(ng_cnt.shape[2]):
                 ng_cnt[o, bkt, j] = 0
+                if ipar[P_SB] != 0:
+                    ng_b[o, bkt, j] = 0.0
                 ng_tok[o, bkt, j] = 0
         found = -1
         empty = -1
         low = 0
-        for j in range(SLOTS):
+        for j in range(ng_cnt.shape[2]):
             c = ng_cnt[o, bkt, j]
             if c > 0 and ng_tok[o, bkt, j] == y:
                 found = j
@@ -568,12 +774,14 @@ def _learn_sparse(S, y):
             c = ng_cnt[o, bkt, found] + 1
             ng_cnt[o, bkt, found] = c
             if c > lim:
-                for j in range(SLOTS):
+                for j in range(ng_cnt.shape[2]):
                     ng_cnt[o, bkt, j] = (ng_cnt[o, bkt, j] + 1) >> 1
         else:
             j = empty if empty >= 0 else low
             ng_tok[o, bkt, j] = y
             ng_cnt[o, bkt, j] = 1
+            if ipar[P_SB] != 0:
+                ng_b[o, bkt, j] = 0.0
 
     # ---- match model
     hist[t] = y
@@ -739,6 +947,22 @@ def _make_kernels(stamp):
     _source_stamp(_cdf) ^ (_source_stamp(_coder) << 1))
 
 
+@njit(cache=True)
+def _apm_init(nodes, apm):
+    """SSE nodes squash(APM_S0 + j APM_DS) with the deterministic exp; every context's table
+    starts as the identity (apm = node value)."""
+    for j in range(APM_N):
+        x = APM_S0 + j * APM_DS
+        if x >= 0.0:
+            v = 1.0 / (1.0 + _exp_nonpos(-x))
+        else:
+            e = _exp_nonpos(x)
+            v = e / (1.0 + e)
+        nodes[j] = v
+    for i in range(apm.shape[0]):
+        apm[i] = nodes[i % APM_N]
+
+
 # ----------------------------------------------------------------------------- Python API
 
 MIX_Z0 = 4.0           # initial z of the LLM input (the others start at 0)
@@ -758,7 +982,7 @@ class LaneModel:
         M = 1 if mp.match else 0
         K = 1 + N + M
         nsets = (N + 1) * MIX_MATCH_BUCKETS * MIX_LLM_BUCKETS
-        ipar = np.zeros(16, dtype=np.int64)
+        ipar = np.zeros(32, dtype=np.int64)
         ipar[P_NG] = N
         ipar[P_NGBITS] = mp.ngram_bits if N else 0
         ipar[P_NGLIM] = mp.ngram_limit
@@ -770,18 +994,27 @@ class LaneModel:
         ipar[P_K] = K
         ipar[P_NSETS] = nsets
         ipar[P_BOOST] = 1 if mp.boost_lr else 0
-        fpar = np.zeros(8, dtype=np.float64)
+        ipar[P_APM] = 1 if mp.apm_lr else 0
+        ipar[P_MIX2] = 1 if mp.mix2 else 0
+        ipar[P_SB] = 1 if mp.slot_lr and N else 0
+        nsets2 = (N + 1) * 3 * 4 * 3 if mp.mix2 else 0
+        fpar = np.zeros(16, dtype=np.float64)
         fpar[F_BIAS_LR] = mp.bias_lr / LR_SCALE
         fpar[F_TEMP_LR] = mp.temp_lr / LR_SCALE
         fpar[F_MIX_LR] = mp.mix_lr / LR_SCALE
         fpar[F_FLOOR] = mp.mix_floor / FRAC_SCALE
         fpar[F_NG_ESC] = mp.ngram_esc / FRAC_SCALE
         fpar[F_BOOST_LR] = mp.boost_lr / LR_SCALE
+        fpar[F_APM_LR] = mp.apm_lr / LR_SCALE
+        fpar[F_APM_W] = mp.apm_w / FRAC_SCALE
+        fpar[F_SB_LR] = mp.slot_lr / LR_SCALE
         ist = np.zeros(64, dtype=np.int64)
-        fst = np.zeros(8, dtype=np.float64)
+        fst = np.zeros(16, dtype=np.float64)
         fst[S_TAU] = 1.0
         nb = 1 << mp.ngram_bits if N else 1
         V = n_vocab
+        sl = mp.ngram_slots if mp.ngram_slots else SLOTS
+        g0 = mp.bias_g0 / FRAC_SCALE if mp.bias_g0 else BIAS_G0
         self.S = (
             ipar, fpar, ist, fst,
             np.zeros(max(1, n_tokens), dtype=np.int32),           # hist
@@ -789,22 +1022,28 @@ class LaneModel:
             np.zeros(max(V, 16), dtype=np.float64),                # xbuf
             np.zeros(V, dtype=np.float64),                         # p
             np.zeros((max(N, 1), nb), dtype=np.int64),             # ng_tag
-            np.zeros((max(N, 1), nb, SLOTS), dtype=np.int32),      # ng_tok
-            np.zeros((max(N, 1), nb, SLOTS), dtype=np.int32),      # ng_cnt
+            np.zeros((max(N, 1), nb, sl), dtype=np.int32),      # ng_tok
+            np.zeros((max(N, 1), nb, sl), dtype=np.int32),      # ng_cnt
             np.zeros(1 << mp.match_bits if M else 1, dtype=np.int64),  # mt
             np.zeros((N_MBUCKETS, 2), dtype=np.float64),           # mcnt (hit, miss)
-            _mz_init(nsets, K),                                    # mz
-            np.zeros((K, SLOTS), dtype=np.int64),                  # mk_tok
-            np.zeros((K, SLOTS), dtype=np.float64),                # mk_c
+            _mz_init(nsets + nsets2, K),                           # mz (set 2 rows after)
+            np.zeros((K, sl), dtype=np.int64),                  # mk_tok
+            np.zeros((K, sl), dtype=np.float64),                # mk_c
             np.zeros(K, dtype=np.int64),                           # mk_n
             np.ones(K, dtype=np.float64),                          # mk_e
-            np.zeros(K, dtype=np.float64),                         # w
-            np.zeros(K * SLOTS + 1, dtype=np.int64),               # cand_tok
-            np.zeros(K * SLOTS + 1, dtype=np.float64),             # cand_x
+            np.zeros(3 * K if mp.mix2 else K, dtype=np.float64),   # w (mix2: w, w1, w2)
+            np.zeros(K * sl + 1, dtype=np.int64),               # cand_tok
+            np.zeros(K * sl + 1, dtype=np.float64),             # cand_x
             np.zeros((nsets, K), dtype=np.float64),                # beta
-            np.zeros(K * SLOTS + 1, dtype=np.float64),             # cand_g
-            np.full(V if mp.bias_ada else 1, 1.0 / np.sqrt(BIAS_G0)),  # bias_g: AdaGrad r
+            np.zeros(K * sl + 1, dtype=np.float64),             # cand_g
+            np.full(V if mp.bias_ada else 1, 1.0 / np.sqrt(g0)),  # bias_g: AdaGrad r
+            np.zeros((N + 1) * MIX_MATCH_BUCKETS * 4 * APM_N if mp.apm_lr else APM_N),  # apm
+            np.zeros(APM_N),                                       # apm_nodes
+            np.zeros((N, nb, sl) if mp.slot_lr and N else (1, 1, 1),
+                     dtype=np.float32),                            # ng_b: slot biases
+            np.zeros((K, sl), dtype=np.int64),                  # mk_s
         )
+        _apm_init(self.S[25], self.S[24])
         self.n_vocab = V
         self.freqs = np.empty(V, dtype=np.int64)
 
@@ -860,4 +1099,9 @@ class LaneModel:
 PRESETS = {1: MixParams(ngram=4, ngram_bits=16, ngram_limit=255, ngram_esc=65536, match=6,
                      match_bits=18, match_limit=1023, bias_lr=500000, bias_ada=1, temp_lr=300,
                      mix_lr=1000000, mix_floor=131, boost_lr=300000)}
-DEFAULTS = PRESETS[1]
+# Preset 2: preset 1 plus 8 n-gram slots with slot biases, the second weight set, the SSE of the
+# top token, a smaller AdaGrad G0 with a lower bias rate and a lower boost rate (tuned on the
+# whole alice29.txt and the corpus slices of scripts/ablation.py).
+PRESETS[2] = replace(PRESETS[1], ngram_slots=8, slot_lr=100000, mix2=1, apm_lr=5000,
+                     apm_w=65536, bias_g0=32768, bias_lr=400000, boost_lr=100000)
+DEFAULTS = PRESETS[2]

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from nacrith import api, models  # noqa: E402
 from nacrith.coder import Encoder  # noqa: E402
-from nacrith.mixer import DEFAULTS, LaneModel, MixParams  # noqa: E402
+from nacrith.mixer import DEFAULTS, PRESETS, LaneModel, MixParams  # noqa: E402
 from nacrith.neural import lockstep  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpus"
@@ -39,8 +39,11 @@ OFF = dict(ngram=0, match=0, bias_lr=0, temp_lr=0, boost_lr=0)
 
 
 def configs(full: MixParams) -> dict:
+    """LLM only, preset 1 (the first ensemble), each component alone on top of the LLM (with the
+    preset-only parts of full that apply), full."""
     return {
         "LLM only": MixParams(),
+        "preset 1": PRESETS[1],
         "+n-gram": replace(full, **dict(OFF, ngram=full.ngram, boost_lr=full.boost_lr)),
         "+match": replace(full, **dict(OFF, match=full.match, boost_lr=full.boost_lr)),
         "+bias": replace(full, **dict(OFF, bias_lr=full.bias_lr, temp_lr=full.temp_lr)),

@@ -31,11 +31,15 @@ def cases():
     yield f"v{v}-neural-3lanes", fields[:900], {"threads": 1, "lanes": 3, "mixer": False}
     yield f"v{v}-neural-slide", fields[1000:2200], {"threads": 1, "ctx": 256, "slide": 64,
                                                      "n_keep": 2, "mixer": False}
-    # version 2: the ensemble mixer
+    # version 2: the ensemble mixer (these three were written with mixer preset 1, the default then)
     yield "v2-ensemble", alice[5000:5800], {"threads": 1}
     yield "v2-ensemble-custom", fields[2200:3000] * 2, {"threads": 1, "ngram": 2, "match": 4,
                                                         "bias_lr": 0, "mix_floor": 500}
     yield "v2-ensemble-2lanes", alice[6000:6800], {"threads": 1, "lanes": 2}
+    # mixer preset 2 (slot biases, second weight set, SSE): default, and keys over preset 2
+    yield "v2-preset2", alice[7000:7800], {"threads": 1}
+    yield "v2-preset2-custom", fields[3000:3600] * 2, {"threads": 1, "ngram": 3, "match": 4,
+                                                       "boost_lr": 0, "temp_lr": 0}
     # version 3: confidence skip with catch-up batches (repeats in each lane)
     yield "v3-skip", alice[7000:7500] * 2, {"threads": 1, "skip": 62259, "skip_cap": 8}
     yield "v3-skip-2lanes", alice[8000:8400] * 2 + fields[4000:4400] * 2, \

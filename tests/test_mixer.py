@@ -10,11 +10,15 @@ import nacrith
 from nacrith import container as C
 from nacrith.coder import Decoder, Encoder
 from nacrith.errors import NacritError
-from nacrith.mixer import DEFAULTS, LaneModel, MixParams
+from nacrith import mixer
+from nacrith.mixer import DEFAULTS, PRESETS, LaneModel, MixParams
 
 from helpers import corpus, fresh_python
 
 OFF = dict(ngram=0, match=0, bias_lr=0, temp_lr=0, boost_lr=0)
+# preset-only components (no model-frame key) of preset 2, all off = preset 1
+NEW_OFF = dict(ngram_slots=0, slot_lr=0, mix2=0, apm_lr=0, apm_w=0, bias_g0=0)
+NEW_ODD = dict(ngram_slots=3, slot_lr=400000, mix2=1, apm_lr=60000, apm_w=20000, bias_g0=200000)
 
 
 # ---------------------------------------------------------------- synthetic logits (no LLM)
@@ -39,6 +43,13 @@ CONFIGS = {
     "boost_nondefault": replace(DEFAULTS, ngram=6, ngram_bits=10, ngram_limit=7, ngram_esc=9000,
                                 match=3, match_bits=8, match_limit=15, bias_lr=900000,
                                 temp_lr=5000, mix_lr=1000000, mix_floor=2000, boost_lr=200000),
+    "preset1": PRESETS[1],
+    "slots_sbias_only": replace(PRESETS[1], ngram_slots=8, slot_lr=100000),
+    "mix2_only": replace(PRESETS[1], mix2=1),
+    "apm_only": replace(PRESETS[1], apm_lr=10000, apm_w=65536),
+    "apm_no_mixer_inputs": replace(DEFAULTS, ngram=0, match=0),
+    "new_nondefault": replace(DEFAULTS, ngram=5, ngram_bits=9, ngram_limit=9, match=2,
+                              match_bits=7, **NEW_ODD),
 }
 
 
@@ -62,6 +73,48 @@ def test_kernel_roundtrip_synthetic(name):
     assert abs(8 * len(blob) - bits) < 40
 
 
+def test_new_components_change_the_coding_synthetic():
+    # each preset-2 component is live (changes the frequencies) and preset 2 without them is
+    # preset 1 exactly
+    toks, logits = _synthetic()
+    V = logits.shape[1]
+
+    def freqs(mp):
+        return LaneModel(mp, V, len(toks)).costs(logits, toks)
+    base = freqs(PRESETS[1])
+    keyed = {k: getattr(PRESETS[1], k) for k in MixParams.KEYS}
+    assert np.array_equal(freqs(replace(PRESETS[2], **NEW_OFF, **keyed)), base)
+    for k in ("ngram_slots", "slot_lr", "mix2", "apm_lr", "bias_g0"):
+        kw = {k: getattr(PRESETS[2], k) if k != "ngram_slots" else 2}   # (few successors here)
+        if k == "apm_lr":
+            kw["apm_w"] = PRESETS[2].apm_w
+        if k == "slot_lr":
+            kw["ngram_slots"] = 8
+        assert not np.array_equal(freqs(replace(PRESETS[1], **kw)), base), k
+
+
+def test_kernel_decodes_in_fresh_process_synthetic(tmp_path):
+    # preset-only values that no archive can carry, coded here and decoded by a new interpreter
+    mp = CONFIGS["new_nondefault"]
+    toks, logits = _synthetic(seed=3)
+    enc, lm = Encoder(), LaneModel(mp, logits.shape[1], len(toks))
+    for t, y in enumerate(toks):
+        lm.encode(enc, logits[t], int(y))
+    (tmp_path / "s.bin").write_bytes(enc.finish())
+    code = ("import sys; sys.path.insert(0, 'tests')\n"
+            "from test_mixer import _synthetic, CONFIGS\n"
+            "from nacrith.coder import Decoder\n"
+            "from nacrith.mixer import LaneModel\n"
+            "toks, logits = _synthetic(seed=3)\n"
+            "dec = Decoder(open(sys.argv[1], 'rb').read())\n"
+            "lm = LaneModel(CONFIGS['new_nondefault'], logits.shape[1], len(toks))\n"
+            "got = [lm.decode(dec, logits[t]) for t in range(len(toks))]\n"
+            "print(int(got == toks.tolist()))\n")
+    r = fresh_python(code, str(tmp_path / "s.bin"))
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().split() == ["1"]
+
+
 def test_match_model_learns_repeats_synthetic():
     toks, logits = _synthetic()
     V = logits.shape[1]
@@ -82,12 +135,29 @@ def test_params_roundtrip_and_absent_keys_mean_off():
         replace(DEFAULTS, ngram=99).validate()
     with pytest.raises(NacritError):
         replace(DEFAULTS, mix_floor=30000).validate()
-    # the defaults cost one key (mix_preset = 1); a change costs that key only; 0 turns off
-    assert DEFAULTS.params() == {"mix_preset": 1}
-    assert replace(DEFAULTS, match=0).params() == {"mix_preset": 1, "match": 0}
-    assert MixParams.from_params({"mix_preset": 1, "match": 0}) == replace(DEFAULTS, match=0)
+    # the defaults cost one key (mix_preset = 2); a change costs that key only; 0 turns off
+    assert DEFAULTS == PRESETS[2]
+    assert DEFAULTS.params() == {"mix_preset": 2}
+    assert replace(DEFAULTS, match=0).params() == {"mix_preset": 2, "match": 0}
+    assert MixParams.from_params({"mix_preset": 2, "match": 0}) == replace(DEFAULTS, match=0)
     with pytest.raises(NacritError, match="unknown mixer preset 9"):
         MixParams.from_params({"mix_preset": 9})
+    # preset 1 (version-2 archives before preset 2) keeps its meaning: the preset-only fields
+    # are off, and settings with them off are written as preset 1
+    p1 = MixParams.from_params({"mix_preset": 1})
+    assert p1 == PRESETS[1] and all(getattr(p1, k) == 0 for k in NEW_OFF)
+    assert replace(DEFAULTS, **NEW_OFF).params() == dict(
+        {"mix_preset": 1}, **{k: getattr(DEFAULTS, k) for k in MixParams.KEYS
+                              if getattr(DEFAULTS, k) != getattr(PRESETS[1], k)})
+    assert set(replace(DEFAULTS, **NEW_OFF).params()) == {"mix_preset", "bias_lr", "boost_lr"}
+    assert PRESETS[1].params() == {"mix_preset": 1}
+    # preset-only values of no preset cannot be written
+    with pytest.raises(ValueError, match="match no preset"):
+        CONFIGS["new_nondefault"].params()
+    for bad in (dict(ngram_slots=17), dict(apm_w=70000), dict(apm_lr=1 << 21),
+                dict(slot_lr=-1), dict(bias_g0=1 << 25)):
+        with pytest.raises(NacritError):
+            replace(DEFAULTS, **bad).validate()
 
 
 # ---------------------------------------------------------------- real model, fresh process
@@ -97,6 +167,7 @@ REPEAT = corpus("xargs.1", 600)
 ARCHIVES = {
     "llm_only": dict(mixer=False),
     "full_default": dict(),
+    "preset1": dict(),              # encoded with mixer.DEFAULTS = PRESETS[1] (fixture)
     "ngram": dict(OFF, ngram=4),
     "match": dict(OFF, match=6),
     "bias": dict(OFF, bias_lr=300000, bias_ada=1),
@@ -113,7 +184,14 @@ def archives(tmp_path_factory):
     out = {}
     for name, kw in ARCHIVES.items():
         data = TEXT if name != "nondefault" else REPEAT + REPEAT[:300]
-        blob = nacrith.compress(data, threads=1, **kw)
+        if name == "preset1":
+            old, mixer.DEFAULTS = mixer.DEFAULTS, PRESETS[1]
+            try:
+                blob = nacrith.compress(data, threads=1, **kw)
+            finally:
+                mixer.DEFAULTS = old
+        else:
+            blob = nacrith.compress(data, threads=1, **kw)
         (d / f"{name}.nc").write_bytes(blob)
         out[name] = (data, blob, d / f"{name}.nc")
     # two lanes, every component on
@@ -130,7 +208,13 @@ def test_archive_fields(archives):
     hdr, model, segs, _ = C.scan_bytes(archives["full_default"][1])
     assert hdr.version == 2 and segs[0].method == C.NEURAL
     assert MixParams.from_params(model.params) == DEFAULTS
-    assert model.params["mix_preset"] == 1 and "ngram" not in model.params
+    assert model.params["mix_preset"] == 2 and "ngram" not in model.params
+    model = C.scan_bytes(archives["preset1"][1])[1]
+    assert model.params["mix_preset"] == 1 and len([k for k in model.params if k in
+                                                    MixParams.KEYS]) == 0
+    assert MixParams.from_params(model.params) == PRESETS[1]
+    # preset 2 codes differently from preset 1 (same text)
+    assert archives["preset1"][1] != archives["full_default"][1]
     model = C.scan_bytes(archives["nondefault"][1])[1]
     assert MixParams.from_params(model.params) == replace(DEFAULTS, **ARCHIVES["nondefault"])
     model = C.scan_bytes(archives["match"][1])[1]
