@@ -122,6 +122,22 @@ class _Digest:
         return b
 
 
+class _Counting:
+    """A pool whose results advance the batch's progress bar segment by segment (input bytes:
+    the block for compress, the payload for decompress/test), so a large file shows progress."""
+
+    def __init__(self, pool, batch: "Batch"):
+        self.pool, self.batch = pool, batch
+        self.n = pool.n
+
+    def imap(self, kind: str, items):
+        for item, result in self.pool.imap(kind, items):
+            n = len(item) if kind == "encode" else item[0].payload_len
+            self.batch.local.counted += n
+            self.batch._progress(n, file_done=False)
+            yield item, result
+
+
 def _bpb(packed: int, original: int):
     return round(packed * 8 / original, 4) if original else None
 
@@ -141,6 +157,7 @@ class Batch:
         self.done = self.skipped = self.failed = 0
         self.bytes_in = self.bytes_out = 0
         self.bar = None
+        self.local = threading.local()          # bytes of the current file already shown
         if not job.quiet and cli._isatty(sys.stderr):
             from tqdm import tqdm
             total = 0
@@ -150,7 +167,7 @@ class Batch:
                 except OSError:
                     pass
             self.bar = tqdm(total=total, unit="B", unit_scale=True, file=sys.stderr,
-                            leave=False, mininterval=0.5, dynamic_ncols=True, desc=job.mode)
+                            leave=False, mininterval=0.5, desc=job.mode, **cli.bar_shape())
             self.bar.set_postfix_str(f"0/{len(self.files)} files")
 
     def run(self) -> bool:
@@ -180,23 +197,28 @@ class Batch:
             s += f"; manifest {self.manifest.path}"
         return s
 
-    def _progress(self, size: int) -> None:
+    def _progress(self, size: int, file_done: bool = True) -> None:
         with self.lock:
             if self.bar is not None:
                 self.bar.update(size)
-                self.bar.set_postfix_str(f"{self.done + self.skipped + self.failed}/"
-                                         f"{len(self.files)} files")
+                if file_done:
+                    self.bar.set_postfix_str(f"{self.done + self.skipped + self.failed}/"
+                                             f"{len(self.files)} files")
 
     def each(self, name: str) -> None:
         try:
             size = os.stat(name).st_size
         except OSError:
             size = 0
+        self.local.counted = 0
+        job = self.job
+        if self.bar is not None and job.pool is not None:
+            job = dataclasses.replace(job, pool=_Counting(job.pool, self))
         try:
             if self.job.mode == "compress":
-                self._compress(name)
+                self._compress(name, job)
             else:
-                stats = cli._one(self.job, name)
+                stats = cli._one(job, name)
                 with self.lock:
                     self.done += 1
                     self.bytes_in += stats.get("packed", 0)
@@ -209,10 +231,9 @@ class Batch:
                 self.manifest.append({"path": name, "error": reason})
             raise
         finally:
-            self._progress(size)
+            self._progress(max(0, size - self.local.counted))
 
-    def _compress(self, name: str) -> None:
-        job = self.job
+    def _compress(self, name: str, job) -> None:
         if job.resume:
             state = self.check(name)
             if state == "done":

@@ -370,6 +370,16 @@ def _seekable(f) -> bool:
         return False
 
 
+def bar_shape() -> dict:
+    """tqdm sizing for stderr: a terminal that reports no size (fresh pty) would get no bar at
+    all, so assume 80x24 there."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        size = os.terminal_size((0, 0))
+    return {"dynamic_ncols": True} if min(size) > 0 else {"ncols": 80, "nrows": 24}
+
+
 class _Progress:
     """tqdm bar on stderr, created on the first coded token (so zstd-only files show nothing)."""
 
@@ -379,14 +389,8 @@ class _Progress:
     def __call__(self, n: int) -> None:
         if self.bar is None:
             from tqdm import tqdm
-            try:
-                size = os.get_terminal_size(sys.stderr.fileno())
-            except (OSError, ValueError, AttributeError):
-                size = os.terminal_size((0, 0))
-            # a terminal that reports no size (fresh pty) would get no bar at all: assume 80x24
-            shape = {"dynamic_ncols": True} if min(size) > 0 else {"ncols": 80, "nrows": 24}
             self.bar = tqdm(desc=self.desc, unit="tok", file=sys.stderr, leave=False,
-                            mininterval=0.25, **shape)
+                            mininterval=0.25, **bar_shape())
         self.bar.update(n)
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ from .errors import NacritError
 
 MAX_RESTARTS = 3
 MAX_TASK_RETRIES = 3
+READY_TIMEOUT = 600             # seconds for every actor to load its model (or get resources)
 
 
 class _Coder:
@@ -90,7 +91,13 @@ class RayPool:
 
     def wait_ready(self) -> dict[int, int]:
         try:
-            return dict(enumerate(self.ray.get([a.ready.remote() for a in self.actors])))
+            return dict(enumerate(self.ray.get([a.ready.remote() for a in self.actors],
+                                               timeout=READY_TIMEOUT)))
+        except self.ray.exceptions.GetTimeoutError:
+            raise NacritError(f"Ray workers not ready after {READY_TIMEOUT} s: does the cluster "
+                              f"have {self.n} x {self.assignments[0].threads} CPUs"
+                              + (" and the GPUs" if self.assignments[0].device != "cpu" else "")
+                              + " free?") from None
         except Exception as e:          # noqa: BLE001 - a Ray error: one line
             raise NacritError(f"Ray workers failed to start ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
