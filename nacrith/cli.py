@@ -4,6 +4,7 @@
     nacrith decompress [OPTIONS] [FILE]...      FILE.nc -> FILE   (also: nacrith -d, -dc, -df ...)
     nacrith info FILE...                        describe archives (also: nacrith -l)
     nacrith test FILE...                        decode and verify, write nothing (also: nacrith -t)
+    nacrith compress -r [--workers N] DIR...    every file -> FILE.nc, manifest, --resume
 
 Invariants:
 - an output file only ever appears complete: data goes to a temp file in the output's directory
@@ -21,7 +22,11 @@ Invariants:
 - every failure the user can cause (NacritError, OSError) is one stderr line
   `nacrith: NAME: reason`, the remaining files are still processed, and the exit status is 1;
   usage errors exit 2, Ctrl-C 130, SIGTERM 143 (128 + signal number);
-- compressed data is never written to a terminal or read from one unless -f.
+- compressed data is never written to a terminal or read from one unless -f;
+- with --workers / --engine ray, segments go to worker processes (nacrith/workers.py,
+  nacrith/ray_engine.py) and up to N files are handled at once, one thread each, every file
+  keeping the guarantees above; -r (nacrith/batch.py) adds the walk, manifest and resume. On a
+  signal the workers are killed first, so every thread unwinds and removes its temp file.
 """
 import errno
 import json
