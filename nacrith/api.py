@@ -114,6 +114,11 @@ def get_engine(path: Path, opts: Options, mix=None) -> Engine:
     return _engines[key]
 
 
+def normalized(opts: Options | None = None, **kw) -> Options:
+    """Options with every default filled in and every bound checked (NacritError)."""
+    return _options(opts, kw)
+
+
 def _options(opts: Options | None, kw) -> Options:
     o = replace(opts or Options(), **kw)
     if o.threads is None:
@@ -155,43 +160,80 @@ def _fallback_segment(data: bytes, level: int):
     return C.Segment(C.STORED, len(data), len(data), C.hash64(data), C.hash32(data)), data
 
 
-def _encode_segment(data: bytes, o: Options, engine: Engine | None, extra: int, progress):
-    """Smallest of neural / zstd / stored; `extra` is what choosing neural adds (model frame)."""
-    best = _fallback_segment(data, o.zstd_level)
-    if engine is not None and not looks_binary(data):
+@dataclass
+class Coded:
+    """What coding one segment can produce (code_segment); ArchiveWriter.add picks the smallest.
+
+    Both candidates travel, because whether neural wins depends on whether the archive already
+    has its model frame, which only the writer knows (a frame's worth of bytes decides)."""
+    fallback: tuple                             # (Segment, payload): zstd or stored
+    neural: tuple | None = None                 # (Segment, payload), None: not text enough
+    model_frame: bytes = b""                    # packed model frame, with neural
+
+
+def code_segment(block: bytes, o: Options, progress=None) -> Coded:
+    """Pure per-segment work: depends only on `block` and the (normalised) options, so any
+    process holding the same model and settings produces the same result (workers, Ray)."""
+    c = Coded(_fallback_segment(block, o.zstd_level))
+    if o.neural and not looks_binary(block):
+        mix = o.mix_params()
+        engine = get_engine(models.resolve(o.model), o, mix)
         from .neural import encode_segment
-        r = encode_segment(engine, data, o.lanes, max(16, len(data) // 20), progress,
-                           mix=o.mix_params())
-        if r is not None and len(r[0].pack()) + r[0].payload_len + extra < \
-                len(best[0].pack()) + best[0].payload_len:
-            best = r
-    return best
+        c.model_frame = engine.descriptor(mix).pack()
+        c.neural = encode_segment(engine, block, o.lanes, max(16, len(block) // 20), progress,
+                                  mix=mix)
+    return c
 
 
-def compress_stream(src, dst, opts: Options | None = None, progress=None, **kw) -> dict:
-    """Read src to EOF, write one archive to dst. Returns stats (sizes, methods)."""
+class ArchiveWriter:
+    """Assembles one archive from segments coded anywhere, in input order: file header, the
+    model frame before the first neural segment, segment frames, end frame. The single place
+    where the file-level framing is written."""
+
+    def __init__(self, dst, o: Options):
+        self.dst = dst
+        mix = o.mix_params()
+        version = C.VERSION if mix.skip else C.MIXER_VERSION if mix.active else C.LLM_ONLY_VERSION
+        self.written = _write(dst, C.FileHeader(version).pack())
+        self.h = xxhash.xxh3_64()
+        self.total = 0
+        self.methods: list[str] = []
+        self.model_frame = b""
+
+    def add(self, block: bytes, c: Coded) -> None:
+        seg, payload = c.fallback
+        if c.neural is not None:
+            extra = 0 if self.model_frame else len(c.model_frame)
+            n, _ = c.neural
+            if len(n.pack()) + n.payload_len + extra < len(seg.pack()) + seg.payload_len:
+                seg, payload = c.neural
+        if seg.method == C.NEURAL and not self.model_frame:
+            self.model_frame = c.model_frame
+            self.written += _write(self.dst, self.model_frame)
+        self.written += _write(self.dst, seg.pack()) + _write(self.dst, payload)
+        self.methods.append(C.METHOD_NAMES[seg.method])
+        self.h.update(block)
+        self.total += len(block)
+
+    def finish(self) -> dict:
+        self.written += _write(self.dst, C.End(self.total, self.h.intdigest()).pack())
+        return {"in": self.total, "out": self.written, "methods": self.methods}
+
+
+def compress_stream(src, dst, opts: Options | None = None, progress=None, pool=None,
+                    **kw) -> dict:
+    """Read src to EOF, write one archive to dst. Returns stats (sizes, methods).
+
+    pool: None codes segments here; else an object whose `imap("encode", blocks)` yields
+    (block, Coded) in input order (nacrith.workers), producing the same bytes."""
     o = _options(opts, kw)
-    h = xxhash.xxh3_64()
-    total = 0
-    mix = o.mix_params()
-    version = C.VERSION if mix.skip else C.MIXER_VERSION if mix.active else C.LLM_ONLY_VERSION
-    written = _write(dst, C.FileHeader(version).pack())
-    methods = []
-    engine, model_frame = None, None
-    while block := _read_block(src, o.segment_size):
-        if o.neural and engine is None and not looks_binary(block):
-            engine = get_engine(models.resolve(o.model), o, mix)
-        pending = b"" if engine is None or model_frame else engine.descriptor(mix).pack()
-        seg, payload = _encode_segment(block, o, engine, len(pending), progress)
-        if seg.method == C.NEURAL and not model_frame:
-            model_frame = pending
-            written += _write(dst, model_frame)
-        written += _write(dst, seg.pack()) + _write(dst, payload)
-        methods.append(C.METHOD_NAMES[seg.method])
-        h.update(block)
-        total += len(block)
-    written += _write(dst, C.End(total, h.intdigest()).pack())
-    return {"in": total, "out": written, "methods": methods}
+    w = ArchiveWriter(dst, o)
+    blocks = iter(lambda: _read_block(src, o.segment_size), b"")
+    coded = ((b, code_segment(b, o, progress)) for b in blocks) if pool is None \
+        else pool.imap("encode", blocks)
+    for block, c in coded:
+        w.add(block, c)
+    return w.finish()
 
 
 def _read_block(src, n: int) -> bytes:
@@ -245,21 +287,17 @@ def _decode_engine(m: C.ModelDescriptor, o: Options):
     return engine, mix
 
 
-def decompress_stream(src, dst, opts: Options | None = None, progress=None, **kw) -> dict:
-    """Decode one archive from src to dst, verifying every checksum."""
-    o = replace(opts or Options(), **kw)
-    if _seekable(src):
-        start = src.tell()
-        C.scan(src)             # structure and payload checksums, before any model is loaded
-        src.seek(start)
+def _segment_tasks(src, state: dict):
+    """Read an archive's frames; yield one decode task (frame, payload, model, index, offset) per
+    segment, after its structural checks. state gets "end" (End) and "segments" at the end."""
     C.read_file_header(src)
-    h = xxhash.xxh3_64()
     total = index = 0
-    engine = model = mix = None
+    model = None
     while True:
         frame = C.read_frame(src, index)
         if isinstance(frame, C.End):
-            break
+            state["end"], state["segments"] = frame, index
+            return
         if isinstance(frame, C.ModelDescriptor):
             if model is not None:
                 raise NacritError("corrupt archive (second model frame)")
@@ -267,35 +305,72 @@ def decompress_stream(src, dst, opts: Options | None = None, progress=None, **kw
             index += 1
             continue
         payload = C.read_payload(src, frame, index)
-        if frame.method == C.STORED:
-            data = payload
-        elif frame.method == C.ZSTD:
-            data = _unzstd(payload, frame.orig_len, index)
-        else:
+        if frame.method == C.NEURAL:
             if model is None:
                 raise NacritError("corrupt archive (neural segment before any model frame)")
             C.check_neural_segment(frame, model, index)
-            if engine is None:
-                engine, mix = _decode_engine(model, o)
-            from .neural import decode_segment
-            try:
-                data = decode_segment(engine, frame, payload, progress, mix=mix)
-            except NacritError as e:
-                raise NacritError(f"segment {index} (at byte offset {total}) does not decode: "
-                                  f"{str(e).split(' (')[0]}{_mismatch_hint(engine, model)}") from None
-        if len(data) != frame.orig_len or C.hash64(data) != frame.orig_hash:
-            raise NacritError(f"segment {index} (at byte offset {total}) does not match its "
-                              "checksum" + (_mismatch_hint(engine, model)
-                                            if frame.method == C.NEURAL else ""))
+        yield frame, payload, model, index, total
+        total += frame.orig_len
+        index += 1
+
+
+def decode_segment(frame: C.Segment, payload: bytes, model, index: int, offset: int,
+                   o: Options, progress=None, cache: dict | None = None) -> bytes:
+    """Pure per-segment work of the decoder: one segment's original bytes, checked against its
+    content hash (NacritError otherwise). Runs here or in a worker (nacrith.workers). `cache`
+    (the caller's dict) keeps the decoding engine between segments."""
+    cache = {} if cache is None else cache
+    if frame.method == C.STORED:
+        data = payload
+    elif frame.method == C.ZSTD:
+        data = _unzstd(payload, frame.orig_len, index)
+    else:
+        key = (model.pack(), o.model, o.threads, o.ignore_backend, o.n_gpu_layers, o.main_gpu)
+        if key not in cache:
+            cache.clear()
+            cache[key] = _decode_engine(model, o)
+        engine, mix = cache[key]
+        from .neural import decode_segment as neural_decode
+        try:
+            data = neural_decode(engine, frame, payload, progress, mix=mix)
+        except NacritError as e:
+            raise NacritError(f"segment {index} (at byte offset {offset}) does not decode: "
+                              f"{str(e).split(' (')[0]}{_mismatch_hint(engine, model)}") from None
+    if len(data) != frame.orig_len or C.hash64(data) != frame.orig_hash:
+        raise NacritError(f"segment {index} (at byte offset {offset}) does not match its "
+                          "checksum" + (_mismatch_hint(engine, model)
+                                        if frame.method == C.NEURAL else ""))
+    return data
+
+
+def decompress_stream(src, dst, opts: Options | None = None, progress=None, pool=None,
+                      **kw) -> dict:
+    """Decode one archive from src to dst, verifying every checksum.
+
+    pool: None decodes here; else an object whose `imap("decode", tasks)` yields (task, bytes)
+    in order (nacrith.workers): segments are then decoded in parallel, written in order."""
+    o = replace(opts or Options(), **kw)
+    if _seekable(src):
+        start = src.tell()
+        C.scan(src)             # structure and payload checksums, before any model is loaded
+        src.seek(start)
+    h = xxhash.xxh3_64()
+    total = 0
+    state: dict = {}
+    cache: dict = {}
+    tasks = _segment_tasks(src, state)
+    decoded = ((t, decode_segment(*t, o, progress, cache)) for t in tasks) if pool is None \
+        else pool.imap("decode", tasks)
+    for _, data in decoded:
         _write(dst, data)
         h.update(data)
         total += len(data)
-        index += 1
-    if total != frame.total_len or h.intdigest() != frame.total_hash:
+    end = state["end"]
+    if total != end.total_len or h.intdigest() != end.total_hash:
         raise NacritError("decoded data does not match the archive checksum")
     if not _seekable(src) and src.read(1):
         raise NacritError("corrupt archive (data after end frame)")
-    return {"in": total, "segments": index}
+    return {"in": total, "segments": state["segments"]}
 
 
 def _mismatch_hint(engine: Engine, m: C.ModelDescriptor) -> str:

@@ -4,6 +4,7 @@
     nacrith decompress [OPTIONS] [FILE]...      FILE.nc -> FILE   (also: nacrith -d, -dc, -df ...)
     nacrith info FILE...                        describe archives (also: nacrith -l)
     nacrith test FILE...                        decode and verify, write nothing (also: nacrith -t)
+    nacrith compress -r [--workers N] DIR...    every file -> FILE.nc, manifest, --resume
 
 Invariants:
 - an output file only ever appears complete: data goes to a temp file in the output's directory
@@ -21,7 +22,11 @@ Invariants:
 - every failure the user can cause (NacritError, OSError) is one stderr line
   `nacrith: NAME: reason`, the remaining files are still processed, and the exit status is 1;
   usage errors exit 2, Ctrl-C 130, SIGTERM 143 (128 + signal number);
-- compressed data is never written to a terminal or read from one unless -f.
+- compressed data is never written to a terminal or read from one unless -f;
+- with --workers / --engine ray, segments go to worker processes (nacrith/workers.py,
+  nacrith/ray_engine.py) and up to N files are handled at once, one thread each, every file
+  keeping the guarantees above; -r (nacrith/batch.py) adds the walk, manifest and resume. On a
+  signal the workers are killed first, so every thread unwinds and removes its temp file.
 """
 import errno
 import json
@@ -30,6 +35,7 @@ import signal
 import stat
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -48,10 +54,11 @@ COMMANDS = ("compress", "decompress", "info", "test")
 MODE_FLAGS = {"-z": "compress", "--compress": "compress", "-d": "decompress",
               "--decompress": "decompress", "--uncompress": "decompress", "-t": "test",
               "--test": "test", "-l": "info", "--list": "info"}
-SHORT_FLAGS = set("cdfklqtvzhV")           # single-letter flags that take no value
+SHORT_FLAGS = set("cdfklqrtvzhV")           # single-letter flags that take no value
 SHORT_VALUE = set("o")                     # single-letter options that take a value
 VALUE_OPTS = {"-o", "--output", "--model", "--threads", "--ctx", "--lanes", "--gpu-layers",
-              "--skip"}
+              "--skip",
+              "--workers", "--devices", "--engine", "--address", "--manifest", "--segment-size"}
 USAGE = f"Usage: {PROG} [compress|decompress|info|test] [OPTIONS] [FILE]..."
 STDIN_NAME = "<stdin>"
 STDOUT_NAME = "<stdout>"
@@ -369,6 +376,16 @@ def _seekable(f) -> bool:
         return False
 
 
+def bar_shape() -> dict:
+    """tqdm sizing for stderr: a terminal that reports no size (fresh pty) would get no bar at
+    all, so assume 80x24 there."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        size = os.terminal_size((0, 0))
+    return {"dynamic_ncols": True} if min(size) > 0 else {"ncols": 80, "nrows": 24}
+
+
 class _Progress:
     """tqdm bar on stderr, created on the first coded token (so zstd-only files show nothing)."""
 
@@ -378,14 +395,8 @@ class _Progress:
     def __call__(self, n: int) -> None:
         if self.bar is None:
             from tqdm import tqdm
-            try:
-                size = os.get_terminal_size(sys.stderr.fileno())
-            except (OSError, ValueError, AttributeError):
-                size = os.terminal_size((0, 0))
-            # a terminal that reports no size (fresh pty) would get no bar at all: assume 80x24
-            shape = {"dynamic_ncols": True} if min(size) > 0 else {"ncols": 80, "nrows": 24}
             self.bar = tqdm(desc=self.desc, unit="tok", file=sys.stderr, leave=False,
-                            mininterval=0.25, **shape)
+                            mininterval=0.25, **bar_shape())
         self.bar.update(n)
 
     def close(self) -> None:
@@ -412,10 +423,19 @@ class Job:
     verbose: bool = False
     json: bool = False
     opts: api.Options = field(default_factory=api.Options)
+    recursive: bool = False                 # -r: walk directories (nacrith/batch.py)
+    workers: Optional[int] = None           # worker processes / Ray actors (None: in-process)
+    devices: List[str] = field(default_factory=list)
+    engine: str = "local"                   # local | ray
+    address: Optional[str] = None           # Ray cluster address
+    resume: bool = False
+    manifest: Optional[str] = None
+    pool: object = None                     # workers.LocalPool | ray_engine.RayPool, at run time
+    batch: object = None                    # batch.Batch with -r, at run time
 
     @property
     def progress(self) -> bool:
-        return not self.quiet and _isatty(sys.stderr)
+        return not self.quiet and _isatty(sys.stderr) and self.pool is None and self.batch is None
 
 
 def _run(job: Job, files: Optional[List[str]], ctx=None) -> int:
@@ -435,34 +455,108 @@ def _run(job: Job, files: Optional[List[str]], ctx=None) -> int:
         return 1
     if job.rm and (job.stdout or job.output == "-") and not job.quiet:
         _err("--rm ignored when writing to standard output")
-    failed = False
-    for name in files:
-        shown = STDIN_NAME if name == "-" else name
+    if job.recursive:
+        if "-" in files:
+            raise UsageError("-r needs FILE or DIR arguments, not standard input", ctx=ctx)
+        if job.output is not None or job.stdout:
+            raise UsageError("-r writes each output beside its input: no -o/-c", ctx=ctx)
+    if job.resume and not (job.recursive and job.mode == "compress"):
+        raise UsageError("--resume needs compress -r", ctx=ctx)
+    if job.address is not None and job.engine != "ray":
+        raise UsageError("--address needs --engine ray", ctx=ctx)
+    if job.mode != "info" and (job.workers or job.engine == "ray"):
         try:
-            try:
-                _one(job, name)
-            except BaseException:
-                if _received:   # e.g. Ctrl-C inside a lazy import, re-raised as ImportError
-                    raise _stop_for_signal() from None
-                raise
-            continue
-        except _Fail as e:
-            _err(f"{e.name}: {e.reason}")
+            job.pool = _start_pool(job)
         except NacritError as e:
-            _err(f"{shown}: {_oneline(e)}")
-        except _OutputError as e:
-            if e.err.errno == errno.EPIPE:
-                raise _Stop(128 + 13) from None     # like being killed by SIGPIPE, silently
-            _err(f"{e.name}: {_strerror(e.err)}")
-        except OSError as e:
-            extra = f"{e.filename}: " if e.filename not in (None, name) else ""
-            _err(f"{shown}: {extra}{_strerror(e)}")
-        except Exception as e:                      # a bug: still one line, unless debugging
-            if os.environ.get("NACRITH_DEBUG"):
-                raise
-            _err(f"{shown}: internal error ({type(e).__name__}: {_oneline(e)})")
-        failed = True
+            _err(_oneline(e))
+            return 1
+    try:
+        if job.recursive:
+            from .batch import Batch
+            job.batch = Batch(job, files)
+            failed = job.batch.run()
+        else:
+            failed = run_files(job, files)
+    except BaseException:
+        if job.pool is not None:
+            job.pool.terminate()
+        if _received:       # typer would turn a KeyboardInterrupt into a silent exit 130
+            raise _stop_for_signal() from None
+        raise
+    if job.pool is not None:
+        job.pool.close()
     return 1 if failed else 0
+
+
+def _start_pool(job: Job):
+    """Worker processes (or Ray actors), each with its model loaded; -v prints each one."""
+    if job.engine == "ray":
+        from .ray_engine import RayPool
+        pool = RayPool(job.workers, job.devices, job.opts, job.mode, job.address)
+    else:
+        from .workers import LocalPool
+        pool = LocalPool(job.workers, job.devices, job.opts, job.mode)
+    try:
+        rss = pool.wait_ready()
+    except BaseException:
+        pool.terminate()
+        raise
+    if job.verbose:
+        for a in pool.assignments:
+            _err_plain(f"{a.describe()}, RSS {rss.get(a.index, 0) / 2**20:.0f} MiB after loading")
+    return pool
+
+
+def run_files(job: Job, files: List[str], each=None) -> bool:
+    """Process files: in this thread, or (with a pool) as many at a time as there are workers,
+    so small files keep every worker busy. `each(name)` replaces `_one`. True if any failed."""
+    each = each or (lambda name: _one(job, name))
+    if job.pool is None or len(files) < 2:
+        return any([guarded(job, name, each) is not None for name in files])
+    from concurrent.futures import ThreadPoolExecutor
+    ex = ThreadPoolExecutor(max_workers=job.pool.n, thread_name_prefix="nacrith-file")
+    try:
+        futs = [ex.submit(guarded, job, name, each) for name in files]
+        return any([f.result() is not None for f in futs])
+    except BaseException:
+        job.pool.terminate()            # tasks in flight fail: every thread cleans up and ends
+        ex.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        ex.shutdown(wait=True)
+
+
+def guarded(job: Job, name: str, each) -> Optional[str]:
+    """each(name), with every failure reported as one line; returns that reason, or None.
+    After a signal, failures are the interruption's consequence: nothing is printed."""
+    shown = STDIN_NAME if name == "-" else name
+    try:
+        try:
+            each(name)
+        except BaseException:
+            if _received:   # e.g. Ctrl-C inside a lazy import, re-raised as ImportError
+                if threading.current_thread() is not threading.main_thread():
+                    return "interrupted"
+                raise _stop_for_signal() from None
+            raise
+        return None
+    except _Fail as e:
+        where, reason = e.name, e.reason
+    except NacritError as e:
+        where, reason = shown, _oneline(e)
+    except _OutputError as e:
+        if e.err.errno == errno.EPIPE:
+            raise _Stop(128 + 13) from None     # like being killed by SIGPIPE, silently
+        where, reason = e.name, _strerror(e.err)
+    except OSError as e:
+        extra = f"{e.filename}: " if e.filename not in (None, name) else ""
+        where, reason = shown, f"{extra}{_strerror(e)}"
+    except Exception as e:                      # a bug: still one line, unless debugging
+        if os.environ.get("NACRITH_DEBUG"):
+            raise
+        where, reason = shown, f"internal error ({type(e).__name__}: {_oneline(e)})"
+    _err(f"{where}: {reason}")
+    return reason
 
 
 def _output_path(job: Job, name: str) -> Optional[str]:
@@ -545,7 +639,9 @@ def _output_kind(out_path: str) -> Optional[str]:
     raise _Fail(out_path, "not a regular file -- not replaced")
 
 
-def _one(job: Job, name: str) -> None:
+def _one(job: Job, name: str, reader=None) -> dict:
+    """One input, gzip-style. Returns the coding stats plus "output" (path or None).
+    reader(src) may wrap the opened input (the batch's SHA-256)."""
     shown = STDIN_NAME if name == "-" else name
     st = None
     if job.mode == "info":
@@ -585,12 +681,15 @@ def _one(job: Job, name: str) -> None:
         else:
             out = _FileOutput(out_path, job.force, st)
         if job.mode == "compress":
-            stats = api.compress_stream(src, out, job.opts, progress=progress.callback())
+            stats = api.compress_stream(src if reader is None else reader(src), out, job.opts,
+                                        progress=progress.callback(), pool=job.pool)
         else:
-            reader = src if _seekable(src) else _CountingReader(src)
-            start = src.tell() if reader is src else 0
-            stats = api.decompress_stream(reader, out, job.opts, progress=progress.callback())
-            packed = src.tell() - start if reader is src else reader.n
+            counted = src if _seekable(src) else _CountingReader(src)
+            start = src.tell() if counted is src else 0
+            stats = api.decompress_stream(counted, out, job.opts, progress=progress.callback(),
+                                          pool=job.pool)
+            packed = src.tell() - start if counted is src else counted.n
+            stats["packed"] = packed
         progress.close()
         out.commit()
     finally:
@@ -618,6 +717,8 @@ def _one(job: Job, name: str) -> None:
                        f"({_bpb(packed, stats['in'])} bpb)")
     elif not job.quiet:
         _print(f"{shown}: OK")
+    stats["output"] = out_path
+    return stats
 
 
 def _bpb(packed: int, original: int) -> str:
@@ -732,6 +833,57 @@ SKIP = typer.Option(None, "--skip", min=0.0, max=0.99998, metavar="P",
                     help="Confidence skip: code a token without the LLM when the match model "
                          "gives it probability >= P (e.g. 0.95; faster on repetitive text).")
 JSON = typer.Option(False, "--json", help="One JSON object per archive.")
+RECURSIVE = typer.Option(False, "-r", "--recursive",
+                         help="Walk DIRs: one archive per file, beside it (FILE.nc); decompress/"
+                              "test take the *.nc files found.")
+WORKERS = typer.Option(None, "--workers", min=1, metavar="N",
+                       help="N worker processes, each loading the model once; segments and "
+                            "files are coded in parallel (same bytes for any N at a given "
+                            "--threads). CPU threads are split between workers unless --threads.")
+DEVICES = typer.Option(None, "--devices", metavar="IDS",
+                       help="GPU ids for the workers, e.g. 0,1 (CUDA builds; worker i gets "
+                            "device i mod count, all layers offloaded).")
+ENGINE = typer.Option("local", "--engine", metavar="local|ray",
+                      help="Where workers run: local processes, or Ray actors (nacrith[ray]).")
+ADDRESS = typer.Option(None, "--address", metavar="ADDR",
+                       help="Ray cluster address (default: start a local Ray).")
+RESUME = typer.Option(False, "--resume",
+                      help="With -r: skip files whose archive verifies against them.")
+MANIFEST = typer.Option(None, "--manifest", metavar="FILE",
+                        help="With -r: JSON-lines manifest (default: nacrith-manifest.jsonl).")
+SEGMENT = typer.Option(None, "--segment-size", metavar="BYTES",
+                       help="Bytes per segment (default 4M; K/M suffixes); segments are coded "
+                            "independently, in parallel with --workers.")
+
+
+def _size(text: Optional[str], ctx) -> Optional[int]:
+    if text is None:
+        return None
+    t = text.strip().upper().rstrip("B").rstrip("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    try:
+        n = int(t[:-1] if mult > 1 else t) * mult
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise typer.BadParameter(f"not a size in bytes: {text!r}", ctx=ctx,
+                                 param_hint="'--segment-size'")
+    return n
+
+
+def _scale(job: Job, ctx, recursive, workers, devices, engine, address) -> Job:
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter(f"{engine!r} is not one of 'local', 'ray'", ctx=ctx,
+                                 param_hint="'--engine'")
+    from .workers import parse_devices
+    try:
+        job.devices = parse_devices(devices)
+    except NacritError as e:
+        raise typer.BadParameter(str(e), ctx=ctx, param_hint="'--devices'") from None
+    if job.devices and workers is None and engine == "local":
+        workers = len(job.devices)
+    job.recursive, job.workers, job.engine, job.address = recursive, workers, engine, address
+    return job
 
 
 @app.command(context_settings=CONTEXT)
@@ -740,13 +892,22 @@ def compress(context: typer.Context, files: Optional[List[str]] = FILES,
              keep: bool = KEEP, rm: bool = RM, quiet: bool = QUIET, verbose: bool = VERBOSE,
              model: Optional[str] = MODEL, threads: Optional[int] = THREADS, ctx: int = CTX,
              lanes: int = LANES, no_neural: bool = NO_NEURAL, no_mixer: bool = NO_MIXER,
-             gpu_layers: int = GPU, skip: Optional[float] = SKIP):
+             gpu_layers: int = GPU, recursive: bool = RECURSIVE,
+             workers: Optional[int] = WORKERS, devices: Optional[str] = DEVICES,
+             engine: str = ENGINE, address: Optional[str] = ADDRESS, resume: bool = RESUME,
+             manifest: Optional[str] = MANIFEST, segment_size: Optional[str] = SEGMENT,
+             skip: Optional[float] = SKIP):
     """Compress FILEs to FILE.nc (default command)."""
     opts = api.Options(model=model, ctx=ctx, threads=threads, lanes=lanes,
                        n_gpu_layers=gpu_layers, neural=not no_neural, mixer=not no_mixer,
                        skip=None if skip is None else round(skip * 65536))
-    job = Job("compress", output, stdout, force, rm, quiet, verbose, opts=opts)
-    return _run(job, files, context)
+    seg = _size(segment_size, context)
+    if seg is not None:
+        opts.segment_size = seg
+    job = Job("compress", output, stdout, force, rm, quiet, verbose, opts=opts, resume=resume,
+              manifest=manifest)
+    return _run(_scale(job, context, recursive, workers, devices, engine, address), files,
+                context)
 
 
 @app.command(context_settings=CONTEXT)
@@ -754,12 +915,16 @@ def decompress(context: typer.Context, files: Optional[List[str]] = FILES,
                output: Optional[str] = OUTPUT, stdout: bool = STDOUT, force: bool = FORCE,
                keep: bool = KEEP, rm: bool = RM, quiet: bool = QUIET, verbose: bool = VERBOSE,
                model: Optional[str] = MODEL, threads: Optional[int] = THREADS,
-               ignore_backend: bool = IGNORE, gpu_layers: int = GPU):
+               ignore_backend: bool = IGNORE, gpu_layers: int = GPU,
+               recursive: bool = RECURSIVE, workers: Optional[int] = WORKERS,
+               devices: Optional[str] = DEVICES, engine: str = ENGINE,
+               address: Optional[str] = ADDRESS):
     """Decompress FILE.nc to FILE (also: nacrith -d)."""
     opts = api.Options(model=model, threads=threads, n_gpu_layers=gpu_layers,
                        ignore_backend=ignore_backend)
     job = Job("decompress", output, stdout, force, rm, quiet, verbose, opts=opts)
-    return _run(job, files, context)
+    return _run(_scale(job, context, recursive, workers, devices, engine, address), files,
+                context)
 
 
 @app.command(context_settings=CONTEXT)
@@ -771,11 +936,16 @@ def info(context: typer.Context, files: Optional[List[str]] = FILES, as_json: bo
 @app.command("test", context_settings=CONTEXT)
 def test_(context: typer.Context, files: Optional[List[str]] = FILES, quiet: bool = QUIET,
           model: Optional[str] = MODEL, threads: Optional[int] = THREADS,
-          ignore_backend: bool = IGNORE, gpu_layers: int = GPU):
+          ignore_backend: bool = IGNORE, gpu_layers: int = GPU,
+          recursive: bool = RECURSIVE, workers: Optional[int] = WORKERS,
+          devices: Optional[str] = DEVICES, engine: str = ENGINE,
+          address: Optional[str] = ADDRESS):
     """Decode archives fully and verify every checksum; write nothing (also: nacrith -t)."""
     opts = api.Options(model=model, threads=threads, n_gpu_layers=gpu_layers,
                        ignore_backend=ignore_backend)
-    return _run(Job("test", quiet=quiet, opts=opts), files, context)
+    job = Job("test", quiet=quiet, opts=opts)
+    return _run(_scale(job, context, recursive, workers, devices, engine, address), files,
+                context)
 
 
 # ---------------------------------------------------------------- argv shim

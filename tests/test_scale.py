@@ -1,0 +1,278 @@
+"""Scale (issue 7): workers, devices, batch archival with manifest and resume, the Ray engine.
+
+Neural cases use --threads 1 and inputs of a few hundred bytes (the test box has 2 shared
+cores); every archive is compared byte for byte with the one a single process makes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nacrith import workers
+from nacrith.errors import NacritError
+
+from helpers import corpus
+from test_cli import ENV, REPO, listing, popen, put, run
+
+SEG = "400"                                 # small segments: one file -> several parallel tasks
+NEURAL = ("--threads", "1", "--segment-size", SEG)
+
+
+def _files() -> dict:
+    return {"a.txt": corpus("alice29.txt")[2000:3000],     # 3 segments of 400 bytes or less
+            "sub/x.1": corpus("xargs.1")[:300],
+            "sub/k.bin": corpus("kennedy.xls")[:2000],      # binary: zstd/stored, no model
+            "empty": b""}
+
+
+def _tree(d: Path, files: dict) -> Path:
+    for name, data in files.items():
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_bytes(data)
+    return d
+
+
+def _archives(d: Path) -> dict:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*.nc"))}
+
+
+def _manifest(path: Path) -> list:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The archives one process (no workers) makes of _files(), file by file."""
+    d = _tree(tmp_path_factory.mktemp("ref"), _files())
+    names = sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
+    r = run(*NEURAL, *names, cwd=d, timeout=600)
+    assert (r.returncode, r.stderr) == (0, b""), r.stderr
+    return _archives(d)
+
+
+# ---------------------------------------------------------------- device assignment (no GPU)
+def test_assign_gpus_round_robin_each_worker_sees_one_device():
+    a = workers.assign(3, ["0", "1"], None, cpus=8)
+    assert [(x.device, x.env, x.n_gpu_layers, x.main_gpu, x.threads) for x in a] == [
+        ("0", {"CUDA_VISIBLE_DEVICES": "0"}, workers.GPU_ALL_LAYERS, 0, 2),
+        ("1", {"CUDA_VISIBLE_DEVICES": "1"}, workers.GPU_ALL_LAYERS, 0, 2),
+        ("0", {"CUDA_VISIBLE_DEVICES": "0"}, workers.GPU_ALL_LAYERS, 0, 2)]
+    assert [x.n_gpu_layers for x in workers.assign(2, ["3"], 1, n_gpu_layers=12)] == [12, 12]
+    assert workers.assign(1, ["5"], 1)[0].describe() == "worker 0: cuda:5, threads 1"
+
+
+def test_assign_cpu_splits_threads_unless_given():
+    assert [x.threads for x in workers.assign(2, [], None, cpus=2)] == [1, 1]
+    assert [x.threads for x in workers.assign(2, [], None, cpus=16)] == [4, 4]  # default cap
+    assert [x.threads for x in workers.assign(3, [], None, cpus=2)] == [1, 1, 1]
+    assert [x.threads for x in workers.assign(2, [], 3, cpus=2)] == [3, 3]      # explicit wins
+    a = workers.assign(2, [], 1)
+    assert [(x.device, x.env, x.n_gpu_layers) for x in a] == [
+        ("cpu", {"CUDA_VISIBLE_DEVICES": ""}, 0)] * 2
+    o = workers.worker_options(workers.api.Options(), a[1], "compress")
+    assert (o.threads, o.n_gpu_layers, o.main_gpu, o.slide) == (1, 0, 0, 512)
+
+
+def test_parse_devices():
+    assert workers.parse_devices("0, 2") == ["0", "2"]
+    assert workers.parse_devices(None) == workers.parse_devices("cpu") == []
+    with pytest.raises(NacritError):
+        workers.parse_devices("gpu0")
+    with pytest.raises(NacritError):
+        workers.assign(0, [], 1)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--devices", "x", "f"], "--devices"),
+    (["--resume", "f"], "--resume needs compress -r"),
+    (["--address", "h:1", "f"], "--address needs --engine ray"),
+    (["--engine", "spark", "f"], "--engine"),
+    (["-r", "-c", "d"], "-r writes each output beside its input"),
+    (["--segment-size", "0", "f"], "--segment-size")])
+def test_scale_usage_errors_exit_2(tmp_path, args, msg):
+    r = run(*args, cwd=tmp_path)
+    assert r.returncode == 2 and msg in r.stderr.decode(), r.stderr
+    assert listing(tmp_path) == set()
+
+
+# ---------------------------------------------------------------- identical bytes whatever N
+def test_workers_make_the_same_archives_and_decode_them(tmp_path, reference):
+    """2 workers: a 3-segment file coded in parallel + files spread over workers = exactly the
+    single-process archives; then decompress -r with 2 workers restores every byte."""
+    files = _files()
+    d = _tree(tmp_path, files)
+    r = run("-r", "-q", "--workers", "2", *NEURAL, ".", cwd=d, timeout=600)
+    assert (r.returncode, r.stderr) == (0, b""), r.stderr
+    assert _archives(d) == reference
+    info = json.loads(run("info", "--json", "a.txt.nc", cwd=d).stdout)
+    assert [s["method"] for s in info["segments"]] == ["neural"] * 3
+    for name in files:
+        (d / name).unlink()
+    r = run("-d", "-r", "--workers", "2", "--threads", "1", ".", cwd=d, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.decode().startswith("4 files restored, 0 failed in ")
+    assert {n: (d / n).read_bytes() for n in files} == files
+
+
+# ---------------------------------------------------------------- batch: manifest, failure
+def test_batch_failure_does_not_stop_the_others(tmp_path):
+    """An existing output (no -f) fails that file only: one line, an error line in the manifest,
+    the others compressed, exit 1; symbolic links and our temp files are not inputs."""
+    d = tmp_path / "d"
+    _tree(d, {"a.txt": b"alpha " * 100, "b/c.txt": b"gamma " * 50, "b/d.txt": b"delta"})
+    put(d / "b", "c.txt.nc", b"not mine")
+    os.symlink("a.txt", d / "link")
+    put(d, ".a.txt.nc.abcd1234.tmp", b"left by a killed run")
+    r = run("-r", "--no-neural", "--manifest", "m.jsonl", "d", cwd=tmp_path)
+    assert r.returncode == 1
+    assert r.stderr.decode().splitlines()[0] == \
+        "nacrith: d/b/c.txt.nc: already exists (use -f to overwrite)"
+    assert r.stderr.decode().splitlines()[1].startswith(
+        "2 files compressed, 1 failed; 605 -> ")
+    assert (d / "b" / "c.txt.nc").read_bytes() == b"not mine"
+    m = _manifest(tmp_path / "m.jsonl")
+    assert [x["path"] for x in m] == ["d/a.txt", "d/b/c.txt", "d/b/d.txt"]
+    assert m[1] == {"path": "d/b/c.txt", "error": "already exists (use -f to overwrite)"}
+    import hashlib
+    assert m[0]["sha256"] == hashlib.sha256(b"alpha " * 100).hexdigest()
+    assert (m[0]["size"], m[0]["archive"], m[0]["method"]) == (600, "d/a.txt.nc", "zstd")
+    assert m[0]["archive_size"] == (d / "a.txt.nc").stat().st_size
+    assert m[0]["bpb"] == round(m[0]["archive_size"] * 8 / 600, 4)
+    assert not (d / "link.nc").exists()
+
+
+def _children(pid: int) -> list:
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(p.name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def _gone(pids, timeout=10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = []
+        for q in pids:
+            try:
+                state = Path(f"/proc/{q}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                alive.append(q)
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_kill_in_the_middle_then_resume_loses_and_redoes_nothing(tmp_path, reference):
+    """SIGKILL the batch once two files are in the manifest: the workers die with it; --resume
+    then finishes: every archive identical to a single-process one, the two finished archives
+    untouched (same inode, same mtime), no temp file left, one manifest line per file."""
+    files = {**_files(), **{f"more/t{i}.txt": corpus("lcet10.txt")[i * 300:(i + 1) * 300]
+                            for i in range(4)}}
+    d = _tree(tmp_path / "d", files)
+    args = ("-r", "--workers", "2", *NEURAL, "--manifest", "m.jsonl", "d")
+    p = popen(*args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    man = tmp_path / "m.jsonl"
+    deadline = time.monotonic() + 300
+    kids = []
+    while not (man.exists() and len([x for x in man.read_text().splitlines()
+                                      if x.endswith("}")]) >= 2):
+        assert p.poll() is None, p.stderr.read()
+        assert time.monotonic() < deadline
+        kids = _children(p.pid) or kids
+        time.sleep(0.05)
+    kids = _children(p.pid) or kids
+    p.kill()
+    p.wait()
+    assert _gone(kids), "workers outlived their parent"
+    before = {x["path"]: x for x in _manifest(man)}
+    assert len(before) < len(files), "finished before the kill"
+    kept = {x["archive"]: (os.stat(tmp_path / x["archive"]).st_ino,
+                           os.stat(tmp_path / x["archive"]).st_mtime_ns)
+            for x in before.values()}
+    r = run(*args, "--resume", cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    summary = r.stderr.decode()
+    assert summary.startswith(f"{len(files) - len(before)} files compressed, "
+                              f"{len(before)} already done, 0 failed; "), summary
+    for a, ident in kept.items():
+        st = os.stat(tmp_path / a)
+        assert (st.st_ino, st.st_mtime_ns) == ident, f"{a} was redone"
+    assert not [n for n in os.listdir(tmp_path) + [q.name for q in d.rglob("*")]
+                if n.endswith(".tmp")]
+    m = _manifest(man)
+    assert sorted(x["path"] for x in m) == sorted(f"d/{n}" for n in files)
+    assert all("error" not in x for x in m)
+    got = _archives(d)
+    assert {k: v for k, v in got.items() if k in reference} == reference
+    r = run("test", "-r", "-q", "--threads", "1", "d", cwd=tmp_path, timeout=600)
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"", b""), r.stderr
+    r = run("-r", "--resume", "--no-neural", "--manifest", "m.jsonl", "d", cwd=tmp_path)
+    assert r.stderr.decode().startswith(f"0 files compressed, {len(files)} already done, "
+                                        "0 failed;"), r.stderr
+    assert len(_manifest(man)) == len(files)
+
+
+def test_resume_ignores_a_torn_line_and_replaces_a_stale_archive(tmp_path):
+    d = _tree(tmp_path / "d", {"a": b"one " * 50, "b": b"two " * 50})
+    r = run("-r", "-q", "--no-neural", "--manifest", "m.jsonl", "d", cwd=tmp_path)
+    assert r.returncode == 0
+    man = tmp_path / "m.jsonl"
+    man.write_bytes(man.read_bytes() + b'{"path": "d/c", "si')      # killed mid-line
+    (d / "b").write_bytes(b"changed " * 30)                          # archive now stale
+    r = run("-r", "--resume", "--no-neural", "--manifest", "m.jsonl", "d", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.decode().startswith("1 files compressed, 1 already done, 0 failed;")
+    lines = man.read_text().splitlines()
+    assert lines[2] == '{"path": "d/c", "si' and json.loads(lines[3])["path"] == "d/b"
+    assert run("-dc", "d/b.nc", cwd=tmp_path).stdout == b"changed " * 30
+
+
+# ---------------------------------------------------------------- signals
+def test_ctrl_c_terminates_workers_and_removes_temp_files(tmp_path):
+    d = _tree(tmp_path, {"a.txt": corpus("alice29.txt")[:3000], "b.txt": corpus("asyoulik.txt")[:3000]})
+    p = popen("--workers", "2", "--threads", "1", "a.txt", "b.txt", cwd=d,
+              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not any(n.endswith(".tmp") for n in listing(d)):
+        assert p.poll() is None and time.monotonic() < deadline, p.stderr.read()
+        time.sleep(0.05)
+    kids = _children(p.pid)
+    assert len(kids) >= 2
+    time.sleep(1)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert (p.returncode, err) == (130, b"nacrith: interrupted\n")
+    assert listing(d) == {"a.txt", "b.txt"}
+    assert _gone(kids)
+
+
+# ---------------------------------------------------------------- Ray
+def test_ray_engine_makes_the_same_archives(tmp_path, reference, monkeypatch):
+    """A local Ray (2 CPUs), the CLI as a client: the same archives as one process."""
+    ray = pytest.importorskip("ray")
+    d = _tree(tmp_path / "d", _files())
+    for env in (os.environ, ENV):       # a throw-away local cluster: no token to share
+        monkeypatch.setitem(env, "RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        addr = ray.get_runtime_context().gcs_address
+        r = run("-r", "--engine", "ray", "--address", addr, "--workers", "2", *NEURAL,
+                "--manifest", "m.jsonl", "d", cwd=tmp_path, timeout=600)
+    finally:
+        ray.shutdown()
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.decode().startswith("4 files compressed, 0 failed;"), r.stderr
+    assert _archives(d) == reference
+    assert len(_manifest(tmp_path / "m.jsonl")) == 4
