@@ -381,8 +381,8 @@ def test_bad_model_is_a_per_file_error(tmp_path):
     r = run("--model", "no-such-model.gguf", "a.txt", "b.txt", cwd=tmp_path)
     assert r.returncode == 1
     assert r.stderr.decode() == (
-        "nacrith: a.txt: model not found: no-such-model.gguf (presets: smollm2)\n"
-        "nacrith: b.txt: model not found: no-such-model.gguf (presets: smollm2)\n")
+        "nacrith: a.txt: model not found: no-such-model.gguf (presets: smollm2, gemma3)\n"
+        "nacrith: b.txt: model not found: no-such-model.gguf (presets: smollm2, gemma3)\n")
     assert listing(tmp_path) == {"a.txt", "b.txt"}
 
 

@@ -71,7 +71,7 @@ def _fix_header(blob: bytearray) -> bytearray:
     (lambda b: b"XACR" + b[4:], "not a nacrith archive (bad magic)"),
     (lambda b: b[:8], "truncated archive (in file header)"),
     (lambda b: _fix_header(bytearray(b[:4]) + b"\x09" + b[5:]),
-     "archive format version 9 is newer than this nacrith supports (<= 2); upgrade nacrith"),
+     "archive format version 9 is newer than this nacrith supports (<= 3); upgrade nacrith"),
     (lambda b: b[:5] + b"\x01" + b[6:], "corrupt file header (checksum mismatch)"),
     (lambda b: b[:-1], "truncated archive (in frame 1 header)"),
     (lambda b: b[:12], "truncated archive (in frame 0 header)"),
