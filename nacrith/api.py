@@ -87,10 +87,19 @@ class Engine:
                                n_gpu_layers=opts.n_gpu_layers, main_gpu=opts.main_gpu,
                                group=group)
         self.tokenizer = ExactTokenizer(self.backend)
+        self._tcol = None
         self.fingerprint = fingerprint()
         self.params = {"ctx": opts.ctx, "slide": opts.slide, "n_keep": opts.n_keep,
                        "threads": opts.threads, "lanes": opts.lanes, "bos": self.backend.bos,
                        "cdf_bits": 24}
+
+    @property
+    def column_table(self):
+        """mixer.column_table of this model's token pieces (computed once)."""
+        if self._tcol is None:
+            from .mixer import column_table
+            self._tcol = column_table(self.tokenizer.pieces)
+        return self._tcol
 
     def descriptor(self, mix=None) -> C.ModelDescriptor:
         params = dict(self.params)

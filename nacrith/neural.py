@@ -101,14 +101,16 @@ def _lane_models(engine, mix, n_tokens):
     if mix is None or not mix.active:
         return None
     from .mixer import LaneModel
-    return [LaneModel(mix, engine.backend.n_vocab, n) for n in n_tokens]
+    tcol = engine.column_table if mix.col_lr else None
+    return [LaneModel(mix, engine.backend.n_vocab, n, tcol) for n in n_tokens]
 
 
 def _run(engine, mix, lms, n_tokens, code, progress):
-    """lockstep with the confidence skip that mix selects (FRAC_SCALE = 2^16)."""
+    """lockstep with the confidence skip that mix selects."""
     skip, cap = None, 0
     if lms is not None and mix.skip:
-        thr = mix.skip / 65536.0
+        from .mixer import FRAC_SCALE
+        thr = mix.skip / FRAC_SCALE
         skip, cap = (lambda lane: lms[lane].skip_conf() >= thr), mix.skip_cap
     lockstep(engine.backend, n_tokens, code, progress, skip, cap)
 

@@ -44,6 +44,7 @@ def configs(full: MixParams) -> dict:
     return {
         "LLM only": MixParams(),
         "preset 1": PRESETS[1],
+        "preset 2": PRESETS[2],
         "+n-gram": replace(full, **dict(OFF, ngram=full.ngram, boost_lr=full.boost_lr)),
         "+match": replace(full, **dict(OFF, match=full.match, boost_lr=full.boost_lr)),
         "+bias": replace(full, **dict(OFF, bias_lr=full.bias_lr, temp_lr=full.temp_lr)),
@@ -52,6 +53,7 @@ def configs(full: MixParams) -> dict:
 
 
 _engine = None
+_opts = None
 
 
 def cached(name: str, data: bytes, cache: Path, opts: api.Options):
@@ -81,8 +83,16 @@ def cached(name: str, data: bytes, cache: Path, opts: api.Options):
     return np.load(lp, mmap_mode="r"), np.load(tp).astype(np.int64)
 
 
+def lane(mp: MixParams, V: int, n: int) -> LaneModel:
+    """A fresh lane model (the column bias needs the model's token pieces: loads the model)."""
+    global _engine
+    if mp.col_lr and _engine is None:
+        _engine = api.get_engine(models.resolve(_opts.model), _opts)
+    return LaneModel(mp, V, n, _engine.column_table if mp.col_lr else None)
+
+
 def bits_of(mp: MixParams, logits, toks) -> float:
-    f = LaneModel(mp, logits.shape[1], len(toks)).costs(logits, toks)
+    f = lane(mp, logits.shape[1], len(toks)).costs(logits, toks)
     return float(24 * len(f) - np.log2(f.astype(np.float64)).sum())
 
 
@@ -91,7 +101,7 @@ def per_token_ms(mp: MixParams | None, logits, toks, reps: int = 3) -> float:
     best = float("inf")
     for _ in range(reps):
         enc = Encoder()
-        lm = LaneModel(mp, logits.shape[1], len(toks)) if mp is not None else None
+        lm = lane(mp, logits.shape[1], len(toks)) if mp is not None else None
         t0 = time.perf_counter()
         if lm is None:
             for t in range(len(toks)):
@@ -119,7 +129,8 @@ def main() -> None:
     a = ap.parse_args()
     cache = Path(a.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    opts = api._options(None, {"threads": a.threads, "model": a.model})
+    global _opts
+    opts = _opts = api._options(None, {"threads": a.threads, "model": a.model})
     full = replace(DEFAULTS, **{k: int(v) for k, v in (s.split("=", 1) for s in a.set)})
     full.validate()
     cfgs = configs(full)
@@ -148,7 +159,7 @@ def main() -> None:
         lens = np.load(cache / f"{a.repeat}-x2-{len(data)}.lens.npy")
         second = np.cumsum(lens) > len(once)    # tokens ending in the second copy
         for c in ("LLM only", "+match", "full"):
-            f = LaneModel(cfgs[c], logits.shape[1], len(toks)).costs(logits, toks)
+            f = lane(cfgs[c], logits.shape[1], len(toks)).costs(logits, toks)
             bits = 24 - np.log2(f.astype(np.float64))
             print(f"{a.repeat} x2, {c:8s}: first copy {bits[~second].sum() / len(once):.4f} bpb, "
                   f"second copy {bits[second].sum() / len(once):.4f} bpb")

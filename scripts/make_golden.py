@@ -40,6 +40,9 @@ def cases():
     yield "v2-preset2", alice[7000:7800], {"threads": 1}
     yield "v2-preset2-custom", fields[3000:3600] * 2, {"threads": 1, "ngram": 3, "match": 4,
                                                        "boost_lr": 0, "temp_lr": 0}
+    # mixer preset 3 (column bias): default, and two lanes (one column per lane)
+    yield "v2-preset3", alice[9000:9800], {"threads": 1}
+    yield "v2-preset3-2lanes", alice[10000:10600] + fields[4400:4800], {"threads": 1, "lanes": 2}
     # version 3: confidence skip with catch-up batches (repeats in each lane)
     yield "v3-skip", alice[7000:7500] * 2, {"threads": 1, "skip": 62259, "skip_cap": 8}
     yield "v3-skip-2lanes", alice[8000:8400] * 2 + fields[4000:4400] * 2, \

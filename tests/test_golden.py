@@ -19,19 +19,21 @@ def test_every_feature_is_covered():
     for feature in ["empty", "stored", "zstd", "multisegment", "neural-1lane", "neural-escapes",
                     "neural-3lanes", "neural-slide"]:
         assert f"v1-{feature}.nc" in names
-    for feature in ["ensemble", "ensemble-custom", "ensemble-2lanes", "preset2", "preset2-custom"]:
+    for feature in ["ensemble", "ensemble-custom", "ensemble-2lanes", "preset2", "preset2-custom",
+                    "preset3", "preset3-2lanes"]:
         assert f"v2-{feature}.nc" in names
     for feature in ["skip", "skip-2lanes"]:
         assert f"v3-{feature}.nc" in names
 
 
 def test_mixer_presets_of_the_golden_archives():
-    # v2-ensemble* carry mixer preset 1, v2-preset2* preset 2 (the mixer behaviour of each is
+    # v2-ensemble* carry mixer preset 1, v2-presetN* preset N (the mixer behaviour of each is
     # frozen by its decoded bytes)
     for _, _, name, _ in ENTRIES:
         if name.startswith("v2-"):
             params = C.scan_bytes((GOLDEN / name).read_bytes())[1].params
-            assert params["mix_preset"] == (2 if name.startswith("v2-preset2") else 1), name
+            want = int(name[9]) if name.startswith("v2-preset") else 1
+            assert params["mix_preset"] == want, name
 
 
 @pytest.mark.parametrize("sha, size, name, methods", ENTRIES, ids=[e[2] for e in ENTRIES])

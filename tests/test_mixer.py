@@ -16,12 +16,20 @@ from nacrith.mixer import DEFAULTS, PRESETS, LaneModel, MixParams
 from helpers import corpus, fresh_python
 
 OFF = dict(ngram=0, match=0, bias_lr=0, temp_lr=0, boost_lr=0)
-# preset-only components (no model-frame key) of preset 2, all off = preset 1
-NEW_OFF = dict(ngram_slots=0, slot_lr=0, mix2=0, apm_lr=0, apm_w=0, bias_g0=0)
-NEW_ODD = dict(ngram_slots=3, slot_lr=400000, mix2=1, apm_lr=60000, apm_w=20000, bias_g0=200000)
+# preset-only components (no model-frame key) of presets 2 and 3, all off = preset 1
+NEW_OFF = dict(ngram_slots=0, slot_lr=0, mix2=0, apm_lr=0, apm_w=0, bias_g0=0, col_lr=0)
+NEW_ODD = dict(ngram_slots=3, slot_lr=400000, mix2=1, apm_lr=60000, apm_w=20000, bias_g0=200000,
+               col_lr=500000)
 
 
 # ---------------------------------------------------------------- synthetic logits (no LLM)
+def lane(mp, V, n):
+    """A lane model over a synthetic vocabulary: token i is 1..5 letters, every 17th ends a line."""
+    pieces = [bytes([97 + i % 26]) * (1 + i % 5) + (b"\r\n" if i % 17 == 0 else b"")
+              for i in range(V)]
+    return LaneModel(mp, V, n, mixer.column_table(pieces))
+
+
 def _synthetic(n_tok=600, V=512, seed=1):
     """A token stream with repeats and logits that half-know it (float32, like llama.cpp)."""
     rng = np.random.default_rng(seed)
@@ -47,6 +55,8 @@ CONFIGS = {
     "slots_sbias_only": replace(PRESETS[1], ngram_slots=8, slot_lr=100000),
     "mix2_only": replace(PRESETS[1], mix2=1),
     "apm_only": replace(PRESETS[1], apm_lr=10000, apm_w=65536),
+    "col_only": replace(MixParams(), col_lr=131072),
+    "preset2": PRESETS[2],
     "apm_no_mixer_inputs": replace(DEFAULTS, ngram=0, match=0),
     "new_nondefault": replace(DEFAULTS, ngram=5, ngram_bits=9, ngram_limit=9, match=2,
                               match_bits=7, **NEW_ODD),
@@ -58,34 +68,36 @@ def test_kernel_roundtrip_synthetic(name):
     mp = CONFIGS[name]
     toks, logits = _synthetic()
     V = logits.shape[1]
-    enc, lm = Encoder(), LaneModel(mp, V, len(toks))
+    enc, lm = Encoder(), lane(mp, V, len(toks))
     for t, y in enumerate(toks):
         lm.encode(enc, logits[t], int(y))
         f = lm.freqs
         assert f.min() >= 1 and f.sum() == 1 << 24
     blob = enc.finish()
-    dec, lm2 = Decoder(blob), LaneModel(mp, V, len(toks))
+    dec, lm2 = Decoder(blob), lane(mp, V, len(toks))
     got = [lm2.decode(dec, logits[t]) for t in range(len(toks))]
     assert got == toks.tolist()
     # the offline cost kernel sees the same probabilities as the coder
-    f = LaneModel(mp, V, len(toks)).costs(logits, toks)
+    f = lane(mp, V, len(toks)).costs(logits, toks)
     bits = 24 * len(f) - np.log2(f.astype(np.float64)).sum()
     assert abs(8 * len(blob) - bits) < 40
 
 
 def test_new_components_change_the_coding_synthetic():
-    # each preset-2 component is live (changes the frequencies) and preset 2 without them is
+    # each preset-2/3 component is live (changes the frequencies) and preset 2 without them is
     # preset 1 exactly
     toks, logits = _synthetic()
     V = logits.shape[1]
 
     def freqs(mp):
-        return LaneModel(mp, V, len(toks)).costs(logits, toks)
+        return lane(mp, V, len(toks)).costs(logits, toks)
     base = freqs(PRESETS[1])
     keyed = {k: getattr(PRESETS[1], k) for k in MixParams.KEYS}
     assert np.array_equal(freqs(replace(PRESETS[2], **NEW_OFF, **keyed)), base)
-    for k in ("ngram_slots", "slot_lr", "mix2", "apm_lr", "bias_g0"):
-        kw = {k: getattr(PRESETS[2], k) if k != "ngram_slots" else 2}   # (few successors here)
+    # preset 3 without the column bias is preset 2 exactly
+    assert np.array_equal(freqs(replace(PRESETS[3], col_lr=0)), freqs(PRESETS[2]))
+    for k in ("ngram_slots", "slot_lr", "mix2", "apm_lr", "bias_g0", "col_lr"):
+        kw = {k: getattr(PRESETS[3], k) if k != "ngram_slots" else 2}   # (few successors here)
         if k == "apm_lr":
             kw["apm_w"] = PRESETS[2].apm_w
         if k == "slot_lr":
@@ -97,17 +109,17 @@ def test_kernel_decodes_in_fresh_process_synthetic(tmp_path):
     # preset-only values that no archive can carry, coded here and decoded by a new interpreter
     mp = CONFIGS["new_nondefault"]
     toks, logits = _synthetic(seed=3)
-    enc, lm = Encoder(), LaneModel(mp, logits.shape[1], len(toks))
+    enc, lm = Encoder(), lane(mp, logits.shape[1], len(toks))
     for t, y in enumerate(toks):
         lm.encode(enc, logits[t], int(y))
     (tmp_path / "s.bin").write_bytes(enc.finish())
     code = ("import sys; sys.path.insert(0, 'tests')\n"
             "from test_mixer import _synthetic, CONFIGS\n"
             "from nacrith.coder import Decoder\n"
-            "from nacrith.mixer import LaneModel\n"
+            "from test_mixer import lane\n"
             "toks, logits = _synthetic(seed=3)\n"
             "dec = Decoder(open(sys.argv[1], 'rb').read())\n"
-            "lm = LaneModel(CONFIGS['new_nondefault'], logits.shape[1], len(toks))\n"
+            "lm = lane(CONFIGS['new_nondefault'], logits.shape[1], len(toks))\n"
             "got = [lm.decode(dec, logits[t]) for t in range(len(toks))]\n"
             "print(int(got == toks.tolist()))\n")
     r = fresh_python(code, str(tmp_path / "s.bin"))
@@ -119,7 +131,7 @@ def test_match_model_learns_repeats_synthetic():
     toks, logits = _synthetic()
     V = logits.shape[1]
     def bits(mp):
-        f = LaneModel(mp, V, len(toks)).costs(logits, toks)
+        f = lane(mp, V, len(toks)).costs(logits, toks)
         c = 24 - np.log2(f.astype(np.float64))
         return c[450:].sum()                    # the repeated part
     assert bits(replace(DEFAULTS, **dict(OFF, match=6))) < 0.5 * bits(MixParams())
@@ -135,11 +147,13 @@ def test_params_roundtrip_and_absent_keys_mean_off():
         replace(DEFAULTS, ngram=99).validate()
     with pytest.raises(NacritError):
         replace(DEFAULTS, mix_floor=30000).validate()
-    # the defaults cost one key (mix_preset = 2); a change costs that key only; 0 turns off
-    assert DEFAULTS == PRESETS[2]
-    assert DEFAULTS.params() == {"mix_preset": 2}
-    assert replace(DEFAULTS, match=0).params() == {"mix_preset": 2, "match": 0}
-    assert MixParams.from_params({"mix_preset": 2, "match": 0}) == replace(DEFAULTS, match=0)
+    # the defaults cost one key (mix_preset = 3); a change costs that key only; 0 turns off
+    assert DEFAULTS == PRESETS[3]
+    assert DEFAULTS.params() == {"mix_preset": 3}
+    assert replace(DEFAULTS, match=0).params() == {"mix_preset": 3, "match": 0}
+    assert MixParams.from_params({"mix_preset": 3, "match": 0}) == replace(DEFAULTS, match=0)
+    assert replace(DEFAULTS, col_lr=0).params() == {"mix_preset": 2}
+    assert MixParams.from_params({"mix_preset": 2}) == PRESETS[2] and PRESETS[2].col_lr == 0
     with pytest.raises(NacritError, match="unknown mixer preset 9"):
         MixParams.from_params({"mix_preset": 9})
     # preset 1 (version-2 archives before preset 2) keeps its meaning: the preset-only fields
@@ -155,7 +169,7 @@ def test_params_roundtrip_and_absent_keys_mean_off():
     with pytest.raises(ValueError, match="match no preset"):
         CONFIGS["new_nondefault"].params()
     for bad in (dict(ngram_slots=17), dict(apm_w=70000), dict(apm_lr=1 << 21),
-                dict(slot_lr=-1), dict(bias_g0=1 << 25)):
+                dict(slot_lr=-1), dict(bias_g0=1 << 25), dict(col_lr=1 << 21)):
         with pytest.raises(NacritError):
             replace(DEFAULTS, **bad).validate()
 
@@ -208,7 +222,7 @@ def test_archive_fields(archives):
     hdr, model, segs, _ = C.scan_bytes(archives["full_default"][1])
     assert hdr.version == 2 and segs[0].method == C.NEURAL
     assert MixParams.from_params(model.params) == DEFAULTS
-    assert model.params["mix_preset"] == 2 and "ngram" not in model.params
+    assert model.params["mix_preset"] == 3 and "ngram" not in model.params
     model = C.scan_bytes(archives["preset1"][1])[1]
     assert model.params["mix_preset"] == 1 and len([k for k in model.params if k in
                                                     MixParams.KEYS]) == 0
@@ -245,3 +259,34 @@ def test_ensemble_not_worse_than_llm(archives):
 def test_deterministic_encoding(archives):
     data, blob, _ = archives["full_default"]
     assert nacrith.compress(data, threads=1) == blob
+
+
+def test_column_table_and_bucket():
+    t = mixer.column_table([b"", b" the", b".\r\n", b"\n\nab", b"x" * 300, b"a\rb\nc"])
+    assert t.tolist() == [[0, 4, 1, 0, mixer.COL_NB, 1],
+                          [0, 0, 1, 1, 0, 1],
+                          [0, 0, 0, 2, 0, 1]]
+    # bucket: where the token's bytes up to its first line break end, + COL_NB if it breaks
+    b = mixer._col_bucket
+    assert b(t, 1, 10) == 14 and b(t, 2, 60) == mixer.COL_NB + 61 and b(t, 3, 5) == mixer.COL_NB + 5
+    assert b(t, 4, 0) == mixer.COL_NB - 1 and b(t, 2, 500) == 2 * mixer.COL_NB - 1
+
+
+def test_column_bias_learns_a_line_width_synthetic():
+    # lines of exactly 20 one-byte tokens, then a line break token: the LLM logits know nothing
+    # (all zero), so only the column bias can learn where lines end
+    V, width, lines = 64, 20, 60
+    pieces = [bytes([65 + i % 26]) for i in range(V - 1)] + [b"\n"]
+    rng = np.random.default_rng(5)
+    toks = np.concatenate([np.append(rng.integers(0, V - 1, width), V - 1)
+                           for _ in range(lines)]).astype(np.int64)
+    logits = np.zeros((len(toks), V), dtype=np.float32)
+    mp = replace(MixParams(), col_lr=mixer.LR_SCALE)
+    f = LaneModel(mp, V, len(toks), mixer.column_table(pieces)).costs(logits, toks)
+    bits = 24 - np.log2(f.astype(np.float64))
+    nl = toks == V - 1
+    assert bits[nl][0] > 5.99                    # uniform at first (log2 64 = 6 bits)
+    assert bits[nl][-10:].mean() < 0.1           # the line break became nearly free
+    assert bits[~nl][-200:].mean() < np.log2(V - 1) + 0.05   # others lose no more than that
+    with pytest.raises(ValueError, match="column table"):
+        LaneModel(mp, V, 10)

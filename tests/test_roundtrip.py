@@ -55,7 +55,7 @@ def test_text_goes_neural_binary_falls_back(archives):
         assert [s.method for s in segs] == [C.NEURAL], name
         assert model.params == {"ctx": 2048, "slide": 512, "n_keep": 1, "threads": api.default_threads(),
                                 "lanes": 1, "bos": 1, "cdf_bits": 24,
-                                "mix_preset": 2}
+                                "mix_preset": 3}
         assert model.sha256 == models.sha256(models.resolve(None))
     assert C.scan_bytes(archives["kennedy_xls"][1])[2][0].method == C.ZSTD
     assert C.scan_bytes(archives["empty"][1])[2] == []

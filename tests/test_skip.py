@@ -10,9 +10,10 @@ import nacrith
 from nacrith import api, container as C
 from nacrith.coder import Decoder, Encoder
 from nacrith.errors import NacritError
-from nacrith.mixer import DEFAULTS, LaneModel, MixParams
+from nacrith.mixer import DEFAULTS, MixParams
 
 from helpers import corpus, fresh_python
+from test_mixer import lane
 
 SKIP = dict(skip=62259, skip_cap=16)          # p >= 0.95
 
@@ -28,7 +29,7 @@ def _synthetic(V=300, seed=3):
 def _code(mp, toks, logits, thr, cap, decode_blob=None):
     """The lockstep rule for one lane: skip while conf >= thr and at most cap tokens wait."""
     V = logits.shape[1]
-    lm = LaneModel(mp, V, len(toks))
+    lm = lane(mp, V, len(toks))
     enc = Encoder() if decode_blob is None else None
     dec = Decoder(decode_blob) if decode_blob is not None else None
     run, skipped, out = 0, [], []
@@ -62,7 +63,7 @@ def test_skip_kernels_roundtrip_and_offline_cost():
     assert all(t >= 200 for t in skipped)               # nothing before the first repeat
     got, skipped2 = _code(DEFAULTS, toks, logits, thr, cap, decode_blob=blob)
     assert got == toks.tolist() and skipped2 == skipped
-    f, mask = LaneModel(DEFAULTS, logits.shape[1], len(toks)).costs(logits, toks, thr, cap)
+    f, mask = lane(DEFAULTS, logits.shape[1], len(toks)).costs(logits, toks, thr, cap)
     assert np.flatnonzero(mask).tolist() == skipped
     bits = 24 * len(f) - np.log2(f.astype(np.float64)).sum()
     assert abs(8 * len(blob) - bits) < 40
@@ -74,7 +75,7 @@ def test_skip_kernels_roundtrip_and_offline_cost():
 def test_skip_params_validated():
     assert DEFAULTS.skip == 0 and "skip" not in DEFAULTS.params()      # off by default
     p = replace(DEFAULTS, **SKIP).params()
-    assert p == {"mix_preset": 2, "skip": 62259, "skip_cap": 16}
+    assert p == {"mix_preset": 3, "skip": 62259, "skip_cap": 16}
     assert {C.PARAM_IDS["skip"], C.PARAM_IDS["skip_cap"]} == {32, 33}
     with pytest.raises(NacritError, match="needs the match model"):
         replace(DEFAULTS, skip=1000, skip_cap=4, match=0).validate()
