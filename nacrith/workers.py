@@ -103,15 +103,28 @@ def run_task(kind: str, arg, o: api.Options, cache: dict):
     raise NacritError(f"unknown task {kind!r}")
 
 
+def peak_rss() -> int:
+    """This process's peak RSS in bytes: VmHWM. Not ru_maxrss, which survives exec, so a spawned
+    worker would report its parent's peak if that was higher (fallback where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def load(o: api.Options, mode: str) -> int:
     """Load the model for compression up front (each worker once); peak RSS in bytes."""
-    import resource
     if mode == "compress" and o.neural:
         try:
             api.get_engine(models.resolve(o.model), o, o.mix_params())
         except NacritError:
             pass                            # reported by the first task that needs the model
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return peak_rss()
 
 
 def portable_error(e: BaseException) -> BaseException:

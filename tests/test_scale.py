@@ -15,7 +15,7 @@ import pytest
 from nacrith import workers
 from nacrith.errors import NacritError
 
-from helpers import corpus
+from helpers import corpus, fresh_python
 from test_cli import ENV, REPO, listing, popen, put, run
 
 SEG = "400"                                 # small segments: one file -> several parallel tasks
@@ -97,6 +97,24 @@ def test_scale_usage_errors_exit_2(tmp_path, args, msg):
     r = run(*args, cwd=tmp_path)
     assert r.returncode == 2 and msg in r.stderr.decode(), r.stderr
     assert listing(tmp_path) == set()
+
+
+def test_peak_rss_is_the_workers_own_not_its_parents():
+    """A process whose peak was 300 MiB spawns a child: the child's ru_maxrss inherits that peak
+    across exec, its peak_rss() (VmHWM) does not."""
+    r = fresh_python(
+        "import subprocess, sys\n"
+        "from nacrith.workers import peak_rss\n"
+        "b = b'x' * (300 << 20); del b\n"
+        "print(peak_rss())\n"
+        "sys.stdout.flush()\n"
+        "subprocess.run([sys.executable, '-c', 'import resource; from nacrith.workers import "
+        "peak_rss; print(peak_rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)'])")
+    assert r.returncode == 0, r.stderr
+    parent, (child, child_maxrss) = [list(map(int, x.split())) for x in r.stdout.splitlines()]
+    assert parent[0] >= 300 << 20
+    assert child_maxrss >= 300 << 20                # what the old report said
+    assert child < 100 << 20, child
 
 
 # ---------------------------------------------------------------- identical bytes whatever N
