@@ -483,8 +483,7 @@ def _run(job: Job, files: Optional[List[str]], ctx=None) -> int:
         if _received:       # typer would turn a KeyboardInterrupt into a silent exit 130
             raise _stop_for_signal() from None
         raise
-    if job.pool is not None:
-        job.pool.close()
+    _close_pool(job)
     return 1 if failed else 0
 
 
@@ -505,6 +504,16 @@ def _start_pool(job: Job):
         for a in pool.assignments:
             _err_plain(f"{a.describe()}, RSS {rss.get(a.index, 0) / 2**20:.0f} MiB after loading")
     return pool
+
+
+def _close_pool(job: Job) -> None:
+    """Normal end of the workers; -v tells which ones died and were replaced meanwhile."""
+    if job.pool is None:
+        return
+    job.pool.close()
+    if job.verbose:
+        for why in getattr(job.pool, "deaths", ()):
+            _err_plain(f"{why}: replaced by a new worker, its task retried")
 
 
 def run_files(job: Job, files: List[str], each=None) -> bool:

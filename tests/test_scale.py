@@ -16,7 +16,7 @@ from nacrith import workers
 from nacrith.errors import NacritError
 
 from helpers import corpus, fresh_python
-from test_cli import ENV, REPO, listing, popen, put, run
+from test_cli import ENV, REPO, listing, one_error, popen, put, run
 
 SEG = "400"                                 # small segments: one file -> several parallel tasks
 NEURAL = ("--threads", "1", "--segment-size", SEG)
@@ -134,6 +134,95 @@ def test_workers_make_the_same_archives_and_decode_them(tmp_path, reference):
     assert r.returncode == 0, r.stderr
     assert r.stderr.decode().startswith("4 files restored, 0 failed in ")
     assert {n: (d / n).read_bytes() for n in files} == files
+
+
+# ---------------------------------------------------------------- a worker that dies
+DIES = "NACRITH_TEST_WORKER_DIES"           # test hook: nacrith.workers._doomed
+
+
+def test_pool_replaces_a_dead_worker_retries_its_task_but_not_a_task_error(monkeypatch):
+    """LocalPool alone, zstd only (no model): the first worker SIGKILLs itself on its first task,
+    a new one codes it (same result as in-process); a task that kills every worker fails after
+    MAX_RETRIES retries and the pool goes on; a task that raises is not retried."""
+    monkeypatch.setenv(DIES, "first")
+    opts = workers.api.Options(neural=False, threads=1)
+    block, doomed = b"alpha beta " * 30, b"xKILLMEx " * 30
+    pool = workers.LocalPool(1, [], opts, "compress")
+    try:
+        pool.wait_ready()
+        monkeypatch.setenv(DIES, "KILLME")             # for the workers started from now on
+        got = pool.submit("encode", block).result(timeout=120)
+        assert got == workers.api.code_segment(block, workers.api.normalized(opts))
+        assert (pool.deaths, pool.generation) == (["nacrith-worker-0 killed by SIGKILL"], [1])
+        with pytest.raises(NacritError) as e:
+            pool.submit("encode", doomed).result(timeout=300)
+        assert str(e.value) == \
+            "worker died on this task 3 times (last: nacrith-worker-0 killed by SIGKILL)"
+        assert (len(pool.deaths), pool.generation) == (4, [3])
+        with pytest.raises(NacritError) as e:
+            pool.submit("bogus", block).result(timeout=120)
+        assert str(e.value) == "unknown task 'bogus'"
+        assert pool.submit("encode", block).result(timeout=120) == got
+        assert (len(pool.deaths), pool.generation) == (4, [4])  # the bogus task: no death
+    finally:
+        pool.close()
+    assert not pool.procs[0].is_alive()
+
+
+def _deaths(stderr: bytes) -> list:
+    return [x for x in stderr.decode().splitlines() if "replaced by a new worker" in x]
+
+
+def test_dead_workers_are_replaced_and_the_batch_is_byte_identical(tmp_path, reference,
+                                                                    monkeypatch):
+    """Both first workers die on their first task, in compress -r and in decompress -r: the
+    tasks are retried on new workers, the archives equal a single-process run's, the manifest
+    is complete, every byte is restored, and -v names each death."""
+    monkeypatch.setitem(ENV, DIES, "first")
+    files = _files()
+    d = _tree(tmp_path / "d", files)
+    r = run("-r", "-v", "--workers", "2", *NEURAL, "--manifest", "m.jsonl", "d", cwd=tmp_path,
+            timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert sorted(_deaths(r.stderr)) == [
+        f"nacrith-worker-{i} killed by SIGKILL: replaced by a new worker, its task retried"
+        for i in (0, 1)], r.stderr
+    assert _archives(d) == reference
+    m = _manifest(tmp_path / "m.jsonl")
+    assert sorted(x["path"] for x in m) == sorted(f"d/{n}" for n in files)
+    assert all("error" not in x for x in m)
+    for name in files:
+        (d / name).unlink()
+    r = run("-d", "-r", "-v", "--workers", "2", "--threads", "1", "d", cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert len(_deaths(r.stderr)) == 2, r.stderr
+    assert {n: (d / n).read_bytes() for n in files} == files
+
+
+def test_a_task_that_kills_every_worker_fails_its_file_only(tmp_path, reference, monkeypatch):
+    """A segment on which every worker dies: that file fails after 2 retries (one line, an error
+    line in the manifest, no output, no temp file), the others complete, exit 1; alone, the same
+    file is one error line and exit 1, no traceback."""
+    monkeypatch.setitem(ENV, DIES, "KILLME")
+    reason = "worker died on this task 3 times (last: nacrith-worker-{} killed by SIGKILL)"
+    bad = b"Nothing to see here. KILLME. " * 8
+    d = _tree(tmp_path / "d", {**_files(), "bad.txt": bad})
+    r = run("-r", "--workers", "2", *NEURAL, "--manifest", "m.jsonl", "d", cwd=tmp_path,
+            timeout=600)
+    lines = r.stderr.decode().splitlines()
+    assert r.returncode == 1 and len(lines) == 2, r.stderr
+    assert lines[0] in [f"nacrith: d/bad.txt: {reason.format(i)}" for i in (0, 1)], lines
+    assert lines[1].startswith("4 files compressed, 1 failed; "), lines
+    assert _archives(d) == reference
+    m = {x["path"]: x for x in _manifest(tmp_path / "m.jsonl")}
+    assert len(m) == 5 and m["d/bad.txt"] == {"path": "d/bad.txt",
+                                             "error": lines[0].split(": ", 2)[2]}
+    assert [p for p in d.rglob("*") if p.name.startswith(".")] == []
+    assert (d / "bad.txt").read_bytes() == bad
+
+    r = run("--workers", "1", "--threads", "1", "bad.txt", cwd=d, timeout=600)
+    assert one_error(r, "bad.txt") == reason.format(0)
+    assert "bad.txt.nc" not in listing(d) and not [n for n in listing(d) if n.endswith(".tmp")]
 
 
 # ---------------------------------------------------------------- batch: manifest, failure
