@@ -25,6 +25,7 @@ import multiprocessing as mp
 import os
 import signal
 import threading
+import time
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from dataclasses import dataclass, field, replace
 
@@ -100,7 +101,39 @@ def run_task(kind: str, arg, o: api.Options, cache: dict):
         return api.code_segment(arg, o)
     if kind == "decode":
         return api.decode_segment(*arg, o, cache=cache)
+    if kind == "bench":
+        api.code_segment(arg[:64], o)               # warm-up: first-call costs out of the timing
+        tokens: list = []
+        t0 = time.perf_counter()
+        api.code_segment(arg, o, progress=tokens.append)
+        return {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "tokens": sum(tokens), "seconds": time.perf_counter() - t0,
+                "peak_rss": peak_rss()}
     raise NacritError(f"unknown task {kind!r}")
+
+
+def bench(pool: "LocalPool", data: bytes) -> dict:
+    """`nacrith bench`: every worker of a loaded pool codes `data` at the same time (one task
+    pinned to each, timed after a warm-up); a row per worker and the total: every worker's
+    bytes and tokens over the slowest worker's time, the sum of the peaks."""
+    if api.looks_binary(data):
+        raise NacritError("not text: the bench codes text with the model")
+    futures = [pool.submit("bench", data, slot=a.index) for a in pool.assignments]
+    rows = []
+    for a, f in zip(pool.assignments, futures):
+        r = f.result()
+        rows.append({"worker": a.index, "device": a.device, **_rates(len(data), r),
+                     "threads": a.threads, "cuda_visible_devices": r["cuda_visible_devices"]})
+    total = {"tokens": sum(r["tokens"] for r in rows), "seconds": max(r["seconds"] for r in rows),
+             "peak_rss": sum(r["peak_rss"] for r in rows)}
+    return {"bytes": len(data), "workers": rows, "total": _rates(len(data) * len(rows), total)}
+
+
+def _rates(n_bytes: int, r: dict) -> dict:
+    s = max(round(r["seconds"], 3), 0.001)
+    return {"bytes": n_bytes, "tokens": r["tokens"], "seconds": s,
+            "tokens_per_s": round(r["tokens"] / s, 1), "bytes_per_s": round(n_bytes / s, 1),
+            "peak_rss": r["peak_rss"]}
 
 
 def peak_rss() -> int:
@@ -414,3 +447,31 @@ def ordered(submit, kind: str, items, window: int):
         for _, f in pending:
             f.cancel()
 
+
+# `nacrith bench` without --file: about 2 KB of plain English prose (written for this project).
+BENCH_TEXT = b"""\
+The archive room was on the third floor, at the end of a corridor that smelled of dust and warm
+paper. Every morning the keeper unlocked the door, opened the two tall windows, and looked at the
+shelves as a gardener looks at a field. There were boxes of letters, ledgers bound in green cloth,
+maps folded so many times that their creases had become roads of their own, and a long row of
+notebooks that nobody had opened in forty years.
+
+People came to ask for things. A student wanted the minutes of a meeting held before the war; an
+old man wanted to know whether his grandmother had really owned the mill by the river; a lawyer
+needed a signature, and only the signature, and left without reading a word around it. The keeper
+found what they asked for, wrote each request in a book of requests, and put every box back where
+it had been, because a box in the wrong place is a box that does not exist.
+
+In the evenings, when the room was quiet, the keeper read. Not the important documents, which were
+already listed and described, but the small ones: a shopping list tucked into a prayer book, a
+child's drawing of a horse on the back of an invoice, a note that said only "back at six, the key
+is under the stone". These, the keeper thought, were what the archive was really for. Anyone can
+keep a treaty. It takes patience to keep a Tuesday.
+
+One winter the roof leaked. Water ran down the wall behind the third row of shelves and the
+keeper spent a night moving boxes by lamplight, drying pages between sheets of blotting paper,
+counting and recounting. Nothing was lost. In the morning the keeper wrote in the book of
+requests, in the same careful hand as always: "Roof. Third row. All saved." Then the windows were
+opened, the dust began to settle again, and the first visitor of the day knocked at the door,
+asking for a map of a village that no longer had a name.
+"""

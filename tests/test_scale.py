@@ -225,6 +225,46 @@ def test_a_task_that_kills_every_worker_fails_its_file_only(tmp_path, reference,
     assert "bad.txt.nc" not in listing(d) and not [n for n in listing(d) if n.endswith(".tmp")]
 
 
+# ---------------------------------------------------------------- bench --devices
+def test_bench_reports_one_row_per_device_each_seeing_only_its_device(tmp_path):
+    """Fake devices on CPU: each worker runs with CUDA_VISIBLE_DEVICES = its device (as reported
+    from inside the worker) and codes the same text; the total adds the rows up."""
+    text = corpus("alice29.txt")[2000:2300]
+    put(tmp_path, "t.txt", text)
+    r = run("bench", "--devices", "0,1", "--threads", "1", "--file", "t.txt", "--json",
+            cwd=tmp_path, timeout=600)
+    assert (r.returncode, r.stderr) == (0, b""), r.stderr
+    rep = json.loads(r.stdout)
+    rows = rep["workers"]
+    assert [(x["worker"], x["device"], x["cuda_visible_devices"], x["threads"], x["bytes"])
+            for x in rows] == [(0, "0", "0", 1, 300), (1, "1", "1", 1, 300)]
+    assert (rep["text"], rep["bytes"]) == ("t.txt", 300)
+    assert rows[0]["tokens"] == rows[1]["tokens"] > 50             # same text, same tokens
+    for x in rows:
+        assert x["tokens_per_s"] == round(x["tokens"] / x["seconds"], 1)
+        assert 200 << 20 < x["peak_rss"] < 2 << 30                  # the model is in there
+    t = rep["total"]
+    assert (t["bytes"], t["tokens"], t["seconds"], t["peak_rss"]) == (
+        600, 2 * rows[0]["tokens"], max(x["seconds"] for x in rows),
+        rows[0]["peak_rss"] + rows[1]["peak_rss"])
+
+
+def test_bench_table_round_robin_and_a_missing_file(tmp_path):
+    """3 workers on 2 fake devices, the built-in text, the table form; a missing --file is one
+    error line before any worker starts."""
+    r = run("bench", "--workers", "3", "--devices", "0,1", "--threads", "1", cwd=tmp_path,
+            timeout=600)
+    assert (r.returncode, r.stderr) == (0, b""), r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert lines[0] == f"<built-in text>: {len(workers.BENCH_TEXT)} bytes per worker"
+    assert lines[1].split() == ["worker", "device", "CUDA_VISIBLE_DEVICES", "tokens", "seconds",
+                                "tokens/s", "bytes/s", "peak", "RSS"]
+    assert [x.split()[:3] for x in lines[2:]] == [
+        ["0", "cuda:0", "0"], ["1", "cuda:1", "1"], ["2", "cuda:0", "0"], ["total", "3", "workers"]]
+    r = run("bench", "--file", "nope.txt", cwd=tmp_path)
+    assert one_error(r, "nope.txt") == "No such file or directory"
+
+
 # ---------------------------------------------------------------- batch: manifest, failure
 def test_batch_failure_does_not_stop_the_others(tmp_path):
     """An existing output (no -f) fails that file only: one line, an error line in the manifest,
