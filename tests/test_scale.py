@@ -406,20 +406,46 @@ def test_ctrl_c_terminates_workers_and_removes_temp_files(tmp_path):
 
 
 # ---------------------------------------------------------------- Ray
-def test_ray_engine_makes_the_same_archives(tmp_path, reference, monkeypatch):
-    """A local Ray (2 CPUs), the CLI as a client: the same archives as one process."""
+@pytest.fixture(scope="module")
+def ray_address():
+    """One local Ray (2 CPUs) for every Ray test here; each CLI run joins it as a client."""
     ray = pytest.importorskip("ray")
+    with pytest.MonkeyPatch.context() as mp:
+        for env in (os.environ, ENV):   # a throw-away local cluster: no token to share
+            mp.setitem(env, "RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            yield ray.get_runtime_context().gcs_address
+        finally:
+            ray.shutdown()
+
+
+def test_ray_engine_makes_the_same_archives(tmp_path, reference, ray_address):
+    """The CLI on a local Ray, 2 actors: the same archives as one process."""
     d = _tree(tmp_path / "d", _files())
-    for env in (os.environ, ENV):       # a throw-away local cluster: no token to share
-        monkeypatch.setitem(env, "RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        addr = ray.get_runtime_context().gcs_address
-        r = run("-r", "--engine", "ray", "--address", addr, "--workers", "2", *NEURAL,
-                "--manifest", "m.jsonl", "d", cwd=tmp_path, timeout=600)
-    finally:
-        ray.shutdown()
+    r = run("-r", "--engine", "ray", "--address", ray_address, "--workers", "2", *NEURAL,
+            "--manifest", "m.jsonl", "d", cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr
     assert r.stderr.decode().startswith("4 files compressed, 0 failed;"), r.stderr
     assert _archives(d) == reference
     assert len(_manifest(tmp_path / "m.jsonl")) == 4
+
+
+def test_ray_engine_tests_and_restores_the_batch(tmp_path, reference, ray_address):
+    """test -r and decompress -r on Ray actors, from the single-process archives: every
+    archive OK, every original byte restored."""
+    files = _files()
+    d = tmp_path / "d"
+    for name, blob in reference.items():
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_bytes(blob)
+    ray_args = ("--engine", "ray", "--address", ray_address, "--workers", "2", "--threads", "1")
+    r = run("test", "-r", *ray_args, "d", cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.decode().splitlines()) == sorted(f"d/{n}.nc: OK" for n in files)
+    assert r.stderr.decode().startswith("4 files OK, 0 failed in "), r.stderr
+    r = run("decompress", "-r", *ray_args, "d", cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.decode().startswith("4 files restored, 0 failed in "), r.stderr
+    assert {n: (d / n).read_bytes() for n in files} == files
+    assert _archives(d) == reference                # decompress keeps the archives
