@@ -967,7 +967,9 @@ def bench_(context: typer.Context, devices: Optional[str] = DEVICES,
            file: Optional[str] = typer.Option(None, "--file", metavar="FILE",
                                               help="Text to code (its first 4 MiB; default: a "
                                                    "built-in 1.9 KB text)."),
-           verbose: bool = VERBOSE, as_json: bool = JSON):
+           verbose: bool = typer.Option(False, "-v", "--verbose",
+                                        help="Print each worker's peak RSS after loading."),
+           as_json: bool = typer.Option(False, "--json", help="The report as one JSON object.")):
     """Throughput per device: one worker per device (or --workers N, round-robin), each loading
     the model, then all coding the same text at once."""
     from . import workers as W
