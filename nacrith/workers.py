@@ -2,7 +2,9 @@
 
 Invariants:
 - workers are started with the 'spawn' method (llama.cpp's OpenMP pool does not survive fork),
-  from the thread that owns the pool (the CLI's main thread);
+  from the thread that owns the pool (the CLI's main thread); a replacement for a dead worker
+  from worker i's feeder thread (PR_SET_PDEATHSIG follows the creating thread, so it also dies
+  when the pool closes);
 - worker i runs with `assign(n, devices, threads)[i]`: its environment (CUDA_VISIBLE_DEVICES)
   and its Options (threads, n_gpu_layers, main_gpu). That function is pure, so the device logic
   is tested without a GPU;
