@@ -5,6 +5,7 @@
     nacrith info FILE...                        describe archives (also: nacrith -l)
     nacrith test FILE...                        decode and verify, write nothing (also: nacrith -t)
     nacrith compress -r [--workers N] DIR...    every file -> FILE.nc, manifest, --resume
+    nacrith bench [--devices 0,1] [--file F]    throughput per worker/device
 
 Invariants:
 - an output file only ever appears complete: data goes to a temp file in the output's directory
@@ -49,7 +50,7 @@ from .errors import NacritError
 
 PROG = "nacrith"
 SUFFIX = ".nc"
-COMMANDS = ("compress", "decompress", "info", "test")
+COMMANDS = ("compress", "decompress", "info", "test", "bench")
 # zstd-style mode flags that select a subcommand when none is named (removed from argv).
 MODE_FLAGS = {"-z": "compress", "--compress": "compress", "-d": "decompress",
               "--decompress": "decompress", "--uncompress": "decompress", "-t": "test",
@@ -58,8 +59,9 @@ SHORT_FLAGS = set("cdfklqrtvzhV")           # single-letter flags that take no v
 SHORT_VALUE = set("o")                     # single-letter options that take a value
 VALUE_OPTS = {"-o", "--output", "--model", "--threads", "--ctx", "--lanes", "--gpu-layers",
               "--skip",
-              "--workers", "--devices", "--engine", "--address", "--manifest", "--segment-size"}
-USAGE = f"Usage: {PROG} [compress|decompress|info|test] [OPTIONS] [FILE]..."
+              "--workers", "--devices", "--engine", "--address", "--manifest", "--segment-size",
+              "--file"}
+USAGE = f"Usage: {PROG} [compress|decompress|info|test|bench] [OPTIONS] [FILE]..."
 STDIN_NAME = "<stdin>"
 STDOUT_NAME = "<stdout>"
 
@@ -483,8 +485,7 @@ def _run(job: Job, files: Optional[List[str]], ctx=None) -> int:
         if _received:       # typer would turn a KeyboardInterrupt into a silent exit 130
             raise _stop_for_signal() from None
         raise
-    if job.pool is not None:
-        job.pool.close()
+    _close_pool(job)
     return 1 if failed else 0
 
 
@@ -503,8 +504,19 @@ def _start_pool(job: Job):
         raise
     if job.verbose:
         for a in pool.assignments:
-            _err_plain(f"{a.describe()}, RSS {rss.get(a.index, 0) / 2**20:.0f} MiB after loading")
+            _err_plain(f"{a.describe()}, peak RSS {rss.get(a.index, 0) / 2**20:.0f} MiB after "
+                       "loading")
     return pool
+
+
+def _close_pool(job: Job) -> None:
+    """Normal end of the workers; -v tells which ones died and were replaced meanwhile."""
+    if job.pool is None:
+        return
+    job.pool.close()
+    if job.verbose:
+        for why in getattr(job.pool, "deaths", ()):
+            _err_plain(f"{why}: replaced by a new worker, its task retried")
 
 
 def run_files(job: Job, files: List[str], each=None) -> bool:
@@ -946,6 +958,64 @@ def test_(context: typer.Context, files: Optional[List[str]] = FILES, quiet: boo
     job = Job("test", quiet=quiet, opts=opts)
     return _run(_scale(job, context, recursive, workers, devices, engine, address), files,
                 context)
+
+
+@app.command("bench", context_settings=CONTEXT)
+def bench_(context: typer.Context, devices: Optional[str] = DEVICES,
+           workers: Optional[int] = WORKERS, threads: Optional[int] = THREADS,
+           model: Optional[str] = MODEL, gpu_layers: int = GPU,
+           file: Optional[str] = typer.Option(None, "--file", metavar="FILE",
+                                              help="Text to code (its first 4 MiB; default: a "
+                                                   "built-in 1.9 KB text)."),
+           verbose: bool = typer.Option(False, "-v", "--verbose",
+                                        help="Print each worker's peak RSS after loading."),
+           as_json: bool = typer.Option(False, "--json", help="The report as one JSON object.")):
+    """Throughput per device: one worker per device (or --workers N, round-robin), each loading
+    the model, then all coding the same text at once."""
+    from . import workers as W
+    opts = api.Options(model=model, threads=threads, n_gpu_layers=gpu_layers)
+    job = _scale(Job("compress", verbose=verbose, opts=opts), context, False, workers, devices,
+                 "local", None)
+    job.workers = job.workers or 1
+    name = file or "<built-in text>"
+    try:
+        if file is None:
+            data = W.BENCH_TEXT
+        else:
+            with open(file, "rb") as f:
+                data = f.read(opts.segment_size)
+    except OSError as e:
+        _err(f"{file}: {_strerror(e)}")
+        return 1
+    try:
+        job.pool = _start_pool(job)
+        report = W.bench(job.pool, data)
+    except NacritError as e:
+        _err(f"{name}: {_oneline(e)}")
+        if job.pool is not None:
+            job.pool.terminate()
+        return 1
+    except BaseException:
+        if job.pool is not None:
+            job.pool.terminate()
+        if _received:
+            raise _stop_for_signal() from None
+        raise
+    _close_pool(job)
+    if as_json:
+        _print(json.dumps({"text": name, **report}))
+        return 0
+    rows = [(str(r["worker"]), r["device"] if r["device"] == "cpu" else f"cuda:{r['device']}",
+             str(r["cuda_visible_devices"]), r) for r in report["workers"]]
+    rows.append(("total", f"{len(rows)} workers", "", report["total"]))
+    _print(f"{name}: {report['bytes']} bytes per worker")
+    _print(f"{'worker':<7} {'device':<10} {'CUDA_VISIBLE_DEVICES':<20} {'tokens':>7} "
+           f"{'seconds':>8} {'tokens/s':>9} {'bytes/s':>9} {'peak RSS':>9}")
+    for w, dev, cvd, r in rows:
+        _print(f"{w:<7} {dev:<10} {cvd:<20} {r['tokens']:>7} {r['seconds']:>8.2f} "
+               f"{r['tokens_per_s']:>9.1f} {r['bytes_per_s']:>9.1f} "
+               f"{r['peak_rss'] / 2**20:>5.0f} MiB")
+    return 0
 
 
 # ---------------------------------------------------------------- argv shim

@@ -2,7 +2,9 @@
 
 Invariants:
 - workers are started with the 'spawn' method (llama.cpp's OpenMP pool does not survive fork),
-  from the thread that owns the pool (the CLI's main thread);
+  from the thread that owns the pool (the CLI's main thread); a replacement for a dead worker
+  from worker i's feeder thread (PR_SET_PDEATHSIG follows the creating thread, so it also dies
+  when the pool closes);
 - worker i runs with `assign(n, devices, threads)[i]`: its environment (CUDA_VISIBLE_DEVICES)
   and its Options (threads, n_gpu_layers, main_gpu). That function is pure, so the device logic
   is tested without a GPU;
@@ -13,8 +15,9 @@ Invariants:
 - `imap` keeps at most `window` tasks of one stream in flight (bounded memory) and yields
   results in submission order, whichever worker finished first;
 - workers ignore SIGINT (the parent decides), are killed by `terminate()`, and die with the
-  parent (PR_SET_PDEATHSIG on Linux; a worker also exits when its parent is gone); a worker that
-  dies fails the tasks in flight with NacritError, never a hang.
+  parent (PR_SET_PDEATHSIG on Linux; a worker also exits when its parent is gone);
+- a worker that dies is replaced (same Assignment) and its task retried, at most
+  LocalPool.MAX_RETRIES times per task; then that task fails with NacritError, never a hang.
 """
 from __future__ import annotations
 
@@ -22,9 +25,9 @@ import collections
 import ctypes
 import multiprocessing as mp
 import os
-import queue
 import signal
 import threading
+import time
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from dataclasses import dataclass, field, replace
 
@@ -100,18 +103,63 @@ def run_task(kind: str, arg, o: api.Options, cache: dict):
         return api.code_segment(arg, o)
     if kind == "decode":
         return api.decode_segment(*arg, o, cache=cache)
+    if kind == "bench":
+        api.code_segment(arg[:64], o)               # warm-up: first-call costs out of the timing
+        tokens: list = []
+        t0 = time.perf_counter()
+        api.code_segment(arg, o, progress=tokens.append)
+        return {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "tokens": sum(tokens), "seconds": time.perf_counter() - t0,
+                "peak_rss": peak_rss()}
     raise NacritError(f"unknown task {kind!r}")
+
+
+def bench(pool: "LocalPool", data: bytes) -> dict:
+    """`nacrith bench`: every worker of a loaded pool codes `data` at the same time (one task
+    pinned to each, timed after a warm-up); a row per worker and the total: every worker's
+    bytes and tokens over the slowest worker's time, the sum of the peaks."""
+    if api.looks_binary(data):
+        raise NacritError("not text: the bench codes text with the model")
+    futures = [pool.submit("bench", data, slot=a.index) for a in pool.assignments]
+    rows = []
+    for a, f in zip(pool.assignments, futures):
+        r = f.result()
+        rows.append({"worker": a.index, "device": a.device, **_rates(len(data), r),
+                     "threads": a.threads, "cuda_visible_devices": r["cuda_visible_devices"]})
+    total = {"tokens": sum(r["tokens"] for r in rows), "seconds": max(r["seconds"] for r in rows),
+             "peak_rss": sum(r["peak_rss"] for r in rows)}
+    return {"bytes": len(data), "workers": rows, "total": _rates(len(data) * len(rows), total)}
+
+
+def _rates(n_bytes: int, r: dict) -> dict:
+    s = max(round(r["seconds"], 3), 0.001)
+    return {"bytes": n_bytes, "tokens": r["tokens"], "seconds": s,
+            "tokens_per_s": round(r["tokens"] / s, 1), "bytes_per_s": round(n_bytes / s, 1),
+            "peak_rss": r["peak_rss"]}
+
+
+def peak_rss() -> int:
+    """This process's peak RSS in bytes: VmHWM. Not ru_maxrss, which survives exec, so a spawned
+    worker would report its parent's peak if that was higher (fallback where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def load(o: api.Options, mode: str) -> int:
     """Load the model for compression up front (each worker once); peak RSS in bytes."""
-    import resource
     if mode == "compress" and o.neural:
         try:
             api.get_engine(models.resolve(o.model), o, o.mix_params())
         except NacritError:
             pass                            # reported by the first task that needs the model
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return peak_rss()
 
 
 def portable_error(e: BaseException) -> BaseException:
@@ -130,7 +178,20 @@ def _die_with_parent() -> None:
         pass
 
 
-def _worker(a: Assignment, opts: api.Options, mode: str, conn, parent: int) -> None:
+def _doomed(generation: int, kind: str, arg) -> bool:
+    """Test hook (tests/test_scale.py), off unless NACRITH_TEST_WORKER_DIES is set: "first"
+    kills each worker of the first generation on its first task; any other text kills every
+    worker given a block to encode that contains it."""
+    spec = os.environ.get("NACRITH_TEST_WORKER_DIES")
+    if not spec:
+        return False
+    if spec == "first":
+        return generation == 0
+    return kind == "encode" and spec.encode() in arg
+
+
+def _worker(a: Assignment, opts: api.Options, mode: str, conn, parent: int,
+            generation: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     if os.getppid() != parent:
@@ -147,6 +208,8 @@ def _worker(a: Assignment, opts: api.Options, mode: str, conn, parent: int) -> N
         if item is None or os.getppid() != parent:
             return
         kind, arg = item
+        if _doomed(generation, kind, arg):
+            os.kill(os.getpid(), signal.SIGKILL)
         try:
             conn.send((True, run_task(kind, arg, o, cache)))
         except BaseException as e:          # noqa: BLE001 - the parent reports it per file
@@ -154,29 +217,53 @@ def _worker(a: Assignment, opts: api.Options, mode: str, conn, parent: int) -> N
 
 
 # ---------------------------------------------------------------- the pool
+@dataclass
+class _Task:
+    future: Future
+    kind: str
+    arg: object
+    slot: int | None = None                 # only this worker may run it (bench)
+    deaths: int = 0                         # workers that died holding it
+
+
+def _exit_reason(p) -> str:
+    code = p.exitcode
+    if code is not None and code < 0:
+        try:
+            return f"{p.name} killed by {signal.Signals(-code).name}"
+        except ValueError:
+            pass
+    return f"{p.name} exit status {code}"
+
+
 class LocalPool:
     """N spawned worker processes, one pipe and one feeding thread each (no semaphores, so
-    nothing leaks when the process exits on a signal); thread-safe `submit`."""
+    nothing leaks when the process exits on a signal); thread-safe `submit`.
+
+    A worker that dies (SIGKILL, OOM, crash) after loading is replaced by a fresh one with the
+    same Assignment, and the task it held is queued again, up to MAX_RETRIES times per task
+    (tasks are pure: a retried segment gives the same bytes); then that task fails with
+    NacritError and the others go on. An exception raised by a task is its result, never retried.
+    A worker that dies before it has loaded fails the whole pool (wait_ready raises)."""
 
     name = "local"
+    MAX_RETRIES = 2
 
     def __init__(self, n_workers: int, devices: list[str], opts: api.Options, mode: str):
         self.assignments = assign(n_workers, devices, opts.threads, opts.n_gpu_layers)
-        ctx = mp.get_context("spawn")
-        self.queue: queue.Queue = queue.Queue()
-        self.ready: dict[int, int] = {}         # worker index -> RSS after loading
+        self.opts, self.mode = opts, mode
+        self.ctx = mp.get_context("spawn")
+        self.cond = threading.Condition()
+        self.tasks: collections.deque = collections.deque()
+        self.ready: dict[int, int] = {}         # worker index -> peak RSS after loading
         self.error: BaseException | None = None
-        self.lock = threading.Lock()
         self.closed = False
-        self.procs, self.conns = [], []
-        for a in self.assignments:
-            mine, theirs = ctx.Pipe()
-            p = ctx.Process(target=_worker, name=f"nacrith-worker-{a.index}", daemon=True,
-                            args=(a, opts, mode, theirs, os.getpid()))
-            p.start()
-            theirs.close()
-            self.procs.append(p)
-            self.conns.append(mine)
+        self.procs: list = [None] * len(self.assignments)
+        self.conns: list = [None] * len(self.assignments)
+        self.generation = [0] * len(self.assignments)
+        self.deaths: list[str] = []             # why each replaced worker ended (-v reports them)
+        for i in range(self.n):
+            self._spawn(i)
         self.feeders = [threading.Thread(target=self._feed, args=(i,), daemon=True)
                         for i in range(self.n)]
         for t in self.feeders:
@@ -186,75 +273,124 @@ class LocalPool:
     def n(self) -> int:
         return len(self.procs)
 
+    def _spawn(self, i: int) -> None:
+        mine, theirs = self.ctx.Pipe()
+        p = self.ctx.Process(target=_worker, name=f"nacrith-worker-{i}", daemon=True,
+                             args=(self.assignments[i], self.opts, self.mode, theirs,
+                                   os.getpid(), self.generation[i]))
+        p.start()
+        theirs.close()
+        self.procs[i], self.conns[i] = p, mine
+
     def wait_ready(self) -> dict[int, int]:
-        """Block until every worker has loaded its model; {worker index: RSS bytes}."""
+        """Block until every worker has loaded its model; {worker index: peak RSS bytes}."""
         while len(self.ready) < self.n and self.error is None:
             threading.Event().wait(0.05)
         if self.error is not None:
             raise self.error
         return dict(self.ready)
 
-    def submit(self, kind: str, arg) -> Future:
-        f: Future = Future()
-        with self.lock:
-            if self.error is not None:
-                raise self.error
-            self.queue.put((f, kind, arg))
-        return f
+    def submit(self, kind: str, arg, slot: int | None = None) -> Future:
+        t = _Task(Future(), kind, arg, slot)
+        self._put(t)
+        return t.future
 
     def imap(self, kind: str, items, window: int | None = None):
         return ordered(self.submit, kind, items, window or self.n + 1)
 
+    def _put(self, t: _Task) -> None:
+        with self.cond:
+            if self.error is None:
+                self.tasks.append(t)
+                self.cond.notify_all()
+                return
+        _settle(t.future, self.error, False)
+
+    def _take(self, i: int) -> _Task | None:
+        """The oldest task worker i may run; None once the pool is closing or failed."""
+        with self.cond:
+            while self.error is None:
+                for t in self.tasks:
+                    if t.slot in (None, i):
+                        self.tasks.remove(t)
+                        return t
+                self.cond.wait()
+        return None
+
     def _feed(self, i: int) -> None:
         """Worker i's feeder: one task at a time, so tasks go to whichever worker is free."""
-        conn, f = self.conns[i], None
         try:
-            self.ready[i] = conn.recv()
-            while True:
-                f, kind, arg = self.queue.get()
-                if f is None:
-                    return
-                if not f.set_running_or_notify_cancel():
-                    continue
-                conn.send((kind, arg))
-                ok, value = conn.recv()
-                _settle(f, value, ok)
-                f = None
-        except (EOFError, OSError) as e:
+            self.ready[i] = self.conns[i].recv()
+        except (EOFError, OSError):
             if not self.closed:
-                p = self.procs[i]
-                p.join(1)
-                self._fail(NacritError(f"{p.name} died (exit status {p.exitcode})"
-                                       if p.exitcode is not None else f"{p.name}: {e}"))
-            if f is not None:
-                _settle(f, self.error or CancelledError(), False)
+                self._fail(NacritError(f"{self._reap(i)} while loading"))
+            return
+        while (t := self._take(i)) is not None:
+            if not t.deaths and not t.future.set_running_or_notify_cancel():
+                continue
+            try:
+                if self.conns[i] is None:
+                    self._respawn(i)
+                self.conns[i].send((t.kind, t.arg))
+                ok, value = self.conns[i].recv()
+            except (EOFError, OSError, CancelledError):
+                if self.closed:
+                    _settle(t.future, CancelledError(), False)
+                    return
+                why = self._reap(i)
+                self.deaths.append(why)
+                t.deaths += 1
+                if t.deaths > self.MAX_RETRIES:
+                    _settle(t.future, NacritError(
+                        f"worker died on this task {t.deaths} times (last: {why})"), False)
+                else:
+                    self._put(t)
+                continue
+            _settle(t.future, value, ok)
+
+    def _reap(self, i: int) -> str:
+        """Worker i is gone (or its pipe is): make sure of it; why it ended."""
+        p = self.procs[i]
+        p.join(1)
+        if p.is_alive():
+            p.kill()
+            p.join()
+        if self.conns[i] is not None:
+            self.conns[i].close()
+            self.conns[i] = None
+        return _exit_reason(p)
+
+    def _respawn(self, i: int) -> None:
+        with self.cond:
+            if self.closed:
+                raise CancelledError
+            self.generation[i] += 1
+            self._spawn(i)
+        self.ready[i] = self.conns[i].recv()
 
     def _fail(self, err: BaseException) -> None:
         """No more tasks: every waiting one fails with err."""
-        with self.lock:
+        with self.cond:
             if self.error is None:
                 self.error = err
-            while True:
-                try:
-                    f, _, _ = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if f is not None:
-                    _settle(f, err, False)
-            for _ in self.procs:
-                self.queue.put((None, None, None))
+            tasks, self.tasks = self.tasks, collections.deque()
+            self.cond.notify_all()
+        for t in tasks:
+            _settle(t.future, err, False)
 
     def close(self) -> None:
         """Normal end: workers finish and exit."""
-        if self.closed:
-            return
-        self.closed = True
+        with self.cond:
+            if self.closed:
+                return
+            self.closed = True
         self._fail(CancelledError())
         for t in self.feeders:
             t.join()
         for c in self.conns:
             try:
-                c.send(None)
+                if c is not None:
+                    c.send(None)
             except OSError:
                 pass
         for p in self.procs:
@@ -262,14 +398,14 @@ class LocalPool:
             if p.is_alive():
                 p.kill()
                 p.join()
-        for c in self.conns:
-            c.close()
+        self._close_conns()
 
     def terminate(self) -> None:
         """Interrupted: kill every worker now; tasks in flight fail with CancelledError."""
-        if self.closed:
-            return
-        self.closed = True
+        with self.cond:
+            if self.closed:
+                return
+            self.closed = True
         for p in self.procs:
             if p.is_alive():
                 p.kill()
@@ -278,8 +414,12 @@ class LocalPool:
         self._fail(CancelledError())
         for t in self.feeders:
             t.join()
+        self._close_conns()
+
+    def _close_conns(self) -> None:
         for c in self.conns:
-            c.close()
+            if c is not None:
+                c.close()
 
 
 def _settle(f: Future, value, ok: bool) -> None:
@@ -308,3 +448,32 @@ def ordered(submit, kind: str, items, window: int):
     finally:
         for _, f in pending:
             f.cancel()
+
+
+# `nacrith bench` without --file: about 2 KB of plain English prose (written for this project).
+BENCH_TEXT = b"""\
+The archive room was on the third floor, at the end of a corridor that smelled of dust and warm
+paper. Every morning the keeper unlocked the door, opened the two tall windows, and looked at the
+shelves as a gardener looks at a field. There were boxes of letters, ledgers bound in green cloth,
+maps folded so many times that their creases had become roads of their own, and a long row of
+notebooks that nobody had opened in forty years.
+
+People came to ask for things. A student wanted the minutes of a meeting held before the war; an
+old man wanted to know whether his grandmother had really owned the mill by the river; a lawyer
+needed a signature, and only the signature, and left without reading a word around it. The keeper
+found what they asked for, wrote each request in a book of requests, and put every box back where
+it had been, because a box in the wrong place is a box that does not exist.
+
+In the evenings, when the room was quiet, the keeper read. Not the important documents, which were
+already listed and described, but the small ones: a shopping list tucked into a prayer book, a
+child's drawing of a horse on the back of an invoice, a note that said only "back at six, the key
+is under the stone". These, the keeper thought, were what the archive was really for. Anyone can
+keep a treaty. It takes patience to keep a Tuesday.
+
+One winter the roof leaked. Water ran down the wall behind the third row of shelves and the
+keeper spent a night moving boxes by lamplight, drying pages between sheets of blotting paper,
+counting and recounting. Nothing was lost. In the morning the keeper wrote in the book of
+requests, in the same careful hand as always: "Roof. Third row. All saved." Then the windows were
+opened, the dust began to settle again, and the first visitor of the day knocked at the door,
+asking for a map of a village that no longer had a name.
+"""

@@ -15,8 +15,8 @@ import pytest
 from nacrith import workers
 from nacrith.errors import NacritError
 
-from helpers import corpus
-from test_cli import ENV, REPO, listing, popen, put, run
+from helpers import corpus, fresh_python
+from test_cli import ENV, REPO, listing, one_error, popen, put, run
 
 SEG = "400"                                 # small segments: one file -> several parallel tasks
 NEURAL = ("--threads", "1", "--segment-size", SEG)
@@ -99,6 +99,24 @@ def test_scale_usage_errors_exit_2(tmp_path, args, msg):
     assert listing(tmp_path) == set()
 
 
+def test_peak_rss_is_the_workers_own_not_its_parents():
+    """A process whose peak was 300 MiB spawns a child: the child's ru_maxrss inherits that peak
+    across exec, its peak_rss() (VmHWM) does not."""
+    r = fresh_python(
+        "import subprocess, sys\n"
+        "from nacrith.workers import peak_rss\n"
+        "b = b'x' * (300 << 20); del b\n"
+        "print(peak_rss())\n"
+        "sys.stdout.flush()\n"
+        "subprocess.run([sys.executable, '-c', 'import resource; from nacrith.workers import "
+        "peak_rss; print(peak_rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)'])")
+    assert r.returncode == 0, r.stderr
+    parent, (child, child_maxrss) = [list(map(int, x.split())) for x in r.stdout.splitlines()]
+    assert parent[0] >= 300 << 20
+    assert child_maxrss >= 300 << 20                # what the old report said
+    assert child < 100 << 20, child
+
+
 # ---------------------------------------------------------------- identical bytes whatever N
 def test_workers_make_the_same_archives_and_decode_them(tmp_path, reference):
     """2 workers: a 3-segment file coded in parallel + files spread over workers = exactly the
@@ -116,6 +134,135 @@ def test_workers_make_the_same_archives_and_decode_them(tmp_path, reference):
     assert r.returncode == 0, r.stderr
     assert r.stderr.decode().startswith("4 files restored, 0 failed in ")
     assert {n: (d / n).read_bytes() for n in files} == files
+
+
+# ---------------------------------------------------------------- a worker that dies
+DIES = "NACRITH_TEST_WORKER_DIES"           # test hook: nacrith.workers._doomed
+
+
+def test_pool_replaces_a_dead_worker_retries_its_task_but_not_a_task_error(monkeypatch):
+    """LocalPool alone, zstd only (no model): the first worker SIGKILLs itself on its first task,
+    a new one codes it (same result as in-process); a task that kills every worker fails after
+    MAX_RETRIES retries and the pool goes on; a task that raises is not retried."""
+    monkeypatch.setenv(DIES, "first")
+    opts = workers.api.Options(neural=False, threads=1)
+    block, doomed = b"alpha beta " * 30, b"xKILLMEx " * 30
+    pool = workers.LocalPool(1, [], opts, "compress")
+    try:
+        pool.wait_ready()
+        monkeypatch.setenv(DIES, "KILLME")             # for the workers started from now on
+        got = pool.submit("encode", block).result(timeout=120)
+        assert got == workers.api.code_segment(block, workers.api.normalized(opts))
+        assert (pool.deaths, pool.generation) == (["nacrith-worker-0 killed by SIGKILL"], [1])
+        with pytest.raises(NacritError) as e:
+            pool.submit("encode", doomed).result(timeout=300)
+        assert str(e.value) == \
+            "worker died on this task 3 times (last: nacrith-worker-0 killed by SIGKILL)"
+        assert (len(pool.deaths), pool.generation) == (4, [3])
+        with pytest.raises(NacritError) as e:
+            pool.submit("bogus", block).result(timeout=120)
+        assert str(e.value) == "unknown task 'bogus'"
+        assert pool.submit("encode", block).result(timeout=120) == got
+        assert (len(pool.deaths), pool.generation) == (4, [4])  # the bogus task: no death
+    finally:
+        pool.close()
+    assert not pool.procs[0].is_alive()
+
+
+def _deaths(stderr: bytes) -> list:
+    return [x for x in stderr.decode().splitlines() if "replaced by a new worker" in x]
+
+
+def test_dead_workers_are_replaced_and_the_batch_is_byte_identical(tmp_path, reference,
+                                                                    monkeypatch):
+    """Both first workers die on their first task, in compress -r and in decompress -r: the
+    tasks are retried on new workers, the archives equal a single-process run's, the manifest
+    is complete, every byte is restored, and -v names each death."""
+    monkeypatch.setitem(ENV, DIES, "first")
+    files = _files()
+    d = _tree(tmp_path / "d", files)
+    r = run("-r", "-v", "--workers", "2", *NEURAL, "--manifest", "m.jsonl", "d", cwd=tmp_path,
+            timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert sorted(_deaths(r.stderr)) == [
+        f"nacrith-worker-{i} killed by SIGKILL: replaced by a new worker, its task retried"
+        for i in (0, 1)], r.stderr
+    assert _archives(d) == reference
+    m = _manifest(tmp_path / "m.jsonl")
+    assert sorted(x["path"] for x in m) == sorted(f"d/{n}" for n in files)
+    assert all("error" not in x for x in m)
+    for name in files:
+        (d / name).unlink()
+    r = run("-d", "-r", "-v", "--workers", "2", "--threads", "1", "d", cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert len(_deaths(r.stderr)) == 2, r.stderr
+    assert {n: (d / n).read_bytes() for n in files} == files
+
+
+def test_a_task_that_kills_every_worker_fails_its_file_only(tmp_path, reference, monkeypatch):
+    """A segment on which every worker dies: that file fails after 2 retries (one line, an error
+    line in the manifest, no output, no temp file), the others complete, exit 1; alone, the same
+    file is one error line and exit 1, no traceback."""
+    monkeypatch.setitem(ENV, DIES, "KILLME")
+    reason = "worker died on this task 3 times (last: nacrith-worker-{} killed by SIGKILL)"
+    bad = b"Nothing to see here. KILLME. " * 8
+    d = _tree(tmp_path / "d", {**_files(), "bad.txt": bad})
+    r = run("-r", "--workers", "2", *NEURAL, "--manifest", "m.jsonl", "d", cwd=tmp_path,
+            timeout=600)
+    lines = r.stderr.decode().splitlines()
+    assert r.returncode == 1 and len(lines) == 2, r.stderr
+    assert lines[0] in [f"nacrith: d/bad.txt: {reason.format(i)}" for i in (0, 1)], lines
+    assert lines[1].startswith("4 files compressed, 1 failed; "), lines
+    assert _archives(d) == reference
+    m = {x["path"]: x for x in _manifest(tmp_path / "m.jsonl")}
+    assert len(m) == 5 and m["d/bad.txt"] == {"path": "d/bad.txt",
+                                             "error": lines[0].split(": ", 2)[2]}
+    assert [p for p in d.rglob("*") if p.name.startswith(".")] == []
+    assert (d / "bad.txt").read_bytes() == bad
+
+    r = run("--workers", "1", "--threads", "1", "bad.txt", cwd=d, timeout=600)
+    assert one_error(r, "bad.txt") == reason.format(0)
+    assert "bad.txt.nc" not in listing(d) and not [n for n in listing(d) if n.endswith(".tmp")]
+
+
+# ---------------------------------------------------------------- bench --devices
+def test_bench_reports_one_row_per_device_each_seeing_only_its_device(tmp_path):
+    """Fake devices on CPU: each worker runs with CUDA_VISIBLE_DEVICES = its device (as reported
+    from inside the worker) and codes the same text; the total adds the rows up."""
+    text = corpus("alice29.txt")[2000:2300]
+    put(tmp_path, "t.txt", text)
+    r = run("bench", "--devices", "0,1", "--threads", "1", "--file", "t.txt", "--json",
+            cwd=tmp_path, timeout=600)
+    assert (r.returncode, r.stderr) == (0, b""), r.stderr
+    rep = json.loads(r.stdout)
+    rows = rep["workers"]
+    assert [(x["worker"], x["device"], x["cuda_visible_devices"], x["threads"], x["bytes"])
+            for x in rows] == [(0, "0", "0", 1, 300), (1, "1", "1", 1, 300)]
+    assert (rep["text"], rep["bytes"]) == ("t.txt", 300)
+    assert rows[0]["tokens"] == rows[1]["tokens"] > 50             # same text, same tokens
+    for x in rows:
+        assert x["tokens_per_s"] == round(x["tokens"] / x["seconds"], 1)
+        assert 200 << 20 < x["peak_rss"] < 2 << 30                  # the model is in there
+    t = rep["total"]
+    assert (t["bytes"], t["tokens"], t["seconds"], t["peak_rss"]) == (
+        600, 2 * rows[0]["tokens"], max(x["seconds"] for x in rows),
+        rows[0]["peak_rss"] + rows[1]["peak_rss"])
+
+
+def test_bench_table_round_robin_and_a_missing_file(tmp_path):
+    """3 workers on 2 fake devices, the built-in text, the table form; a missing --file is one
+    error line before any worker starts."""
+    r = run("bench", "--workers", "3", "--devices", "0,1", "--threads", "1", cwd=tmp_path,
+            timeout=600)
+    assert (r.returncode, r.stderr) == (0, b""), r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert lines[0] == f"<built-in text>: {len(workers.BENCH_TEXT)} bytes per worker"
+    assert lines[1].split() == ["worker", "device", "CUDA_VISIBLE_DEVICES", "tokens", "seconds",
+                                "tokens/s", "bytes/s", "peak", "RSS"]
+    assert [x.split()[:3] for x in lines[2:]] == [
+        ["0", "cuda:0", "0"], ["1", "cuda:1", "1"], ["2", "cuda:0", "0"], ["total", "3", "workers"]]
+    r = run("bench", "--file", "nope.txt", cwd=tmp_path)
+    assert one_error(r, "nope.txt") == "No such file or directory"
 
 
 # ---------------------------------------------------------------- batch: manifest, failure
@@ -259,20 +406,46 @@ def test_ctrl_c_terminates_workers_and_removes_temp_files(tmp_path):
 
 
 # ---------------------------------------------------------------- Ray
-def test_ray_engine_makes_the_same_archives(tmp_path, reference, monkeypatch):
-    """A local Ray (2 CPUs), the CLI as a client: the same archives as one process."""
+@pytest.fixture(scope="module")
+def ray_address():
+    """One local Ray (2 CPUs) for every Ray test here; each CLI run joins it as a client."""
     ray = pytest.importorskip("ray")
+    with pytest.MonkeyPatch.context() as mp:
+        for env in (os.environ, ENV):   # a throw-away local cluster: no token to share
+            mp.setitem(env, "RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            yield ray.get_runtime_context().gcs_address
+        finally:
+            ray.shutdown()
+
+
+def test_ray_engine_makes_the_same_archives(tmp_path, reference, ray_address):
+    """The CLI on a local Ray, 2 actors: the same archives as one process."""
     d = _tree(tmp_path / "d", _files())
-    for env in (os.environ, ENV):       # a throw-away local cluster: no token to share
-        monkeypatch.setitem(env, "RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        addr = ray.get_runtime_context().gcs_address
-        r = run("-r", "--engine", "ray", "--address", addr, "--workers", "2", *NEURAL,
-                "--manifest", "m.jsonl", "d", cwd=tmp_path, timeout=600)
-    finally:
-        ray.shutdown()
+    r = run("-r", "--engine", "ray", "--address", ray_address, "--workers", "2", *NEURAL,
+            "--manifest", "m.jsonl", "d", cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr
     assert r.stderr.decode().startswith("4 files compressed, 0 failed;"), r.stderr
     assert _archives(d) == reference
     assert len(_manifest(tmp_path / "m.jsonl")) == 4
+
+
+def test_ray_engine_tests_and_restores_the_batch(tmp_path, reference, ray_address):
+    """test -r and decompress -r on Ray actors, from the single-process archives: every
+    archive OK, every original byte restored."""
+    files = _files()
+    d = tmp_path / "d"
+    for name, blob in reference.items():
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_bytes(blob)
+    ray_args = ("--engine", "ray", "--address", ray_address, "--workers", "2", "--threads", "1")
+    r = run("test", "-r", *ray_args, "d", cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.decode().splitlines()) == sorted(f"d/{n}.nc: OK" for n in files)
+    assert r.stderr.decode().startswith("4 files OK, 0 failed in "), r.stderr
+    r = run("decompress", "-r", *ray_args, "d", cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.decode().startswith("4 files restored, 0 failed in "), r.stderr
+    assert {n: (d / n).read_bytes() for n in files} == files
+    assert _archives(d) == reference                # decompress keeps the archives
