@@ -130,3 +130,29 @@ def test_wrong_model_is_refused(tmp_path, archives):
     fake.write_bytes(b"GGUF not really")
     with pytest.raises(nacrith.NacritError, match="archive was made with model SmolLM2-135M-Instruct"):
         nacrith.decompress(blob, model=str(fake))
+
+
+def test_every_lane_count_decodes_in_fresh_process(tmp_path):
+    # K = 1..16 lanes (one llama.cpp sequence each, lockstep) with the default ensemble, on
+    # 400 + 30 K bytes of text (neural beats zstd plus the model frame; 10+ tokens per lane);
+    # one fresh interpreter decodes all 16 archives
+    text = PROSE.replace(b"\n", b"\r\n") + corpus("fields.c", 300)
+    datas, paths = [], []
+    for k in range(1, 17):
+        data = text[:400 + 30 * k]
+        blob = nacrith.compress(data, threads=1, lanes=k, ctx=256, slide=64)
+        segs = C.scan_bytes(blob)[2]
+        assert [s.method for s in segs] == [C.NEURAL], k
+        lanes = segs[0].lanes
+        assert len(lanes) == k and all(ln.n_tokens > 0 for ln in lanes)
+        assert sum(ln.orig_bytes for ln in lanes) == len(data)
+        datas.append(data)
+        paths.append(tmp_path / f"k{k}.nc")
+        paths[-1].write_bytes(blob)
+    code = ("import sys, hashlib, nacrith\n"
+            "for p in sys.argv[1:]:\n"
+            "    print(hashlib.sha256(nacrith.decompress(open(p, 'rb').read(), threads=1))"
+            ".hexdigest())\n")
+    r = fresh_python(code, *map(str, paths))
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().split() == [hashlib.sha256(d).hexdigest() for d in datas]
