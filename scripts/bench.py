@@ -125,7 +125,8 @@ def main() -> None:
                     "llama.cpp throughput vs nacrith compress/decompress throughput and bpb")
     ap.add_argument("--skip-sweep", default="", help="comma list of confidence-skip thresholds "
                     "(0 = off): bpb and speed against the raw single-sequence loop")
-    ap.add_argument("--repeat", action="store_true", help="each file concatenated with itself")
+    ap.add_argument("--repeat", type=int, nargs="?", const=2, default=1, metavar="N",
+                    help="each file concatenated N times (--repeat alone: 2)")
     args = ap.parse_args()
     opts = api._options(None, dict(model=args.model, ctx=args.ctx, slide=args.slide,
                                    n_keep=args.n_keep, threads=args.threads, lanes=args.lanes))
@@ -139,7 +140,7 @@ def main() -> None:
         data = (CORPUS / name).read_bytes()
         n = args.alice_bytes if name == "alice29.txt" else args.bytes
         data = data[:n] if n else data
-        return data + data if args.repeat else data
+        return data * args.repeat
 
     if args.ctx_sweep or args.keep_sweep:
         sweep = [("ctx", int(c)) for c in args.ctx_sweep.split(",") if c] + \
