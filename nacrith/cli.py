@@ -183,7 +183,14 @@ def _write_all(f, b, name: str) -> int:
     return total
 
 
-class _FileOutput:
+class _Output:
+    """An output being written: f, the file object, and path, its name in messages."""
+
+    def write(self, b) -> int:
+        return _write_all(self.f, b, self.path)
+
+
+class _FileOutput(_Output):
     """Temp file beside `path`; `commit` makes it the final file, `discard` removes it."""
 
     def __init__(self, path: str, force: bool, src_stat: Optional[os.stat_result]):
@@ -200,9 +207,6 @@ class _FileOutput:
             if isinstance(e, OSError):
                 raise _OutputError(path, e) from None
             raise
-
-    def write(self, b) -> int:
-        return _write_all(self.f, b, self.path)
 
     def commit(self) -> None:
         try:
@@ -285,12 +289,9 @@ class _FileOutput:
                 self.tmp = None
 
 
-class _StdoutOutput:
+class _StdoutOutput(_Output):
     def __init__(self):
-        self.f = sys.stdout.buffer
-
-    def write(self, b) -> int:
-        return _write_all(self.f, b, STDOUT_NAME)
+        self.f, self.path = sys.stdout.buffer, STDOUT_NAME
 
     def commit(self) -> None:
         try:
@@ -305,7 +306,7 @@ class _StdoutOutput:
             pass
 
 
-class _StreamOutput:
+class _StreamOutput(_Output):
     """An existing character device or FIFO (/dev/null, a pipe): written in place, never
     created, replaced, chmod-ed or removed (gzip -c > /dev/null; zstd -o /dev/null)."""
 
@@ -322,9 +323,6 @@ class _StreamOutput:
             if self.f is None:
                 os.close(fd)
             raise
-
-    def write(self, b) -> int:
-        return _write_all(self.f, b, self.path)
 
     def commit(self) -> None:
         try:

@@ -643,10 +643,7 @@ def _update(S, y, ly):
     (ipar, fpar, ist, fst, hist, bias, xbuf, p, ng_tag, ng_tok, ng_cnt, mt, mcnt, mz,
      mk_tok, mk_c, mk_n, mk_e, w, cand_tok, cand_x, beta, cand_g, bias_g, apm, apm_nodes, ng_b,
      mk_s, colst, tcol) = S
-    t = ist[I_T]
-    if t >= hist.shape[0]:
-        raise ValueError("LaneModel: more tokens coded than the lane was created for")
-    K = ipar[P_K]
+    K = ipar[P_K]           # (_learn_sparse, called last, checks the lane's token count)
     invs = fst[S_INVS]
     qy = p[y] * invs
 

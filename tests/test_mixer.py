@@ -290,3 +290,12 @@ def test_column_bias_learns_a_line_width_synthetic():
     assert bits[~nl][-200:].mean() < np.log2(V - 1) + 0.05   # others lose no more than that
     with pytest.raises(ValueError, match="column table"):
         LaneModel(mp, V, 10)
+
+
+def test_lane_refuses_more_tokens_than_it_was_made_for():
+    toks, logits = _synthetic()
+    enc, lm = Encoder(), lane(DEFAULTS, logits.shape[1], 5)
+    for t in range(5):
+        lm.encode(enc, logits[t], int(toks[t]))
+    with pytest.raises(ValueError, match="more tokens coded than the lane was created for"):
+        lm.encode(enc, logits[5], int(toks[5]))
