@@ -370,6 +370,22 @@ def _lookup_sparse(S):
 
 
 @njit(cache=True)
+def _set_weights(mz, sel, K, fl, w, off):
+    """w[off + j] = fl + (1 - K fl) softmax(z of weight set sel)_j, j < K."""
+    zmax = mz[sel, 0]
+    for j in range(1, K):
+        zmax = mz[sel, j] if mz[sel, j] > zmax else zmax
+    zs = 0.0
+    for j in range(K):
+        e = _exp_nonpos(mz[sel, j] - zmax)
+        w[off + j] = e
+        zs += e
+    sc = (1.0 - K * fl) / zs
+    for j in range(K):
+        w[off + j] = fl + w[off + j] * sc
+
+
+@njit(cache=True)
 def _predict(logits, S, freqs):
     """Fill freqs (int64[V]) with the ensemble distribution for the next token of this lane."""
     (ipar, fpar, ist, fst, hist, bias, xbuf, p, ng_tag, ng_tok, ng_cnt, mt, mcnt, mz,
@@ -419,9 +435,9 @@ def _predict(logits, S, freqs):
     col = ist[I_COL]
     if use_col:
         # column bias: x_i += cb[bucket of token i at the current column] (_col_bucket)
-        cb = colst[0]
+        colb = colst[0]
         for i in range(n):
-            xbuf[i] += cb[_col_bucket(tcol, i, col)]
+            xbuf[i] += colb[_col_bucket(tcol, i, col)]
     m = _max_ignoring_nan(xbuf)
 
     # ---- pass 2: p = exp(x - m) (vectorised); degenerate rows become uniform
@@ -468,23 +484,7 @@ def _predict(logits, S, freqs):
     ist[I_SET] = sel
     A = 1.0
     if K > 1:
-        zmax = mz[sel, 0]
-        for j in range(1, K):
-            zmax = mz[sel, j] if mz[sel, j] > zmax else zmax
-        zs = 0.0
-        for j in range(K):
-            e = _exp_nonpos(mz[sel, j] - zmax)
-            w[j] = e
-            zs += e
-        fl = fpar[F_FLOOR]
-        sc = (1.0 - K * fl) / zs
-        for j in range(K):
-            w[j] = fl + w[j] * sc
-        A = w[0]
-        for j in range(1, K):
-            A += w[j] * mk_e[j]
-            for jj in range(mk_n[j]):
-                ncand = _add_cand(cand_tok, cand_x, ncand, mk_tok[j, jj], w[j] * mk_c[j, jj])
+        _set_weights(mz, sel, K, fpar[F_FLOOR], w, 0)
     if K > 1 and ipar[P_MIX2] != 0:
         # second weight set, selected by the agreement of the LLM argmax with the top candidate
         # of the highest n-gram order that hit (and its probability) and with the match model;
@@ -504,21 +504,10 @@ def _predict(logits, S, freqs):
         ist[I_SET2] = sel2
         for j in range(K):
             w[K + j] = w[j]
-        zmax = mz[sel2, 0]
-        for j in range(1, K):
-            zmax = mz[sel2, j] if mz[sel2, j] > zmax else zmax
-        zs = 0.0
-        for j in range(K):
-            e = _exp_nonpos(mz[sel2, j] - zmax)
-            w[2 * K + j] = e
-            zs += e
-        fl = fpar[F_FLOOR]
-        sc = (1.0 - K * fl) / zs
-        for j in range(K):
-            w[2 * K + j] = fl + w[2 * K + j] * sc
+        _set_weights(mz, sel2, K, fpar[F_FLOOR], w, 2 * K)
         for j in range(K):
             w[j] = 0.5 * (w[K + j] + w[2 * K + j])
-        ncand = 0
+    if K > 1:
         A = w[0]
         for j in range(1, K):
             A += w[j] * mk_e[j]
