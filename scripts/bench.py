@@ -7,7 +7,7 @@ feeding one token per llama_decode, with the same KV slide) with the ratio nacri
 model's cross-entropy in bpb from that raw loop, and gzip -9 / bzip2 -9 / xz -9e / zstd -19.
 
     python scripts/bench.py                       # alice29.txt whole + 16 KB of the other texts
-    python scripts/bench.py --files alice29.txt --bytes 20000 --ctx-sweep 512,1024,2048
+    python scripts/bench.py --files alice29.txt --ctx-chart 1024,2048,4096,8192
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 import nacrith  # noqa: E402
 from nacrith import api, container as C, models  # noqa: E402
+from nacrith.mixer import DEFAULTS, LaneModel, MixParams  # noqa: E402
 from nacrith.neural import lockstep, split_lanes  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpus"
@@ -65,6 +66,74 @@ def raw_llm(engine, data: bytes) -> tuple[float, float, int]:
     t0 = time.perf_counter()
     lockstep(engine.backend, [len(t) for t in toks], code)
     return bits, time.perf_counter() - t0, sum(len(t) for t in toks)
+
+
+def window_bits(engine, data: bytes, ctx: int, slide: int, mixes: dict) -> dict:
+    """Bits of data under each mixer config of mixes (None = the model's own cross-entropy) with
+    the KV window (ctx, slide, n_keep 1): the tokens are fed in chunks of `chunk` | slide with
+    logits for every token, each chunk after the slides the coder would make before it, so every
+    token attends to exactly the positions it has in nacrith's one-token-per-step decode (the
+    logits agree to float rounding; the coder's own loop is too slow to chart several ctx)."""
+    B, L = engine.backend, engine.backend.L
+    toks = np.asarray(engine.tokenizer.tokenize(data)[0], dtype=np.int64)
+    n, V = len(toks), B.n_vocab
+    chunk = math.gcd(slide, ctx, B.n_batch)
+    feed = np.concatenate([[B.bos], toks[:-1]])
+    lanes = {k: LaneModel(mp, V, n, engine.column_table if mp.col_lr else None)
+             for k, mp in mixes.items()}
+    bits = dict.fromkeys(mixes, 0.0)
+    B.reset()
+    for i in range(0, n, chunk):
+        m = min(chunk, n - i)
+        while B.pos[0] + m > ctx:
+            B._slide(0)
+        for j in range(m):
+            B._tok[j], B._pos[j], B._logit[j] = feed[i + j], B.pos[0] + j, 1
+            B.batch.seq_id[j][0] = 0
+        B.pos[0] += m
+        B.batch.n_tokens = m
+        if L.llama_decode(B.lctx, B.batch) != 0:
+            raise SystemExit("llama_decode failed")
+        lg = np.ctypeslib.as_array(L.llama_get_logits(B.lctx), shape=(m, V))
+        for k, lm in lanes.items():
+            f = lm.costs(lg, toks[i:i + m])
+            bits[k] += 24.0 * m - float(np.log2(f.astype(np.float64)).sum())
+    B.reset()
+    return bits, n
+
+
+def steady_tps(engine, ctx: int, slide: int, probes: int = 4, steps: int = 32) -> float:
+    """Single-sequence tokens/s once the window is full: the window then holds between
+    ctx - slide and ctx positions, so single-token decodes are timed at `probes` fills spread
+    evenly over that range (reached by batched prefill) and averaged."""
+    B = engine.backend
+    per_tok = []
+    for k in range(probes):
+        fill = ctx - slide + (2 * k + 1) * slide // (2 * probes) - steps // 2
+        B.reset()
+        while B.pos[0] < fill:
+            B.feed([0], [[B.bos] * min(B.n_batch, fill - int(B.pos[0]), ctx - 1)])
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            B.step([0], [B.bos])
+        per_tok.append((time.perf_counter() - t0) / steps)
+    B.reset()
+    return 1.0 / (sum(per_tok) / len(per_tok))
+
+
+def ctx_chart(opts: api.Options, files, load, ctxs) -> None:
+    """bpb (LLM only and the default ensemble) and steady single-sequence speed per ctx."""
+    print("\n| ctx | slide | file | bytes | tokens | LLM bpb | ensemble bpb | steady raw tok/s |"
+          "\n|---|---|---|---|---|---|---|---|")
+    for ctx in ctxs:
+        o = api._options(opts, {"ctx": ctx, "slide": max(1, ctx // 4), "n_keep": 1})
+        eng = api.get_engine(models.resolve(o.model), o)
+        tps = steady_tps(eng, o.ctx, o.slide)
+        for name in files:
+            data = load(name)
+            bits, n = window_bits(eng, data, o.ctx, o.slide, {"llm": MixParams(), "ens": DEFAULTS})
+            print(f"| {ctx} | {o.slide} | {name} | {len(data)} | {n} | {bits['llm'] / len(data):.4f} "
+                  f"| {bits['ens'] / len(data):.4f} | {tps:.1f} |", flush=True)
 
 
 def cli(*args: str, stdin=None) -> bytes:
@@ -122,8 +191,8 @@ def main() -> None:
     ap.add_argument("--lanes", type=int, default=1)
     ap.add_argument("--model", default=None)
     ap.add_argument("--no-decompress", action="store_true")
-    ap.add_argument("--ctx-sweep", default="", help="comma list of ctx values: bpb and speed per ctx "
-                    "(raw LLM loop) on the selected files")
+    ap.add_argument("--ctx-chart", default="", help="comma list of ctx values (slide ctx/4): bpb "
+                    "of the LLM and the ensemble, and steady single-sequence tok/s, per ctx")
     ap.add_argument("--keep-sweep", default="", help="comma list of n_keep values (raw LLM loop)")
     ap.add_argument("--lanes-sweep", default="", help="comma list of lane counts: raw lockstep "
                     "llama.cpp throughput vs nacrith compress/decompress throughput and bpb")
@@ -146,18 +215,19 @@ def main() -> None:
         data = data[:n] if n else data
         return data * args.repeat
 
-    if args.ctx_sweep or args.keep_sweep:
-        sweep = [("ctx", int(c)) for c in args.ctx_sweep.split(",") if c] + \
-                [("n_keep", int(c)) for c in args.keep_sweep.split(",") if c]
-        print("\n| setting | file | bytes | LLM bpb | raw tok/s |\n|---|---|---|---|---|")
-        for key, value in sweep:
-            kw = {"ctx": value, "slide": max(1, value // 4)} if key == "ctx" else {"n_keep": value}
-            o = api._options(opts, kw)
+    if args.ctx_chart:
+        ctx_chart(opts, files, load, [int(c) for c in args.ctx_chart.split(",")])
+        return
+
+    if args.keep_sweep:
+        print("\n| n_keep | file | bytes | LLM bpb | raw tok/s |\n|---|---|---|---|---|")
+        for value in [int(c) for c in args.keep_sweep.split(",")]:
+            o = api._options(opts, {"n_keep": value})
             eng = api.get_engine(models.resolve(o.model), o)
             for name in files:
                 data = load(name)
                 bits, s, n = raw_llm(eng, data)
-                print(f"| {key}={value} | {name} | {len(data)} | {bits / len(data):.4f} | "
+                print(f"| {value} | {name} | {len(data)} | {bits / len(data):.4f} | "
                       f"{n / s:.1f} |", flush=True)
         return
 
