@@ -108,9 +108,9 @@ def steady_tps(engine, ctx: int, slide: int, probes: int = 4, steps: int = 32) -
     evenly over that range (reached by batched prefill) and averaged."""
     B = engine.backend
     per_tok = []
-    for k in range(probes):
+    B.reset()
+    for k in range(probes):         # fills increase by slide / probes >= steps: no reset between
         fill = ctx - slide + (2 * k + 1) * slide // (2 * probes) - steps // 2
-        B.reset()
         while B.pos[0] < fill:
             B.feed([0], [[B.bos] * min(B.n_batch, fill - int(B.pos[0]), ctx - 1)])
         t0 = time.perf_counter()
