@@ -393,7 +393,10 @@ def test_ctrl_c_terminates_workers_and_removes_temp_files(tmp_path):
               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while not any(n.endswith(".tmp") for n in listing(d)):
-        assert p.poll() is None and time.monotonic() < deadline, p.stderr.read()
+        assert p.poll() is None, p.stderr.read()       # exited: reading stderr cannot block
+        if time.monotonic() > deadline:
+            p.kill()
+            raise AssertionError("no temp file after 300 s")
         time.sleep(0.05)
     kids = _children(p.pid)
     assert len(kids) >= 2
