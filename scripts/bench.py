@@ -68,10 +68,11 @@ def raw_llm(engine, data: bytes) -> tuple[float, float, int]:
     return bits, time.perf_counter() - t0, sum(len(t) for t in toks)
 
 
-def window_bits(engine, data: bytes, ctx: int, slide: int, mixes: dict) -> dict:
-    """Bits of data under each mixer config of mixes (None = the model's own cross-entropy) with
-    the KV window (ctx, slide, n_keep 1): the tokens are fed in chunks of `chunk` | slide with
-    logits for every token, each chunk after the slides the coder would make before it, so every
+def window_bits(engine, data: bytes, ctx: int, slide: int, mixes: dict) -> tuple[dict, int]:
+    """({name: coded bits of data's tokens}, token count) for each MixParams in mixes
+    (MixParams() = the LLM alone) with the KV window (ctx, slide, n_keep 1): the tokens are fed
+    in chunks whose size divides slide, with logits for every token, each chunk after the slides
+    the coder would make before it, so every
     token attends to exactly the positions it has in nacrith's one-token-per-step decode (the
     logits agree to float rounding; the coder's own loop is too slow to chart several ctx)."""
     B, L = engine.backend, engine.backend.L
