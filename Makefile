@@ -2,7 +2,7 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-PROFILE ?= cpu-native           # llama.cpp build profile: cpu-native | cpu-portable | cuda (native/)
+PROFILE ?= auto                 # llama.cpp build profile: auto | cpu-avx512 | cpu-portable | cpu-native | cuda (native/)
 CORPUS  ?= ../shared/corpus
 DEMO_IN ?= $(CORPUS)/alice29.txt
 DEMO_BYTES ?= 8192
