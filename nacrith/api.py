@@ -21,6 +21,7 @@ import xxhash
 import zstandard
 
 from . import container as C
+from . import frames as F
 from . import models
 from .errors import NacritError
 
@@ -101,12 +102,18 @@ class Engine:
             self._tcol = column_table(self.tokenizer.pieces)
         return self._tcol
 
-    def descriptor(self, mix=None) -> C.ModelDescriptor:
-        params = dict(self.params)
-        if mix is not None:
-            params.update(mix.params())         # ensemble keys only when a component is on
-        return C.ModelDescriptor(self.sha256, self.path.name, self.backend.n_vocab,
-                                 self.fingerprint, params)
+    def descriptor(self, mix) -> F.Descriptor:
+        """The version-4 model descriptor: registered model id (or the custom GGUF's SHA-256),
+        engine and the parameters that differ from frames.DEFAULTS."""
+        implied = F.Descriptor(0, 0, 0, {"ctx": self.params["ctx"]}).full_params()
+        params = {k: self.params[k] for k in ("ctx", "slide", "n_keep", "lanes")
+                  if self.params[k] != implied[k]}
+        mp = mix.params() or {"mix_preset": 0}  # LLM only: preset 0, every component off
+        params.update({k: v for k, v in mp.items()
+                       if k != "mix_preset" or v != F.DEFAULTS["mix_preset"]})
+        mid = models.registry_id(self.sha256)
+        return F.Descriptor(mid, F.E_LLAMA, F.fingerprint_hash(self.fingerprint), params,
+                            *(() if mid else (self.sha256, self.backend.n_vocab, self.path.name)))
 
 
 _engines: dict = {}
@@ -162,70 +169,144 @@ def looks_binary(data: bytes) -> bool:
 
 
 # ---------------------------------------------------------------- compression
-def _fallback_segment(data: bytes, level: int):
-    z = zstandard.ZstdCompressor(level=level).compress(data)
-    if len(z) < len(data):
-        return C.Segment(C.ZSTD, len(data), len(z), C.hash64(data), C.hash32(z)), z
-    return C.Segment(C.STORED, len(data), len(data), C.hash64(data), C.hash32(data)), data
+_ZSTD4 = {}
+
+
+def _zstd4(level: int):
+    """Version-4 zstd: magicless frames without content size or checksum (the archive has both)."""
+    if level not in _ZSTD4:
+        _ZSTD4[level] = zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters.from_level(
+            level, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_content_size=0, write_checksum=0,
+            write_dict_id=0))
+    return _ZSTD4[level]
+
+
+def _fallback_body(data: bytes, level: int) -> tuple[int, bytes]:
+    """(method, body): zstd when it is smaller, else stored."""
+    if data:
+        z = _zstd4(level).compress(data)
+        if len(z) < len(data):
+            return F.L_ZSTD, z
+    return F.L_STORED, data
 
 
 @dataclass
 class Coded:
-    """What coding one segment can produce (code_segment); ArchiveWriter.add picks the smallest.
+    """The candidates for one segment (code_segment); ArchiveWriter.add keeps the smallest.
 
-    Both candidates travel, because whether neural wins depends on whether the archive already
-    has its model frame, which only the writer knows (a frame's worth of bytes decides)."""
-    fallback: tuple                             # (Segment, payload): zstd or stored
-    neural: tuple | None = None                 # (Segment, payload), None: not text enough
-    model_frame: bytes = b""                    # packed model frame, with neural
+    Every candidate travels, because a neural one also needs the model descriptor, which an
+    archive carries once: only the writer knows whether it already has one."""
+    fallback: F.Segment                          # zstd or stored
+    neural: F.Segment | None = None              # neural or hybrid; None: not text enough
+    descriptor: F.Descriptor | None = None       # with neural
+
+
+def _neural_body(engine, data: bytes, o: Options, mix, progress) -> bytes | None:
+    from .neural import encode_segment
+    lanes = encode_segment(engine, data, o.lanes, max(16, len(data) // 20), progress, mix=mix)
+    return None if lanes is None else F.pack_neural(lanes)
 
 
 def code_segment(block: bytes, o: Options, progress=None) -> Coded:
     """Pure per-segment work: depends only on `block` and the (normalised) options, so any
-    process holding the same model and settings produces the same result (workers, Ray)."""
-    c = Coded(_fallback_segment(block, o.zstd_level))
-    if o.neural and not looks_binary(block):
-        mix = o.mix_params()
-        engine = get_engine(models.resolve(o.model), o, mix)
-        from .neural import encode_segment
-        c.model_frame = engine.descriptor(mix).pack()
-        c.neural = encode_segment(engine, block, o.lanes, max(16, len(block) // 20), progress,
-                                  mix=mix)
+    process holding the same model and settings produces the same result (workers, Ray).
+
+    Candidates: zstd or stored; neural for text; hybrid (hybrid.split_runs: text runs neural,
+    binary runs zstd or stored) for text with binary stretches, e.g. a tar stream."""
+    check = F.content_check(block)
+    method, body = _fallback_body(block, o.zstd_level)
+    c = Coded(F.Segment(method, len(block), body, check))
+    if not o.neural or not block:
+        return c
+    from .hybrid import split_runs
+    runs = None
+    if looks_binary(block):
+        runs = split_runs(block)
+        if runs is None:
+            return c
+    mix = o.mix_params()
+    engine = get_engine(models.resolve(o.model), o, mix)
+    c.descriptor = engine.descriptor(mix)
+    if runs is None:
+        body = _neural_body(engine, block, o, mix, progress)
+        if body is not None:
+            c.neural = F.Segment(F.L_NEURAL, len(block), body, check)
+        return c
+    text, binary, pos = [], [], 0
+    for i, n in enumerate(runs):
+        (binary if i % 2 else text).append(block[pos:pos + n])
+        pos += n
+    neural = _neural_body(engine, b"".join(text), o, mix, progress)
+    if neural is not None:
+        bm, bb = _fallback_body(b"".join(binary), o.zstd_level)
+        body = F.HybridBody(runs, bm, bb, neural).pack()
+        c.neural = F.Segment(F.L_HYBRID, len(block), body, check)
     return c
 
 
 class ArchiveWriter:
-    """Assembles one archive from segments coded anywhere, in input order: file header, the
-    model frame before the first neural segment, segment frames, end frame. The single place
-    where the file-level framing is written."""
+    """Assembles one version-4 archive from segments coded anywhere, in input order. The single
+    place where the file-level framing is written.
 
-    def __init__(self, dst, o: Options):
+    The first segment is held back: if no second one follows, the archive is written in a single
+    layout (no frame lengths, one trailer); otherwise in the framed layout, with the model frame
+    before the first neural segment."""
+
+    def __init__(self, dst, o: Options, index: bytes | None = None):
+        """index: a solid archive's raw file index (solid.py): the solid layout, framed, with
+        the index frame first."""
         self.dst = dst
-        mix = o.mix_params()
-        version = C.VERSION if mix.skip else C.MIXER_VERSION if mix.active else C.LLM_ONLY_VERSION
-        self.written = _write(dst, C.FileHeader(version).pack())
         self.h = xxhash.xxh3_64()
         self.total = 0
+        self.written = 0
         self.methods: list[str] = []
-        self.model_frame = b""
+        self.pending: Coded | None = None
+        self.framed = index is not None
+        self.descriptor = None
+        self.n = 0
+        if index is not None:
+            self.written += _write(dst, F.header(F.L_SOLID) + F.pack_index_frame(index))
+
+    def _choose(self, c: Coded) -> F.Segment:
+        seg = c.fallback
+        if c.neural is not None:
+            extra = 0 if self.descriptor else len(c.descriptor.pack()) + 6
+            if c.neural.payload_len + extra < seg.payload_len:
+                seg = c.neural
+        return seg
 
     def add(self, block: bytes, c: Coded) -> None:
-        seg, payload = c.fallback
-        if c.neural is not None:
-            extra = 0 if self.model_frame else len(c.model_frame)
-            n, _ = c.neural
-            if len(n.pack()) + n.payload_len + extra < len(seg.pack()) + seg.payload_len:
-                seg, payload = c.neural
-        if seg.method == C.NEURAL and not self.model_frame:
-            self.model_frame = c.model_frame
-            self.written += _write(self.dst, self.model_frame)
-        self.written += _write(self.dst, seg.pack()) + _write(self.dst, payload)
-        self.methods.append(C.METHOD_NAMES[seg.method])
         self.h.update(block)
         self.total += len(block)
+        if self.pending is None and not self.framed:
+            self.pending = c
+            return
+        if not self.framed:
+            self.framed = True
+            self.written += _write(self.dst, F.header(F.L_FRAMED))
+            first, self.pending = self.pending, None
+            self._frame(first)
+        self._frame(c)
+
+    def _frame(self, c: Coded) -> None:
+        seg = self._choose(c)
+        if seg.method >= F.L_NEURAL and self.descriptor is None:
+            self.descriptor = c.descriptor
+            self.written += _write(self.dst, F.pack_model_frame(c.descriptor))
+        self.written += _write(self.dst, F.pack_segment_frame(seg, self.n))
+        self.n += 1
+        self.methods.append(F.METHOD_NAMES[seg.method])
 
     def finish(self) -> dict:
-        self.written += _write(self.dst, C.End(self.total, self.h.intdigest()).pack())
+        if self.framed:
+            self.written += _write(self.dst, F.pack_end_frame(self.total, self.h.intdigest(),
+                                                              self.n))
+        else:
+            c = self.pending or Coded(F.Segment(F.L_STORED, 0, b"", F.content_check(b"")))
+            seg = self._choose(c)
+            self.written += _write(self.dst, F.pack_single(seg, c.descriptor))
+            if seg.orig_len:
+                self.methods.append(F.METHOD_NAMES[seg.method])
         return {"in": self.total, "out": self.written, "methods": self.methods}
 
 
@@ -273,7 +354,7 @@ def compress(data: bytes, opts: Options | None = None, **kw) -> bytes:
 
 # ---------------------------------------------------------------- decompression
 def _decode_engine(m: C.ModelDescriptor, o: Options):
-    """(engine, mixer.MixParams) for an archive's model frame."""
+    """(engine, mixer.MixParams) for a version 1-3 archive's model frame."""
     p = m.params
     C.check_model_params(m)             # read_frame did already; also for hand-made descriptors
     path = models.find_by_sha(m.sha256, m.name, o.model)
@@ -296,9 +377,88 @@ def _decode_engine(m: C.ModelDescriptor, o: Options):
     return engine, mix
 
 
+def model_of(d: F.Descriptor) -> tuple[str, bytes, int]:
+    """(name, SHA-256, n_vocab) of the model a version-4 descriptor names."""
+    if d.model_id:
+        return models.registered(d.model_id)
+    return d.name, d.sha256, d.n_vocab
+
+
+def check_descriptor(d: F.Descriptor) -> tuple[dict, object]:
+    """(full parameters, MixParams) of a version-4 descriptor, every bound checked before any
+    model is loaded (the same limits as a version 1-3 model frame)."""
+    from .mixer import MixParams
+    p = d.full_params()
+    name, _, n_vocab = model_of(d)
+    C.check_model_params(C.ModelDescriptor(b"", name, n_vocab, "", {**p, "threads": 1,
+                                                                      "bos": 0, "cdf_bits": 24}))
+    mix = MixParams.from_params(p)
+    mix.validate()
+    return p, mix
+
+
+def _decode_engine4(d: F.Descriptor, o: Options):
+    """(engine, mixer.MixParams) for a version-4 model descriptor."""
+    p, mix = check_descriptor(d)
+    name, sha, n_vocab = model_of(d)
+    path = models.find_by_sha(sha, name, o.model)
+    dopts = replace(o, ctx=p["ctx"], slide=p["slide"], n_keep=p["n_keep"], lanes=p["lanes"],
+                    threads=o.threads or default_threads())
+    engine = get_engine(path, dopts, mix)
+    if engine.backend.n_vocab != n_vocab or engine.backend.bos != p.get("bos", engine.backend.bos):
+        raise NacritError("model vocabulary does not match the archive")
+    if d.engine == F.E_LLAMA:
+        here = F.fingerprint_hash(engine.fingerprint)
+        if here != d.engine_check and not o.ignore_backend:
+            raise NacritError(f"archive was made on another llama.cpp build (fingerprint hash "
+                              f"{d.engine_check:04x}; this build, '{engine.fingerprint}', hashes "
+                              f"to {here:04x}), so logits may differ; decode on the build that "
+                              "made it (native/README.md) or pass --ignore-backend (checksums "
+                              "still verify the result)")
+    else:
+        raise NacritError(f"archive needs the {F.ENGINE_NAMES[d.engine]} engine, version "
+                          f"{d.engine_check}; this nacrith does not have it")
+    return engine, mix
+
+
+def _peek_header(src) -> tuple[str, bytes]:
+    """("v4", first 4 bytes) or ("legacy", first bytes) of an archive."""
+    first = C.read_upto(src, 4)
+    if len(first) == 4 and first[:3] == F.MAGIC and first[3] != F.LEGACY_BYTE:
+        version = first[3] & 15
+        if version > F.VERSION:
+            raise NacritError(f"archive format version {version} is newer than this nacrith "
+                              f"supports (<= {F.VERSION}); upgrade nacrith")
+        if version < F.VERSION:
+            raise NacritError("corrupt file header (bad version byte)")
+        return "v4", first
+    return "legacy", first
+
+
+class _Prefixed:
+    """A stream that first returns `head`, then reads on from `f`."""
+
+    def __init__(self, head: bytes, f):
+        self.head, self.f = head, f
+
+    def read(self, n=-1):
+        if self.head:
+            if n is None or n < 0:
+                out, self.head = self.head + self.f.read(), b""
+                return out
+            out, self.head = self.head[:n], self.head[n:]
+            return out if len(out) == n else out + self.f.read(n - len(out))
+        return self.f.read(n)
+
+
 def _segment_tasks(src, state: dict):
     """Read an archive's frames; yield one decode task (frame, payload, model, index, offset) per
-    segment, after its structural checks. state gets "end" (End) and "segments" at the end."""
+    segment, after its structural checks. state gets "end" and "segments" at the end."""
+    kind, first = _peek_header(src)
+    if kind == "v4":
+        yield from _tasks4(src, first, state)
+        return
+    src = _Prefixed(first, src)
     C.read_file_header(src)
     total = index = 0
     model = None
@@ -306,6 +466,7 @@ def _segment_tasks(src, state: dict):
         frame = C.read_frame(src, index)
         if isinstance(frame, C.End):
             state["end"], state["segments"] = frame, index
+            state["legacy_src"] = src
             return
         if isinstance(frame, C.ModelDescriptor):
             if model is not None:
@@ -323,12 +484,101 @@ def _segment_tasks(src, state: dict):
         index += 1
 
 
-def decode_segment(frame: C.Segment, payload: bytes, model, index: int, offset: int,
+def _tasks4(src, first: bytes, state: dict, solid: bool = False):
+    """Decode tasks of a version-4 archive. A solid archive (a file tree) is refused unless
+    `solid` (solid.py extracts it); its index is then in state["index"]."""
+    layout = first[3] >> 4
+    if layout in F.SINGLE_LAYOUTS:
+        desc, seg = F.read_single(src, layout, F.SINGLE_LIMIT)
+        if desc is not None:
+            check_descriptor(desc)
+        state["end"], state["segments"] = F.End(seg.orig_len, None, seg.check), 1
+        yield seg, None, desc, 0, 0         # even when empty: its content check is verified
+        return
+    if layout == F.L_SOLID and not solid:
+        raise NacritError("this is a solid archive of a file tree: restore it with `nacrith "
+                          "decompress ARCHIVE -o DIR` (or nacrith.solid.extract)")
+    if layout not in (F.L_FRAMED, F.L_SOLID):
+        raise NacritError(f"archive uses unknown layout {layout}; upgrade nacrith")
+    desc, n_frames, n_segs, total = None, 0, 0, 0
+    while True:
+        frame = F.read_frame(src, n_frames, n_segs)
+        n_frames += 1
+        if isinstance(frame, F.Index):
+            if layout != F.L_SOLID or n_frames != 1:
+                raise NacritError("corrupt archive (misplaced file index)")
+            state["index"] = frame
+            continue
+        if layout == F.L_SOLID and "index" not in state:
+            raise NacritError("corrupt archive (solid archive without a file index)")
+        if isinstance(frame, F.End):
+            state["end"], state["segments"] = frame, n_segs
+            return
+        if isinstance(frame, F.Descriptor):
+            if desc is not None:
+                raise NacritError("corrupt archive (second model frame)")
+            check_descriptor(frame)
+            desc = frame
+            continue
+        F.validate_segment(frame, desc, f"segment {n_segs}")
+        yield frame, None, desc, n_segs, total
+        total += frame.orig_len
+        n_segs += 1
+
+
+def _decode4(seg: F.Segment, desc, index: int, o: Options, progress, cache: dict) -> bytes:
+    if seg.method == F.L_STORED:
+        return seg.body
+    if seg.method == F.L_ZSTD:
+        return _unzstd(seg.body, seg.orig_len, index, magicless=True)
+    key = (desc.pack(), o.model, o.threads, o.ignore_backend, o.n_gpu_layers, o.main_gpu)
+    if key not in cache:
+        cache.clear()
+        cache[key] = _decode_engine4(desc, o)
+    engine, mix = cache[key]
+    from .neural import decode_lanes
+    lanes = desc.full_params()["lanes"]
+
+    def text_of(neural: bytes, n: int) -> bytes:
+        body = F.unpack_neural(neural, n, lanes, f"segment {index}")
+        try:
+            return decode_lanes(engine, body.lanes, progress, mix)
+        except NacritError as e:
+            raise NacritError(f"segment {index} does not decode: {str(e).split(' (')[0]} "
+                              "(model or engine mismatch?)") from None
+
+    if seg.method == F.L_NEURAL:
+        return text_of(seg.body, seg.orig_len)
+    h = F.unpack_hybrid(seg.body, seg.orig_len, f"segment {index}")
+    text = text_of(h.neural, h.text_len)
+    binary = h.bin_payload if h.bin_method == F.L_STORED else \
+        _unzstd(h.bin_payload, h.bin_len, index, magicless=True)
+    if len(binary) != h.bin_len:
+        raise NacritError(f"corrupt zstd data in segment {index} (binary runs too short)")
+    out, tp, bp = [], 0, 0
+    for i, n in enumerate(h.runs):
+        if i % 2:
+            out.append(binary[bp:bp + n])
+            bp += n
+        else:
+            out.append(text[tp:tp + n])
+            tp += n
+    return b"".join(out)
+
+
+def decode_segment(frame, payload, model, index: int, offset: int,
                    o: Options, progress=None, cache: dict | None = None) -> bytes:
     """Pure per-segment work of the decoder: one segment's original bytes, checked against its
-    content hash (NacritError otherwise). Runs here or in a worker (nacrith.workers). `cache`
+    content check (NacritError otherwise). Runs here or in a worker (nacrith.workers). `cache`
     (the caller's dict) keeps the decoding engine between segments."""
     cache = {} if cache is None else cache
+    if isinstance(frame, F.Segment):
+        neural = frame.method >= F.L_NEURAL
+        data = _decode4(frame, model, index, o, progress, cache)
+        if len(data) != frame.orig_len or F.content_check(data) != frame.check:
+            raise NacritError(f"segment {index} (at byte offset {offset}) does not match its "
+                              "checksum" + (" (model or engine mismatch?)" if neural else ""))
+        return data
     if frame.method == C.STORED:
         data = payload
     elif frame.method == C.ZSTD:
@@ -361,7 +611,7 @@ def decompress_stream(src, dst, opts: Options | None = None, progress=None, pool
     o = replace(opts or Options(), **kw)
     if _seekable(src):
         start = src.tell()
-        C.scan(src)             # structure and payload checksums, before any model is loaded
+        scan(src)               # structure and payload checksums, before any model is loaded
         src.seek(start)
     h = xxhash.xxh3_64()
     total = 0
@@ -375,9 +625,15 @@ def decompress_stream(src, dst, opts: Options | None = None, progress=None, pool
         h.update(data)
         total += len(data)
     end = state["end"]
-    if total != end.total_len or h.intdigest() != end.total_hash:
+    if isinstance(end, F.End):
+        ok = total == end.total_len and (end.total_hash is None or h.intdigest() == end.total_hash)
+        trailing = end.total_hash is not None and src.read(1)
+    else:
+        ok = total == end.total_len and h.intdigest() == end.total_hash
+        trailing = not _seekable(src) and state["legacy_src"].read(1)
+    if not ok:
         raise NacritError("decoded data does not match the archive checksum")
-    if not _seekable(src) and src.read(1):
+    if trailing:
         raise NacritError("corrupt archive (data after end frame)")
     return {"in": total, "segments": state["segments"]}
 
@@ -391,12 +647,14 @@ def _mismatch_hint(engine: Engine, m: C.ModelDescriptor) -> str:
     return " (model or backend mismatch?)"
 
 
-def _unzstd(payload: bytes, orig_len: int, index: int) -> bytes:
+def _unzstd(payload: bytes, orig_len: int, index: int, magicless: bool = False) -> bytes:
     """One zstd frame -> at most orig_len bytes, produced in <= 1 MiB steps: nothing is allocated
     from the frame's own (unverified) content size or from orig_len before data exists."""
     parts, n = [], 0
+    d = zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS) if magicless \
+        else zstandard.ZstdDecompressor()
     try:
-        with zstandard.ZstdDecompressor().stream_reader(payload) as r:
+        with d.stream_reader(payload) as r:
             while chunk := r.read(min(1 << 20, orig_len - n + 1)):
                 n += len(chunk)
                 if n > orig_len:
@@ -421,15 +679,70 @@ def decompress(blob: bytes, opts: Options | None = None, **kw) -> bytes:
     return out.getvalue()
 
 
+@dataclass
+class Scan:
+    """An archive's structure, validated without decoding (scan)."""
+    version: int
+    layout: str                         # "framed" (v1-3 always), or the single method
+    model: dict | None                  # info()'s model entry
+    segments: list                      # [{"method", "original", "compressed", "lanes"}]
+    total_len: int
+    total_hash: int | None              # xxh3-64 of the original (None: single layout)
+    check: int | None = None            # single layout: low 32 bits of that xxh3-64
+    index: bytes | None = None          # solid layout: the raw file index (solid.py)
+
+    def matches(self, length: int, xxh3: int) -> bool:
+        """Whether an original of this length and xxh3-64 is the archive's content."""
+        if length != self.total_len:
+            return False
+        return xxh3 == self.total_hash if self.total_hash is not None \
+            else (xxh3 & 0xFFFFFFFF) == self.check
+
+
+def scan(src) -> Scan:
+    """Validate an archive's structure and every checksum that needs no decoding; never loads a
+    model (bad damage is reported here, before decoding starts)."""
+    kind, first = _peek_header(src)
+    if kind == "legacy":
+        hdr, m, segs, end = C.scan(_Prefixed(first, src))
+        model = None if m is None else {"name": m.name, "sha256": m.sha256.hex(),
+                                         "n_vocab": m.n_vocab, "backend": m.backend, **m.params}
+        return Scan(hdr.version, "framed", model,
+                    [{"method": C.METHOD_NAMES[s.method], "original": s.orig_len,
+                      "compressed": s.payload_len, "lanes": len(s.lanes)} for s in segs],
+                    end.total_len, end.total_hash)
+    layout, d, segs, end = F.scan(src, first)
+    model = None
+    if d is not None:
+        p, _ = check_descriptor(d)
+        name, sha, n_vocab = model_of(d)
+        engine = F.ENGINE_NAMES[d.engine] + (f" (build hash {d.engine_check:04x})"
+                                             if d.engine == F.E_LLAMA
+                                             else f" version {d.engine_check}")
+        model = {"name": name, "sha256": sha.hex(), "n_vocab": n_vocab, "backend": engine, **p}
+    out = []
+    for s in segs:
+        lanes = 0
+        if s.method >= F.L_NEURAL:
+            lanes = F.n_lanes(F.unpack_hybrid(s.body, s.orig_len, "segment").text_len
+                              if s.method == F.L_HYBRID else s.orig_len,
+                              d.full_params()["lanes"])
+        out.append({"method": F.METHOD_NAMES[s.method], "original": s.orig_len,
+                    "compressed": s.payload_len, "lanes": lanes})
+    layout_name = {F.L_FRAMED: "framed", F.L_SOLID: "solid"}.get(layout) or F.METHOD_NAMES[layout]
+    if layout in F.SINGLE_LAYOUTS and not end.total_len:
+        out = []
+    return Scan(F.VERSION, layout_name, model, out, end.total_len, end.total_hash, end.check,
+                end.index.raw if end.index is not None else None)
+
+
 def info(src) -> dict:
     """Describe an archive from its headers (validates structure; never loads a model)."""
-    hdr, m, segs, end = C.scan(src)
-    d = {"version": hdr.version, "original_size": end.total_len,
-         "segments": [{"method": C.METHOD_NAMES[s.method], "original": s.orig_len,
-                       "compressed": s.payload_len, "lanes": len(s.lanes)} for s in segs]}
-    if m is not None:
-        d["model"] = {"name": m.name, "sha256": m.sha256.hex(), "n_vocab": m.n_vocab,
-                      "backend": m.backend, **m.params}
+    s = scan(src)
+    d = {"version": s.version, "layout": s.layout, "original_size": s.total_len,
+         "segments": s.segments}
+    if s.model is not None:
+        d["model"] = s.model
     return d
 
 

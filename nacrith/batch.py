@@ -33,8 +33,7 @@ import time
 
 import xxhash
 
-from . import cli
-from . import container as C
+from . import api, cli
 from ._signals import blocked
 from .errors import NacritError
 
@@ -280,7 +279,7 @@ class Batch:
             return None
         try:
             with open(out, "rb") as f:
-                _, _, segs, end = C.scan(f)
+                summary = api.scan(f)
                 packed = f.tell()
             h, sha, n = xxhash.xxh3_64(), hashlib.sha256(), 0
             with open(name, "rb") as f:
@@ -290,11 +289,11 @@ class Batch:
                     n += len(chunk)
         except (NacritError, OSError):
             return "stale"
-        if n != end.total_len or h.intdigest() != end.total_hash:
+        if not summary.matches(n, h.intdigest()):
             return "stale"
         rec = self.manifest.entries.get(name)
         if rec is None or rec.get("sha256") != sha.hexdigest() or rec.get("archive") != out:
-            methods = [C.METHOD_NAMES[s.method] for s in segs]
+            methods = [seg["method"] for seg in summary.segments]
             self.manifest.append({
                 "path": name, "size": n, "sha256": sha.hexdigest(), "archive": out,
                 "archive_size": packed, "bpb": _bpb(packed, n),

@@ -765,7 +765,8 @@ def _info(job: Job, name: str, shown: str) -> None:
         _print(json.dumps({"file": shown, "archive_size": size, **d}, sort_keys=True))
         return
     orig = d["original_size"]
-    lines = [f"{shown}:", f"  format       nacrith v{d['version']}"]
+    lines = [f"{shown}:", f"  format       nacrith v{d['version']}",
+             f"  layout       {d['layout']}"]
     m = d.get("model")
     if m is None:
         lines.append("  model        none (no neural segments)")

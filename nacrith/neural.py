@@ -20,10 +20,9 @@ Invariants:
 """
 from __future__ import annotations
 
-import numpy as np
 
 from .coder import Decoder, Encoder
-from .container import NEURAL, Lane, Reader, Segment, hash32, hash64, put_varint
+from .container import Reader, Segment, put_varint
 from .errors import NacritError
 from .tokenizer import merge
 
@@ -44,16 +43,20 @@ def split_lanes(data: bytes, k: int) -> list[bytes]:
     return [data[a:b] for a, b in zip(cuts, cuts[1:])]
 
 
-def lockstep(backend, n_tokens: list[int], code, progress=None, skip=None, cap: int = 0) -> None:
-    """Drive the LLM over all lanes; code(lane, t, logits_row) codes token t and returns it.
+def lockstep(backend, k: int, more, code, progress=None, skip=None, cap: int = 0) -> None:
+    """Drive the LLM over k lanes; code(lane, t, logits_row) codes token t and returns it.
 
+    more(lane, t) -> bool: the lane has a token t (once False, False for every later t: a
+    count of tokens, or, when decoding a version-4 lane, "fewer bytes decoded than it holds").
     skip(lane) -> bool (optional): code the lane's token t without the LLM (code gets row None);
     asked before step t, only while at most `cap` tokens of that lane wait for the LLM."""
     backend.reset()
-    k = len(n_tokens)
     wait = [[backend.bos] for _ in range(k)]       # tokens not yet fed to the LLM, per lane
-    for t in range(max(n_tokens, default=0)):
-        active = [lane for lane in range(k) if t < n_tokens[lane]]
+    t = 0
+    while True:
+        active = [lane for lane in range(k) if more(lane, t)]
+        if not active:
+            return
         if skip is None:
             need = active
         else:
@@ -68,6 +71,7 @@ def lockstep(backend, n_tokens: list[int], code, progress=None, skip=None, cap: 
                 wait[lane].append(code(lane, t, None))
         if progress is not None:
             progress(len(active))
+        t += 1
 
 
 def pack_escapes(escapes) -> bytes:
@@ -82,7 +86,9 @@ def pack_escapes(escapes) -> bytes:
     return bytes(out)
 
 
-def unpack_escapes(block: bytes, lane_len: int):
+def unpack_escapes(block: bytes, lane_len: int, whole: bool = True):
+    """Escapes of a lane of lane_len bytes; whole=False: the block is a prefix of `block`, and
+    (escapes, its length) is returned."""
     r = Reader(block, "escape table")
     escapes, end = [], 0
     for _ in range(r.varint(lane_len)):
@@ -92,12 +98,15 @@ def unpack_escapes(block: bytes, lane_len: int):
         if end > lane_len:
             raise NacritError("corrupt escape table (escape beyond lane end)")
         escapes.append((off, raw))
+    if not whole:
+        return escapes, r.pos
     r.done()
     return escapes
 
 
 def _lane_models(engine, mix, n_tokens):
-    """One fresh ensemble state per lane (None: the LLM-only path of coder.py)."""
+    """One fresh ensemble state per lane (None: the LLM-only path of coder.py); n_tokens[i]
+    bounds the tokens lane i codes."""
     if mix is None or not mix.active:
         return None
     from .mixer import LaneModel
@@ -105,20 +114,44 @@ def _lane_models(engine, mix, n_tokens):
     return [LaneModel(mix, engine.backend.n_vocab, n, tcol) for n in n_tokens]
 
 
-def _run(engine, mix, lms, n_tokens, code, progress):
+def _run(engine, mix, lms, more, code, progress):
     """lockstep with the confidence skip that mix selects."""
     skip, cap = None, 0
     if lms is not None and mix.skip:
         from .mixer import FRAC_SCALE
         thr = mix.skip / FRAC_SCALE
         skip, cap = (lambda lane: lms[lane].skip_conf() >= thr), mix.skip_cap
-    lockstep(engine.backend, n_tokens, code, progress, skip, cap)
+    lockstep(engine.backend, len(more.limits), more, code, progress, skip, cap)
+
+
+class _Counts:
+    """more(lane, t) for lanes of known token counts."""
+
+    def __init__(self, n_tokens):
+        self.limits = list(n_tokens)
+
+    def __call__(self, lane, t):
+        return t < self.limits[lane]
+
+
+class _Bytes:
+    """more(lane, t) for version-4 lanes: a lane goes on until its pieces fill its stream bytes
+    (every piece is non-empty, so a lane of n stream bytes has at most n tokens)."""
+
+    def __init__(self, stream_bytes):
+        self.limits = list(stream_bytes)
+        self.done = [0] * len(stream_bytes)
+
+    def __call__(self, lane, t):
+        return self.done[lane] < self.limits[lane]
 
 
 def encode_segment(engine, data: bytes, lanes: int, max_escaped: int, progress=None, mix=None):
-    """Code `data` neurally. Returns (Segment, payload) or None if it is not text enough.
+    """Code `data` neurally. Returns [(orig_bytes, lane payload)] per lane (lane payload =
+    escape block + coded stream), or None if it is not text enough.
 
-    mix: mixer.MixParams of the ensemble, or None / inactive for the LLM alone."""
+    mix: mixer.MixParams of the ensemble, or None / inactive for the LLM alone. Every lane's
+    model state is sized by its stream bytes (the bound a version-4 decoder has)."""
     parts = split_lanes(data, lanes)
     toks, escs = [], []
     for part in parts:
@@ -128,7 +161,8 @@ def encode_segment(engine, data: bytes, lanes: int, max_escaped: int, progress=N
         toks.append(r[0])
         escs.append(r[1])
     encoders = [Encoder() for _ in parts]
-    lms = _lane_models(engine, mix, [len(t) for t in toks])
+    lms = _lane_models(engine, mix, [len(p) - sum(len(raw) for _, raw in e)
+                                     for p, e in zip(parts, escs)])
 
     def code(lane, t, row):
         sym = int(toks[lane][t])
@@ -140,28 +174,30 @@ def encode_segment(engine, data: bytes, lanes: int, max_escaped: int, progress=N
             lms[lane].encode(encoders[lane], row, sym)
         return sym
 
-    _run(engine, mix, lms, [len(t) for t in toks], code, progress)
-    payload = bytearray()
-    lane_table = []
-    for part, tk, esc, enc in zip(parts, toks, escs, encoders):
-        block, stream = pack_escapes(esc), enc.finish()
-        payload += block + stream
-        lane_table.append(Lane(len(part), len(tk), len(block), len(stream)))
-    payload = bytes(payload)
-    seg = Segment(NEURAL, len(data), len(payload), hash64(data), hash32(payload), lane_table)
-    return seg, payload
+    _run(engine, mix, lms, _Counts([len(t) for t in toks]), code, progress)
+    return [(len(part), pack_escapes(esc) + enc.finish())
+            for part, esc, enc in zip(parts, escs, encoders)]
 
 
-def decode_segment(engine, seg: Segment, payload: bytes, progress=None, mix=None) -> bytes:
-    pos, escs, decoders = 0, [], []
-    for lane in seg.lanes:
-        escs.append(unpack_escapes(payload[pos:pos + lane.ins_bytes], lane.orig_bytes))
-        pos += lane.ins_bytes
-        decoders.append(Decoder(payload[pos:pos + lane.stream_bytes]))
-        pos += lane.stream_bytes
-    n_tokens = [lane.n_tokens for lane in seg.lanes]
-    toks = [np.zeros(n, dtype=np.int32) for n in n_tokens]
-    lms = _lane_models(engine, mix, n_tokens)
+def decode_lanes(engine, lanes, progress=None, mix=None) -> bytes:
+    """Inverse of encode_segment for version-4 lanes [(orig_bytes, lane payload)]: each lane's
+    tokens are decoded until their pieces and the escapes fill its orig_bytes."""
+    escs, decoders, stream_bytes = [], [], []
+    for orig, pay in lanes:
+        esc, n = unpack_escapes(pay, orig, whole=False)
+        escs.append(esc)
+        decoders.append(Decoder(pay[n:]))
+        stream_bytes.append(orig - sum(len(raw) for _, raw in esc))
+    more = _Bytes(stream_bytes)
+    return _decode(engine, mix, more, stream_bytes, escs, decoders, [o for o, _ in lanes],
+                   progress)
+
+
+def _decode(engine, mix, more, bounds, escs, decoders, origs, progress) -> bytes:
+    toks = [[] for _ in origs]
+    lms = _lane_models(engine, mix, bounds)
+    sizes = [len(p) for p in engine.tokenizer.pieces]
+    done = getattr(more, "done", None)
 
     def code(lane, t, row):
         if lms is None:
@@ -170,16 +206,30 @@ def decode_segment(engine, seg: Segment, payload: bytes, progress=None, mix=None
             sym = lms[lane].decode_skip(decoders[lane])
         else:
             sym = lms[lane].decode(decoders[lane], row)
-        toks[lane][t] = sym
+        toks[lane].append(sym)
+        if done is not None:
+            done[lane] += sizes[sym]
         return sym
 
-    _run(engine, mix, lms, n_tokens, code, progress)
+    _run(engine, mix, lms, more, code, progress)
     pieces = engine.tokenizer.pieces
     out = []
-    for lane, tk, esc in zip(seg.lanes, toks, escs):
-        stream = b"".join([pieces[t] for t in tk.tolist()])
-        part = merge(stream, esc)
-        if len(part) != lane.orig_bytes:
+    for orig, tk, esc in zip(origs, toks, escs):
+        part = merge(b"".join([pieces[t] for t in tk]), esc)
+        if len(part) != orig:
             raise NacritError("decoded lane has the wrong length (model or backend mismatch?)")
         out.append(part)
     return b"".join(out)
+
+
+def decode_segment(engine, seg: Segment, payload: bytes, progress=None, mix=None) -> bytes:
+    """A version 1-3 neural segment (lane table with token counts and escape block sizes)."""
+    pos, escs, decoders = 0, [], []
+    for lane in seg.lanes:
+        escs.append(unpack_escapes(payload[pos:pos + lane.ins_bytes], lane.orig_bytes))
+        pos += lane.ins_bytes
+        decoders.append(Decoder(payload[pos:pos + lane.stream_bytes]))
+        pos += lane.stream_bytes
+    n_tokens = [lane.n_tokens for lane in seg.lanes]
+    return _decode(engine, mix, _Counts(n_tokens), n_tokens, escs, decoders,
+                   [lane.orig_bytes for lane in seg.lanes], progress)

@@ -73,7 +73,7 @@ def cached(name: str, data: bytes, cache: Path, opts: api.Options):
             return int(toks[t])
 
         t0 = time.perf_counter()
-        lockstep(_engine.backend, [n], code)
+        lockstep(_engine.backend, 1, lambda lane, t: t < n, code)
         mm.flush()
         del mm
         np.save(tp, np.asarray(toks, dtype=np.int64))

@@ -15,6 +15,7 @@ import argparse
 import bz2
 import gzip
 import lzma
+import io
 import math
 import platform
 import resource
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import nacrith  # noqa: E402
-from nacrith import api, container as C, models  # noqa: E402
+from nacrith import api, models  # noqa: E402
 from nacrith.mixer import DEFAULTS, LaneModel, MixParams  # noqa: E402
 from nacrith.neural import lockstep, split_lanes  # noqa: E402
 
@@ -64,7 +65,8 @@ def raw_llm(engine, data: bytes) -> tuple[float, float, int]:
         return int(tok)
 
     t0 = time.perf_counter()
-    lockstep(engine.backend, [len(t) for t in toks], code)
+    counts = [len(t) for t in toks]
+    lockstep(engine.backend, len(counts), lambda lane, t: t < counts[lane], code)
     return bits, time.perf_counter() - t0, sum(len(t) for t in toks)
 
 
@@ -166,7 +168,7 @@ def bench_file(name: str, data: bytes, opts: api.Options, decompress: bool) -> d
         cli("compress", "-q", *flags, str(src))
         c_s = time.perf_counter() - t0
         blob = (Path(tmp) / (name + ".nc")).read_bytes()
-        payload = sum(s.payload_len for s in C.scan_bytes(blob)[2])
+        payload = sum(s["compressed"] for s in api.scan(io.BytesIO(blob)).segments)
         row = {"file": name, "bytes": len(data), "tokens": n_tok, "nc": len(blob),
                "bpb": 8 * len(blob) / len(data), "payload_bpb": 8 * payload / len(data),
                "ce_bpb": ce_bits / len(data), "raw_tps": n_tok / raw_s, "c_tps": n_tok / c_s}

@@ -54,6 +54,7 @@ if str(ROOT) not in sys.path:
 import nacrith  # noqa: E402
 from nacrith import api, models  # noqa: E402
 from nacrith import container as C  # noqa: E402
+from nacrith import frames as F  # noqa: E402
 from nacrith.errors import NacritError  # noqa: E402
 
 GOLDEN = ROOT / "formats" / "golden"
@@ -81,6 +82,8 @@ class Seed:
 
 def parse_sections(blob: bytes) -> list[Section]:
     """Split a valid archive into sections (file header, frames with their payloads)."""
+    if blob[:4] != b"NACR":
+        return parse_sections4(blob)
     f = io.BytesIO(blob)
     C.read_file_header(f)
     out = [Section("header", 0, 10, 10, [4, 5, 6])]
@@ -101,6 +104,52 @@ def parse_sections(blob: bytes) -> list[Section]:
         out.append(Section("segment", start, head_end, f.tell(), _field_ends(blob, start, head_end)))
     assert f.tell() == len(blob), "trailing data in a seed"
     return out
+
+
+def _varint_end(blob: bytes, pos: int) -> int:
+    while blob[pos] & 0x80:
+        pos += 1
+    return pos + 1
+
+
+def parse_sections4(blob: bytes) -> list[Section]:
+    """Version 4: single layouts (header, descriptor, length + body, trailer) or the framed
+    layout (header, model / segment / end frames)."""
+    layout = blob[3] >> 4
+    out = [Section("header", 0, 4, 4, [3])]
+    if layout != F.L_FRAMED:
+        pos = 4
+        if layout in (F.L_NEURAL, F.L_HYBRID):
+            r = C.Reader(blob[4:], "x")
+            F.read_descriptor(r)
+            out.append(Section("model", 4, 4 + r.pos, 4 + r.pos, list(range(5, 4 + r.pos))))
+            pos = 4 + r.pos
+        head_end = _varint_end(blob, pos)
+        out.append(Section("segment", pos, head_end, len(blob) - 8, list(range(pos + 1, head_end))))
+        out.append(Section("end", len(blob) - 8, len(blob), len(blob), [len(blob) - 4]))
+        return out
+    pos = 4
+    while True:
+        kind = blob[pos]
+        if kind == F.T_END:
+            end = _varint_end(blob, pos + 1) + 12
+            out.append(Section("end", pos, end, end, _field_ends(blob, pos, end)))
+            assert end == len(blob), "trailing data in a seed"
+            return out
+        if kind == F.T_MODEL:
+            r = C.Reader(blob[pos + 1:], "x")
+            n = r.varint()
+            end = pos + 1 + r.pos + n + 4
+            out.append(Section("model", pos, end, end, _field_ends(blob, pos, end)))
+            pos = end
+            continue
+        a = _varint_end(blob, pos + 1)
+        r = C.Reader(blob[a:], "x")
+        n = r.varint()
+        head_end = a + r.pos
+        out.append(Section("segment", pos, head_end, head_end + n + 8,
+                           _field_ends(blob, pos, head_end)))
+        pos = head_end + n + 8
 
 
 def _field_ends(blob: bytes, start: int, end: int) -> list[int]:
@@ -149,7 +198,7 @@ def load_seeds(rng: random.Random, golden: bool = True, neural_gen: bool = False
     if neural_gen:                  # an archive made by this version's encoder (mixer included)
         data = _words(rng, 240)
         blob = nacrith.compress(data, threads=threads)
-        if C.scan_bytes(blob)[1] is not None:
+        if api.scan(io.BytesIO(blob)).model is not None:
             seeds.append(Seed("gen-neural", blob, hashlib.sha256(data).hexdigest(), len(data),
                               parse_sections(blob), True))
     if golden and (GOLDEN / "MANIFEST.txt").is_file():
@@ -338,8 +387,126 @@ def zstd_lie(payload: bytes, content_size: int) -> bytes:
         + struct.pack("<Q", content_size) + rest
 
 
+def _mutate_varints(rng, body: bytes, n: int) -> tuple[bytes, str]:
+    """Rewrite one of the first n varints of body (a lane or run table) with a hostile value."""
+    vals, pos = [], 0
+    try:
+        for _ in range(n):
+            end = _varint_end(body, pos)
+            vals.append((pos, end))
+            pos = end
+    except IndexError:
+        pass
+    if not vals:
+        return body, "no varint"
+    a, b = rng.choice(vals)
+    out = bytearray()
+    C.put_varint(out, v := _rand_len(rng))
+    return body[:a] + bytes(out) + body[b:], f"table varint={v}"
+
+
+def _crafted_body(rng, method: int, body: bytes) -> tuple[int, bytes, str]:
+    choice = rng.randrange(5)
+    if choice == 0:
+        m = rng.choice([0, 1, 2, 3, 4, 7, 15])
+        return m, body, f"method={m}"
+    if choice == 1 and body:
+        p = bytearray(body)
+        for _ in range(rng.randint(1, 4)):
+            p[rng.randrange(len(p))] ^= 1 << rng.randrange(8)
+        return method, bytes(p), "body bits (checks fixed)"
+    if choice == 2:
+        b, what = _mutate_varints(rng, body, 6)
+        return method, b, what
+    if choice == 3 and method == F.L_HYBRID:
+        r = C.Reader(body, "x")
+        n = r.varint()
+        for _ in range(n - 1):
+            r.varint()
+        p = bytearray(body)
+        p[r.pos] = rng.choice([0, 1, 2, 255])
+        return method, bytes(p), f"binary method={p[r.pos]}"
+    return method, body[:rng.randrange(len(body) + 1)], "body cut (checks fixed)"
+
+
+def m_crafted4(rng, seeds, seed):
+    """Version 4: change one field and recompute every check that covers it."""
+    blob = seed.blob
+    layout = blob[3] >> 4
+    if layout != F.L_FRAMED:
+        desc, segm = F.read_single(io.BytesIO(blob[4:]), layout, F.SINGLE_LIMIT)
+        choice = rng.randrange(5)
+        method, body, check, orig = layout, segm.body, segm.check, segm.orig_len
+        what = ""
+        if choice == 0 and desc is not None:
+            what = _crafted_desc(rng, desc)
+        elif choice == 1:
+            orig = _rand_len(rng) % (1 << 40)
+            what = f"orig_len={orig}"
+        elif choice == 2:
+            check = rng.getrandbits(32)
+            what = "content check"
+        else:
+            method, body, what = _crafted_body(rng, method, body)
+        if method in (F.L_NEURAL, F.L_HYBRID) and desc is None:
+            desc = F.Descriptor(1, F.E_LLAMA, 0, {})
+        b = bytearray(b"NAC" + bytes([(method & 15) << 4 | 4]))
+        if method in (F.L_NEURAL, F.L_HYBRID):
+            b += desc.pack()
+        C.put_varint(b, orig)
+        b += body + struct.pack("<I", check)
+        b += struct.pack("<I", C.hash32(bytes(b)))
+        return bytes(b), f"crafted(single: {what})"
+    secs = [s for s in seed.sections[1:]]
+    s = rng.choice(secs)
+    index = sum(1 for x in seed.sections[1:] if x.kind == "segment" and x.start < s.start)
+    if s.kind == "segment":
+        f = io.BytesIO(blob[s.start:s.end])
+        seg = F.read_frame(f, 0, index)
+        method, body, what = _crafted_body(rng, seg.method, seg.body)
+        orig = seg.orig_len if rng.random() < 0.7 else _rand_len(rng) % (1 << 40)
+        b = bytearray([(method + 1) & 255])
+        C.put_varint(b, orig)
+        C.put_varint(b, len(body))
+        b += body + struct.pack("<I", seg.check)
+        frame = bytes(b) + struct.pack("<I", __import__("xxhash").xxh32_intdigest(bytes(b),
+                                                                                 seed=index))
+    elif s.kind == "model":
+        d = F.read_frame(io.BytesIO(blob[s.start:s.end]), 0, 0)
+        what = _crafted_desc(rng, d)
+        frame = F.pack_model_frame(d)
+    else:
+        n = sum(1 for x in seed.sections if x.kind == "segment")
+        total = _rand_len(rng) % (1 << 50) if rng.random() < 0.5 else 0
+        what = f"total_len={total}"
+        frame = F.pack_end_frame(total, rng.getrandbits(64), n)
+    return blob[:s.start] + frame + blob[s.end:], f"crafted({s.kind}@{s.start}: {what})"
+
+
+def _crafted_desc(rng, d) -> str:
+    choice = rng.randrange(5)
+    if choice == 0:
+        d.model_id = rng.choice([0, 1, 2, 3, 1000])
+        if d.model_id == 0:
+            d.sha256, d.n_vocab, d.name = bytes(32), rng.choice([0, 1, 2, 1 << 23, 1 << 24]), "x"
+        return f"model_id={d.model_id}"
+    if choice == 1:
+        d.engine = rng.choice([1, 2])
+        d.engine_check = rng.choice([0, 1, 0xFFFF])
+        return f"engine={d.engine}/{d.engine_check}"
+    key = rng.choice(list(C.PARAM_KEYS.values()))
+    if choice == 2:
+        d.params.pop(key, None)
+        return f"no {key}"
+    d.params[key] = rng.choice([0, 1, 2, 3, 7, 255, 256, 513, 1 << 16, (1 << 31), (1 << 32) - 1,
+                                1 << 32])
+    return f"{key}={d.params[key]}"
+
+
 def m_crafted(rng, seeds, seed):
     """Change one field of one frame and recompute every checksum that covers it."""
+    if seed.blob[:4] != b"NACR":
+        return m_crafted4(rng, seeds, seed)
     frames = _frames(seed)
     i = rng.randrange(len(frames) + 1)
     if i == len(frames):                           # file header: version / flags, checksum fixed
@@ -566,7 +733,7 @@ def decode_case(blob: bytes, allowed: set, streaming: bool, guard: bool, time_li
                                      "original of any seed involved")
     if result.kind == "model" and not streaming:
         try:                          # the model may only be needed for an intact structure
-            C.scan_bytes(blob)
+            api.scan(io.BytesIO(blob))
         except NacritError as e:
             result = Outcome("fail", f"model requested for a damaged archive ({e})")
     return result

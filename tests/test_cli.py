@@ -289,12 +289,13 @@ def test_damaged_archive_from_pipe(tmp_path, archive, kind):
 def test_info_prints_methods_and_sizes(tmp_path, archive):
     data, blob = archive
     put(tmp_path, "a.txt.nc", blob)
-    from nacrith import container
-    payload = container.scan_bytes(blob)[2][0].payload_len
+    from nacrith import api
+    payload = api.scan(io.BytesIO(blob)).segments[0]["compressed"]
+    assert payload == len(blob) - 4 - 3 - 8     # header, varint(20000), trailer
     r = run("info", "a.txt.nc", cwd=tmp_path)
     assert (r.returncode, r.stderr) == (0, b"")
     out = r.stdout.decode()
-    assert out.startswith("a.txt.nc:\n  format       nacrith v1\n")
+    assert out.startswith("a.txt.nc:\n  format       nacrith v4\n  layout       zstd\n")
     assert "  model        none (no neural segments)\n" in out
     assert "  segments     1\n" in out
     assert re.search(rf"^ +0  zstd +20000 +{payload}  {payload * 8 / 20000:.3f}$", out, re.M), out
@@ -606,7 +607,7 @@ def test_neural_roundtrip_small_text(tmp_path):
     assert listing(tmp_path) == {"alice.txt", "alice.txt.nc", "back.txt"}
 
 
-def test_no_mixer_writes_llm_only_v1_archive(tmp_path):
+def test_no_mixer_writes_llm_only_archive(tmp_path):
     why = _neural_available()
     if why:
         pytest.skip(why)
@@ -615,10 +616,9 @@ def test_no_mixer_writes_llm_only_v1_archive(tmp_path):
     r = run("--no-mixer", "--threads", "1", "x.txt", cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr
     blob = (tmp_path / "x.txt.nc").read_bytes()
-    from nacrith import container as C
-    _, model, segs, _ = C.scan_bytes(blob)
-    assert blob[4] == 1 and [s.method for s in segs] == [C.NEURAL]
-    assert "mix_preset" not in model.params
+    from nacrith import frames as F
+    layout, desc, _, _ = F.scan_bytes(blob)
+    assert layout == F.L_NEURAL and desc.params == {"mix_preset": 0}
     r = run("-dc", "x.txt.nc", cwd=tmp_path, timeout=600)
     assert (r.returncode, r.stdout) == (0, data)
 

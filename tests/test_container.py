@@ -1,74 +1,173 @@
-"""Container format: exact fields, size bound, and clear errors for every kind of damage."""
+"""Container format v4 (and the v1-3 reader): exact fields, size bound, clear errors for damage."""
 import io
 import os
 import struct
 
+from pathlib import Path
+
 import pytest
 import xxhash
+import zstandard
 
 import nacrith
+from nacrith import api
 from nacrith import container as C
+from nacrith import frames as F
 from nacrith.api import HEADER_BOUND
 
 DATA = b"The quick brown fox jumps over the lazy dog.\n" * 40
+
+
+GOLDEN = Path(__file__).resolve().parents[1] / "formats" / "golden"
 
 
 def fallback(data):
     return nacrith.compress(data, neural=False)
 
 
+def trailer(head_and_body: bytes, original: bytes) -> bytes:
+    b = head_and_body + struct.pack("<I", F.content_check(original))
+    return b + struct.pack("<I", xxhash.xxh32_intdigest(b))
+
+
 def test_empty_archive_exact_bytes():
     blob = fallback(b"")
-    head = b"NACR\x01\x00"
-    end = b"\x00\x00" + struct.pack("<Q", xxhash.xxh3_64_intdigest(b""))
-    end += struct.pack("<I", xxhash.xxh32_intdigest(end))
-    assert blob == head + struct.pack("<I", xxhash.xxh32_intdigest(head)) + end
-    assert len(blob) == 24
+    assert blob == trailer(b"NAC\x04" + b"\x00", b"")
+    assert len(blob) == 13
     assert nacrith.decompress(blob) == b""
 
 
-def test_zstd_segment_fields():
-    blob = fallback(DATA)
-    hdr, model, segs, end = C.scan_bytes(blob)
-    assert (hdr.version, hdr.flags, model) == (1, 0, None)
-    assert [s.method for s in segs] == [C.ZSTD]
-    assert segs[0].orig_len == len(DATA) and segs[0].orig_hash == xxhash.xxh3_64_intdigest(DATA)
-    assert (end.total_len, end.total_hash) == (len(DATA), xxhash.xxh3_64_intdigest(DATA))
-    assert nacrith.decompress(blob) == DATA
-
-
 @pytest.mark.parametrize("n", [1, 2, 100, 4096, 65536])
-def test_incompressible_is_stored_within_bound(n):
+def test_incompressible_is_stored_with_exact_overhead(n):
     data = os.urandom(n)
     blob = fallback(data)
-    assert C.scan_bytes(blob)[2][0].method == C.STORED
+    length = bytearray()
+    C.put_varint(length, n)
+    assert blob == trailer(b"NAC\x04" + bytes(length) + data, data)
     assert len(blob) <= n + HEADER_BOUND
     assert nacrith.decompress(blob) == data
 
 
-def test_multi_segment_and_all_byte_values():
+def test_zstd_single_layout_fields():
+    blob = fallback(DATA)
+    assert blob[:4] == b"NAC\x14" and blob[4:6] == bytes([len(DATA) & 0x7F | 0x80, len(DATA) >> 7])
+    body = blob[6:-8]                 # magicless zstd frame: no magic, size or checksum
+    z = zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS)
+    assert z.decompressobj().decompress(body) == DATA
+    assert body[:4] != b"\x28\xb5\x2f\xfd"
+    assert blob == trailer(blob[:-8], DATA)
+    s = api.scan(io.BytesIO(blob))
+    assert (s.version, s.layout, s.model, s.total_len) == (4, "zstd", None, len(DATA))
+    assert s.matches(len(DATA), xxhash.xxh3_64_intdigest(DATA))
+    assert nacrith.decompress(blob) == DATA
+
+
+def test_framed_layout_and_all_byte_values():
     data = bytes(range(256)) * 50 + os.urandom(3000)
     blob = nacrith.compress(data, neural=False, segment_size=4000)
-    segs = C.scan_bytes(blob)[2]
-    assert [s.orig_len for s in segs] == [4000] * 3 + [len(data) - 12000]
+    assert blob[:4] == b"NAC\x84"
+    s = api.scan(io.BytesIO(blob))
+    assert [x["original"] for x in s.segments] == [4000] * 3 + [len(data) - 12000]
+    assert s.total_hash == xxhash.xxh3_64_intdigest(data)
+    # the first segment frame: type, varint lengths, body, content check, xxh32 seeded 0
+    assert blob[4] == F.L_ZSTD + 1
+    r = C.Reader(blob[5:], "x")
+    assert r.varint() == 4000
+    plen = r.varint()
+    head = blob[4:5 + r.pos]
+    body = blob[5 + r.pos:5 + r.pos + plen]
+    tail = blob[5 + r.pos + plen:5 + r.pos + plen + 8]
+    assert struct.unpack("<I", tail[:4])[0] == F.content_check(data[:4000])
+    assert struct.unpack("<I", tail[4:])[0] == xxhash.xxh32_intdigest(head + body + tail[:4], seed=0)
     assert nacrith.decompress(blob) == data
 
 
 def test_info_never_loads_a_model():
     d = nacrith.info(io.BytesIO(fallback(DATA)))
-    assert d["original_size"] == len(DATA)
+    assert d["original_size"] == len(DATA) and d["version"] == 4 and d["layout"] == "zstd"
     assert d["segments"][0]["method"] == "zstd"
     assert "model" not in d
 
 
+def _recheck(b: bytes) -> bytes:
+    """Recompute a single-layout archive's archive check (damage behind a valid checksum)."""
+    return b[:-4] + struct.pack("<I", xxhash.xxh32_intdigest(b[:-4]))
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda b: b[:2], "not a nacrith archive (bad magic)"),
+    (lambda b: b"XAC" + b[3:], "not a nacrith archive (bad magic)"),
+    (lambda b: b[:3] + b"\x15" + b[4:],
+     "archive format version 5 is newer than this nacrith supports (<= 4); upgrade nacrith"),
+    (lambda b: b[:3] + b"\x13" + b[4:], "corrupt file header (bad version byte)"),
+    (lambda b: _recheck(b[:3] + b"\x44" + b[4:]), "archive uses unknown layout 4; upgrade nacrith"),
+    (lambda b: b[:-1], "corrupt archive (archive checksum mismatch)"),
+    (lambda b: b[:6], "truncated archive (in version-4 archive)"),
+    (lambda b: b + b"x", "corrupt archive (archive checksum mismatch)"),
+    (lambda b: b[:20] + bytes([b[20] ^ 0x10]) + b[21:], "corrupt archive (archive checksum mismatch)"),
+    (lambda b: _recheck(b[:-8] + bytes([b[-8] ^ 1]) + b[-7:]),
+     "segment 0 (at byte offset 0) does not match its checksum"),
+    (lambda b: _recheck(b[:4] + b"\xe4\x00" + b[6:]),
+     "corrupt zstd data in segment 0 (longer than its original)"),
+    (lambda b: _recheck(b[:3] + b"\x04" + b[4:]), "corrupt archive (stored length mismatch)"),
+])
+def test_damage_is_a_clear_error(mutate, message):
+    blob = fallback(DATA)
+    with pytest.raises(nacrith.NacritError) as e:
+        nacrith.decompress(bytes(mutate(blob)))
+    assert str(e.value) == message
+
+
+def _frames(blob: bytes):
+    """Split a framed archive into its frames (test helper)."""
+    out, pos = [], 4
+    while True:
+        kind = blob[pos]
+        r = C.Reader(blob[pos + 1:], "x")
+        if kind == 0:
+            r.varint()
+            out.append(blob[pos:pos + 1 + r.pos + 12])
+            return out
+        r.varint()
+        n = r.varint()
+        end = pos + 1 + r.pos + n + 8
+        out.append(blob[pos:end])
+        pos = end
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda f: [f[1], f[0]] + f[2:], "corrupt archive (segment 0 checksum mismatch)"),
+    (lambda f: [f[0]] + f[2:], "corrupt archive (segment 1 checksum mismatch)"),
+    (lambda f: [f[0], f[0]] + f[1:], "corrupt archive (segment 1 checksum mismatch)"),
+    (lambda f: f[:-2] + f[-1:], "corrupt frame 3 (end frame checksum mismatch)"),
+    (lambda f: f[:-1], "truncated archive (end frame missing)"),
+    (lambda f: f + [b"\x00"], "corrupt archive (data after end frame)"),
+])
+def test_framed_damage_is_a_clear_error(edit, message):
+    data = bytes(range(256)) * 50 + os.urandom(3000)
+    frames = _frames(nacrith.compress(data, neural=False, segment_size=4000))
+    assert len(frames) == 5
+    with pytest.raises(nacrith.NacritError) as e:
+        nacrith.decompress(b"NAC\x84" + b"".join(edit(frames)))
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("framed", [False, True])
+def test_every_truncation_fails_cleanly(framed):
+    blob = nacrith.compress(DATA, neural=False, segment_size=700 if framed else 1 << 22)
+    assert blob[3] == (0x84 if framed else 0x14)
+    for n in range(len(blob)):
+        with pytest.raises(nacrith.NacritError):
+            nacrith.decompress(blob[:n])
+
+
+# ---- version 1-3 archives ("NACR") keep their reader and its messages
 def _fix_header(blob: bytearray) -> bytearray:
     blob[6:10] = struct.pack("<I", xxhash.xxh32_intdigest(bytes(blob[:6])))
     return blob
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda b: b[:3], "not a nacrith archive (bad magic)"),
-    (lambda b: b"XACR" + b[4:], "not a nacrith archive (bad magic)"),
     (lambda b: b[:8], "truncated archive (in file header)"),
     (lambda b: _fix_header(bytearray(b[:4]) + b"\x09" + b[5:]),
      "archive format version 9 is newer than this nacrith supports (<= 3); upgrade nacrith"),
@@ -81,16 +180,16 @@ def _fix_header(blob: bytearray) -> bytearray:
     (lambda b: b[:40] + bytes([b[40] ^ 0x10]) + b[41:],
      "corrupt archive (segment 0 payload checksum mismatch)"),
 ])
-def test_damage_is_a_clear_error(mutate, message):
-    blob = fallback(DATA)
+def test_legacy_damage_is_a_clear_error(mutate, message):
+    blob = (GOLDEN / "v1-zstd.nc").read_bytes()
     with pytest.raises(nacrith.NacritError) as e:
         nacrith.decompress(bytes(mutate(blob)))
     assert str(e.value) == message
 
 
-def test_every_truncation_fails_cleanly():
-    blob = fallback(DATA)
-    for n in range(len(blob)):
+def test_legacy_truncations_fail_cleanly():
+    blob = (GOLDEN / "v1-multisegment.nc").read_bytes()
+    for n in range(0, len(blob), 7):
         with pytest.raises(nacrith.NacritError):
             nacrith.decompress(blob[:n])
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import nacrith
-from nacrith import container as C
+from nacrith import api
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -164,7 +164,7 @@ def test_fuzz_cases_through_cli(tmp_path, cli_cases, mode):
             blob, allowed, out, what = cli_cases[int(name[1:5])]
             if mode == "-l":
                 try:
-                    C.scan_bytes(blob)
+                    api.scan(io.BytesIO(blob))
                 except nacrith.NacritError as e:
                     expected_bad.add(name)
                     assert errors.get(name) == " ".join(str(e).split()), (what, errors.get(name))

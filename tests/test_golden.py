@@ -3,11 +3,13 @@
 These files are never regenerated for an existing format version: a decoder change that breaks
 them breaks users' archives."""
 import hashlib
+import io
 from pathlib import Path
 
 import pytest
 
 import nacrith
+from nacrith import api
 from nacrith import container as C
 
 GOLDEN = Path(__file__).resolve().parents[1] / "formats" / "golden"
@@ -24,6 +26,10 @@ def test_every_feature_is_covered():
         assert f"v2-{feature}.nc" in names
     for feature in ["skip", "skip-2lanes"]:
         assert f"v3-{feature}.nc" in names
+    for feature in ["empty", "stored", "zstd", "framed", "neural", "neural-llm", "neural-escapes",
+                    "neural-3lanes", "neural-slide", "neural-custom", "skip-2lanes",
+                    "framed-neural", "hybrid"]:
+        assert f"v4-{feature}.nc" in names
 
 
 def test_mixer_presets_of_the_golden_archives():
@@ -39,8 +45,8 @@ def test_mixer_presets_of_the_golden_archives():
 @pytest.mark.parametrize("sha, size, name, methods", ENTRIES, ids=[e[2] for e in ENTRIES])
 def test_golden_decodes(sha, size, name, methods):
     blob = (GOLDEN / name).read_bytes()
-    segs = C.scan_bytes(blob)[2]
-    assert (",".join(C.METHOD_NAMES[s.method] for s in segs) or "-") == methods
+    segs = api.scan(io.BytesIO(blob)).segments
+    assert (",".join(s["method"] for s in segs) or "-") == methods
     data = nacrith.decompress(blob)
     assert len(data) == int(size)
     assert hashlib.sha256(data).hexdigest() == sha

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import nacrith
-from nacrith import container as C
+from nacrith import container as C, frames as F
 from nacrith.coder import Decoder, Encoder
 from nacrith.errors import NacritError
 from nacrith import mixer
@@ -216,24 +216,25 @@ def archives(tmp_path_factory):
     return out
 
 
+def _desc(blob):
+    return F.scan_bytes(blob)[1]
+
+
 def test_archive_fields(archives):
-    hdr, model, segs, _ = C.scan_bytes(archives["llm_only"][1])
-    assert hdr.version == 1 and "ngram" not in model.params
-    hdr, model, segs, _ = C.scan_bytes(archives["full_default"][1])
-    assert hdr.version == 2 and segs[0].method == C.NEURAL
-    assert MixParams.from_params(model.params) == DEFAULTS
-    assert model.params["mix_preset"] == 3 and "ngram" not in model.params
-    model = C.scan_bytes(archives["preset1"][1])[1]
-    assert model.params["mix_preset"] == 1 and len([k for k in model.params if k in
-                                                    MixParams.KEYS]) == 0
-    assert MixParams.from_params(model.params) == PRESETS[1]
+    # version 4: the LLM alone is mix_preset 0; the default ensemble (preset 3) writes nothing
+    assert _desc(archives["llm_only"][1]).params == {"mix_preset": 0}
+    assert _desc(archives["full_default"][1]).params == {}
+    assert MixParams.from_params(_desc(archives["full_default"][1]).full_params()) == DEFAULTS
+    p = _desc(archives["preset1"][1]).params
+    assert p == {"mix_preset": 1}
+    assert MixParams.from_params(_desc(archives["preset1"][1]).full_params()) == PRESETS[1]
     # preset 2 codes differently from preset 1 (same text)
     assert archives["preset1"][1] != archives["full_default"][1]
-    model = C.scan_bytes(archives["nondefault"][1])[1]
-    assert MixParams.from_params(model.params) == replace(DEFAULTS, **ARCHIVES["nondefault"])
-    model = C.scan_bytes(archives["match"][1])[1]
-    assert model.params["ngram"] == 0 and "match" not in model.params
-    assert MixParams.from_params(model.params) == replace(DEFAULTS, **ARCHIVES["match"])
+    d = _desc(archives["nondefault"][1])
+    assert MixParams.from_params(d.full_params()) == replace(DEFAULTS, **ARCHIVES["nondefault"])
+    d = _desc(archives["match"][1])
+    assert d.params["ngram"] == 0 and "match" not in d.params
+    assert MixParams.from_params(d.full_params()) == replace(DEFAULTS, **ARCHIVES["match"])
 
 
 def test_decode_all_in_fresh_process(archives):
@@ -250,8 +251,8 @@ def test_decode_all_in_fresh_process(archives):
 def test_ensemble_not_worse_than_llm(archives):
     # on 800 bytes the online models have little to learn; they must not cost anything either
     # (the larger-text gains are measured by scripts/ablation.py)
-    full = sum(s.payload_len for s in C.scan_bytes(archives["full_default"][1])[2])
-    llm = sum(s.payload_len for s in C.scan_bytes(archives["llm_only"][1])[2])
+    full = sum(s.payload_len for s in F.scan_bytes(archives["full_default"][1])[2])
+    llm = sum(s.payload_len for s in F.scan_bytes(archives["llm_only"][1])[2])
     assert full <= llm * 1.01 + 2
     assert len(archives["full_default"][1]) <= len(archives["llm_only"][1]) * 1.01 + 6
 

@@ -289,6 +289,48 @@ def test_lane_token_count_is_bounded_by_its_stream(no_model):
     _refused_before_engine(blob, no_model)
 
 
+def _v4_golden_with(name: str, **params) -> bytes:
+    """A version-4 golden single-layout archive whose descriptor gets these parameters (None:
+    removed), every check recomputed."""
+    from nacrith import frames as F
+    blob = (GOLDEN / name).read_bytes()
+    desc, seg = F.read_single(io.BytesIO(blob[4:]), blob[3] >> 4, F.SINGLE_LIMIT)
+    for k, v in params.items():
+        if v is None:
+            desc.params.pop(k, None)
+        else:
+            desc.params[k] = v
+    return F.pack_single(seg, desc)
+
+
+def test_v4_intact_descriptor_reaches_the_engine(no_model):
+    with pytest.raises(_Built):
+        nacrith.decompress((GOLDEN / "v4-neural.nc").read_bytes())
+    assert no_model[0].ctx == 2048 and no_model[0].lanes == 1 and no_model[0].slide == 512
+
+
+@pytest.mark.parametrize("params", [{"ctx": 1 << 30}, {"ctx": 1000}, {"lanes": 256},
+                                    {"ctx": 1 << 16, "lanes": 64}, {"slide": 1 << 31},
+                                    {"n_keep": 1 << 31}, {"mix_preset": 99}, {"ngram": 100},
+                                    {"skip": 1 << 20}, {"ctx": 256}],
+                         ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()))
+def test_v4_hostile_parameters_refused_before_engine(no_model, params):
+    """ctx 256 alone leaves slide = 64 but a 2048-sized default n_keep is fine: refused only
+    where a bound is broken; every such descriptor is refused before an engine is built."""
+    if params == {"ctx": 256}:                        # control: a valid small window
+        with pytest.raises(_Built):
+            nacrith.decompress(_v4_golden_with("v4-neural.nc", **params))
+        assert no_model[0].slide == 64
+        return
+    _refused_before_engine(_v4_golden_with("v4-neural.nc", **params), no_model)
+
+
+@pytest.mark.parametrize("key", ["threads", "cdf_bits"])
+def test_v4_descriptor_refuses_version3_only_keys(no_model, key):
+    msg = _refused_before_engine(_v4_golden_with("v4-neural.nc", **{key: 1}), no_model)
+    assert msg == f"corrupt archive header (parameter {key} not allowed or repeated)"
+
+
 # ---------------------------------------------------------------- determinism guards
 @needs_model
 def test_threads_2_encode_then_threads_1_decode_in_a_fresh_process(tmp_path):

@@ -3,10 +3,11 @@ import hashlib
 import math
 
 import numpy as np
+import zstandard
 import pytest
 
 import nacrith
-from nacrith import api, container as C, models
+from nacrith import api, frames as F, models
 from nacrith.neural import lockstep
 
 from helpers import corpus, fresh_python
@@ -31,7 +32,21 @@ CASES = {
     "fields_4k": lambda: corpus("fields.c", 4096),
     "xargs_4k": lambda: corpus("xargs.1", 4096),
     "kennedy_xls": lambda: corpus("kennedy.xls"),
+    "tar": lambda: tar_of({"a.txt": corpus("alice29.txt", 1500), "f.c": corpus("fields.c", 1200),
+                           "x.1": corpus("xargs.1", 900)}),
 }
+
+
+def tar_of(files: dict) -> bytes:
+    import io
+    import tarfile
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1700000000
+            t.addfile(info, io.BytesIO(data))
+    return out.getvalue()
 TEXTUAL = ["invalid_utf8", "crlf", "special_tokens", "control_bytes", "alice_4k", "fields_4k",
            "xargs_4k"]
 
@@ -49,16 +64,24 @@ def archives(tmp_path_factory):
 
 
 def test_text_goes_neural_binary_falls_back(archives):
+    fp = F.fingerprint_hash(api.get_engine(models.resolve(None), api.normalized()).fingerprint)
     for name in TEXTUAL:
         data, blob, _ = archives[name]
-        _, model, segs, _ = C.scan_bytes(blob)
-        assert [s.method for s in segs] == [C.NEURAL], name
-        assert model.params == {"ctx": 2048, "slide": 512, "n_keep": 1, "threads": api.default_threads(),
-                                "lanes": 1, "bos": 1, "cdf_bits": 24,
-                                "mix_preset": 3}
-        assert model.sha256 == models.sha256(models.resolve(None))
-    assert C.scan_bytes(archives["kennedy_xls"][1])[2][0].method == C.ZSTD
-    assert C.scan_bytes(archives["empty"][1])[2] == []
+        layout, desc, segs, _ = F.scan_bytes(blob)
+        assert layout == F.L_NEURAL and len(segs) == 1, name
+        # the default model is registered preset 1: no SHA-256, no parameters in the archive
+        assert desc == F.Descriptor(1, F.E_LLAMA, fp, {}), name
+        assert models.registered(1)[1] == models.sha256(models.resolve(None))
+    assert F.scan_bytes(archives["kennedy_xls"][1])[0] == F.L_ZSTD
+    # a tar stream: the members' contents are coded neurally, headers and padding with zstd
+    data, blob, _ = archives["tar"]
+    layout, _, segs, _ = F.scan_bytes(blob)
+    assert layout == F.L_HYBRID
+    h = F.unpack_hybrid(segs[0].body, len(data), "x")
+    assert h.text_len == 1500 + 1200 + 900 and h.bin_method == F.L_ZSTD
+    assert h.runs[:2] == [0, 512] and h.runs[2] == 1500
+    assert len(blob) < 0.5 * len(zstandard.ZstdCompressor(level=19).compress(data))
+    assert F.scan_bytes(archives["empty"][1])[2][0].orig_len == 0
 
 
 def test_no_archive_exceeds_the_bound(archives):
@@ -91,9 +114,9 @@ def test_sliding_window_nondefault_settings_fresh_process(tmp_path):
     # ctx 256 / slide 64 forces many KV slides (with BOS kept) on ~1000 tokens
     data = corpus("fields.c", 3000)
     blob = nacrith.compress(data, ctx=256, slide=64, n_keep=4, threads=1)
-    model = C.scan_bytes(blob)[1]
-    assert (model.params["ctx"], model.params["slide"], model.params["n_keep"],
-            model.params["threads"]) == (256, 64, 4, 1)
+    assert F.scan_bytes(blob)[1].params == {"ctx": 256, "n_keep": 4}     # slide = ctx / 4
+    blob = nacrith.compress(data, ctx=256, slide=32, n_keep=4, threads=1)
+    assert F.scan_bytes(blob)[1].params == {"ctx": 256, "slide": 32, "n_keep": 4}
     p = tmp_path / "f.nc"
     p.write_bytes(blob)
     r = fresh_python("import sys, nacrith; sys.stdout.buffer.write("
@@ -118,9 +141,10 @@ def test_coded_size_matches_model_cross_entropy():
         bits += (m + math.log(np.exp(x - m).sum()) - x[toks[t]]) / math.log(2)
         return int(toks[t])
 
-    lockstep(engine.backend, [len(toks)], code)
-    _, _, segs, _ = C.scan_bytes(nacrith.compress(data, opts))
-    stream_bits = 8 * segs[0].lanes[0].stream_bytes
+    lockstep(engine.backend, 1, lambda lane, t: t < len(toks), code)
+    seg = F.scan_bytes(nacrith.compress(data, opts, mixer=False))[2][0]
+    assert seg.body[0] == 0                         # no escapes: the rest is the coded stream
+    stream_bits = 8 * (len(seg.body) - 1)
     assert stream_bits <= bits * 1.01 + 16, (stream_bits, bits)
 
 
@@ -128,7 +152,7 @@ def test_wrong_model_is_refused(tmp_path, archives):
     blob = archives["crlf"][1]
     fake = tmp_path / "other.gguf"
     fake.write_bytes(b"GGUF not really")
-    with pytest.raises(nacrith.NacritError, match="archive was made with model SmolLM2-135M-Instruct"):
+    with pytest.raises(nacrith.NacritError, match="archive was made with model smollm2 "):
         nacrith.decompress(blob, model=str(fake))
 
 
@@ -141,11 +165,11 @@ def test_every_lane_count_decodes_in_fresh_process(tmp_path):
     for k in range(1, 17):
         data = text[:400 + 30 * k]
         blob = nacrith.compress(data, threads=1, lanes=k, ctx=256, slide=64)
-        segs = C.scan_bytes(blob)[2]
-        assert [s.method for s in segs] == [C.NEURAL], k
-        lanes = segs[0].lanes
-        assert len(lanes) == k and all(ln.n_tokens > 0 for ln in lanes)
-        assert sum(ln.orig_bytes for ln in lanes) == len(data)
+        layout, desc, segs, _ = F.scan_bytes(blob)
+        assert layout == F.L_NEURAL, k
+        lanes = F.unpack_neural(segs[0].body, len(data), k, "x").lanes
+        assert len(lanes) == k and all(len(pay) > 1 for _, pay in lanes)
+        assert sum(orig for orig, _ in lanes) == len(data)
         datas.append(data)
         paths.append(tmp_path / f"k{k}.nc")
         paths[-1].write_bytes(blob)
@@ -156,3 +180,35 @@ def test_every_lane_count_decodes_in_fresh_process(tmp_path):
     r = fresh_python(code, *map(str, paths))
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode().split() == [hashlib.sha256(d).hexdigest() for d in datas]
+
+
+LICENSE_300 = (b"Permission is hereby granted, free of charge, to any person obtaining a copy of this "
+               b"software and associated documentation files (the \"Software\"), to deal in the "
+               b"Software without restriction, including without limitation the rights to use, copy, "
+               b"modify, merge, publish, distribute, sublicense, and/or sell copies.\n")[:300]
+
+
+def test_compact_frame_field_by_field():
+    """A default archive of a 300-byte text: 4-byte header, 3-byte descriptor (model id 1,
+    llama.cpp engine, 16-bit build hash, no parameters), varint length, escape count, the coded
+    stream, content check, archive check: 18 bytes around the stream (<= 20 for any size below
+    2^28), and at most half of zstd -19's size (the CLI's frame: magic, size, checksum)."""
+    import struct
+    import xxhash
+    import zstandard
+    data = LICENSE_300
+    assert len(data) == 300
+    blob = nacrith.compress(data)
+    engine = api.get_engine(models.resolve(None), api.normalized())
+    assert blob[:4] == b"NAC\x24"                      # layout 2 (neural), version 4
+    assert blob[4] == 1 << 3 | F.E_LLAMA << 1           # model 1, engine 1, no parameters
+    assert blob[5:7] == struct.pack("<H", F.fingerprint_hash(engine.fingerprint))
+    assert blob[7:9] == bytes([300 & 0x7F | 0x80, 300 >> 7])
+    assert blob[9] == 0                                 # no escapes
+    stream = blob[10:-8]
+    assert blob[-8:-4] == struct.pack("<I", xxhash.xxh3_64_intdigest(data) & 0xFFFFFFFF)
+    assert blob[-4:] == struct.pack("<I", xxhash.xxh32_intdigest(blob[:-4]))
+    assert len(blob) - len(stream) == 18
+    z = zstandard.ZstdCompressor(level=19, write_checksum=True).compress(data)
+    assert len(blob) <= len(z) / 2, (len(blob), len(z))
+    assert nacrith.decompress(blob) == data
