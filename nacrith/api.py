@@ -105,7 +105,7 @@ class Engine:
     def descriptor(self, mix) -> F.Descriptor:
         """The version-4 model descriptor: registered model id (or the custom GGUF's SHA-256),
         engine and the parameters that differ from frames.DEFAULTS."""
-        implied = F.Descriptor(0, 0, 0, {"ctx": self.params["ctx"]}).full_params()
+        implied = {**F.DEFAULTS, "slide": self.params["ctx"] // 4}     # slide follows ctx
         params = {k: self.params[k] for k in ("ctx", "slide", "n_keep", "lanes")
                   if self.params[k] != implied[k]}
         mp = mix.params() or {"mix_preset": 0}  # LLM only: preset 0, every component off
