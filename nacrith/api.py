@@ -12,7 +12,6 @@ Invariants:
 """
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -152,7 +151,8 @@ def _options(opts: Options | None, kw) -> Options:
     if o.neural and o.segment_size > C.MAX_NEURAL_SEGMENT:
         raise BadOption(f"segment_size must be <= {C.MAX_NEURAL_SEGMENT} for neural coding")
     try:
-        o.mix_params().validate()
+        if o.neural and o.mixer:        # else no ensemble (and no numba import to check it)
+            o.mix_params().validate()
     except (NacritError, TypeError) as e:
         raise BadOption(str(e)) from None
     return o
