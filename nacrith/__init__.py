@@ -10,9 +10,11 @@ from .api import Options
 from .errors import BadOption, CorruptArchive, ModelMismatch, ModelUnavailable, NacritError
 from .library import (CompressResult, DecompressResult, compress, compress_file,
                       compress_stream, decompress, decompress_file, decompress_stream, info)
+from .streams import Compressor, Decompressor, NacritFile, open
 
 __version__ = "0.1.0"
 __all__ = ["Options", "compress", "compress_file", "compress_stream", "decompress",
-           "decompress_file", "decompress_stream", "info", "CompressResult",
+           "decompress_file", "decompress_stream", "info", "open", "Compressor",
+           "Decompressor", "NacritFile", "CompressResult",
            "DecompressResult", "NacritError", "CorruptArchive", "ModelUnavailable",
            "ModelMismatch", "BadOption", "__version__"]

@@ -127,16 +127,17 @@ def normalized(opts: Options | None = None, **kw) -> Options:
 
 def _options(opts: Options | None, kw) -> Options:
     o = _replace(opts, kw)
+    for name in ("ctx", "slide", "n_keep", "threads", "lanes", "segment_size", "zstd_level",
+                 "n_gpu_layers", "main_gpu"):
+        v = getattr(o, name)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+            raise BadOption(f"{name} must be an integer (got {v!r})")
     if o.threads is None:
         o.threads = default_threads()
     if o.slide is None:
         o.slide = max(1, o.ctx // 4)
     if o.skip and o.skip_cap is None:
         o.skip_cap = DEFAULT_SKIP_CAP
-    for name in ("ctx", "slide", "n_keep", "threads", "lanes", "segment_size", "zstd_level",
-                 "n_gpu_layers", "main_gpu"):
-        if not isinstance(getattr(o, name), int) or isinstance(getattr(o, name), bool):
-            raise BadOption(f"{name} must be an integer (got {getattr(o, name)!r})")
     if o.ctx % 256:
         raise BadOption("ctx must be a multiple of 256")
     for name in ("ctx", "slide", "n_keep", "threads", "lanes", "segment_size"):

@@ -17,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import builtins
+import errno
 import io
 import os
 from typing import TYPE_CHECKING, Optional
@@ -210,6 +211,8 @@ class NacritFile(io.BufferedIOBase):
             if self._reading:
                 self._fp = builtins.open(path, "rb")
             else:
+                if m == "x" and os.path.lexists(path):
+                    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
                 self._atomic = fileio.open_output(path, fileio.output_kind(path), m == "w")
                 self._fp = self._atomic
             self._owns = True
