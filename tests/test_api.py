@@ -9,7 +9,7 @@ import threading
 import pytest
 
 import nacrith
-from nacrith import api, engine
+from nacrith import engine
 
 from helpers import REPO, corpus
 

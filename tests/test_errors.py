@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from test_cli import _drop_dac_override, listing, put, run
+from test_cli import _drop_dac_override, put, run
 
 MODEL_MISSING = "model not found: no-such.gguf (presets: smollm2, gemma3)"
 
