@@ -12,18 +12,19 @@ Invariants:
 """
 from __future__ import annotations
 
-import io
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import xxhash
 import zstandard
 
 from . import container as C
+from . import engine as engines
 from . import frames as F
 from . import models
-from .errors import NacritError
+from .errors import BadOption, ModelMismatch, NacritError
+from .fileio import write_all
 
 DEFAULT_SKIP_CAP = 32      # with the confidence skip on: catch-up batches of <= 33 tokens per lane
 HEADER_BOUND = 64          # archive size <= input size + HEADER_BOUND for inputs <= 4 MiB (tested)
@@ -116,18 +117,14 @@ class Engine:
                             *(() if mid else (self.sha256, self.backend.n_vocab, self.path.name)))
 
 
-_engines: dict = {}
-
-
 def get_engine(path: Path, opts: Options, mix=None) -> Engine:
-    """The loaded model for these settings; `mix` (MixParams) sizes the batch for catch-ups."""
+    """The loaded model for these settings, leased to the calling thread (nacrith.engine): no
+    other thread uses it until this thread's engine scope ends, so threads never share a
+    llama.cpp context. `mix` (MixParams) sizes the batch for catch-ups."""
     group = mix.skip_cap + 1 if mix is not None and mix.skip else 1
     key = (str(path), opts.ctx, opts.slide, opts.n_keep, opts.threads, opts.lanes,
            opts.n_gpu_layers, opts.main_gpu, group)
-    if key not in _engines:
-        _engines.clear()            # one model in memory at a time
-        _engines[key] = Engine(path, opts, group)
-    return _engines[key]
+    return engines.POOL.get(key, lambda: Engine(path, opts, group))
 
 
 def normalized(opts: Options | None = None, **kw) -> Options:
@@ -136,7 +133,12 @@ def normalized(opts: Options | None = None, **kw) -> Options:
 
 
 def _options(opts: Options | None, kw) -> Options:
-    o = replace(opts or Options(), **kw)
+    o = _replace(opts, kw)
+    for name in ("ctx", "slide", "n_keep", "threads", "lanes", "segment_size", "zstd_level",
+                 "n_gpu_layers", "main_gpu"):
+        v = getattr(o, name)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+            raise BadOption(f"{name} must be an integer (got {v!r})")
     if o.threads is None:
         o.threads = default_threads()
     if o.slide is None:
@@ -144,19 +146,45 @@ def _options(opts: Options | None, kw) -> Options:
     if o.skip and o.skip_cap is None:
         o.skip_cap = DEFAULT_SKIP_CAP
     if o.ctx % 256:
-        raise NacritError("ctx must be a multiple of 256")
+        raise BadOption("ctx must be a multiple of 256")
     for name in ("ctx", "slide", "n_keep", "threads", "lanes", "segment_size"):
         if int(getattr(o, name)) < 1:
-            raise NacritError(f"{name} must be >= 1")
+            raise BadOption(f"{name} must be >= 1")
     if o.lanes > C.MAX_LANES:
-        raise NacritError(f"lanes must be <= {C.MAX_LANES}")
+        raise BadOption(f"lanes must be <= {C.MAX_LANES}")
     if o.ctx > C.MAX_CTX or o.lanes * o.ctx > C.MAX_KV_TOKENS:
-        raise NacritError(f"lanes x ctx must be <= {C.MAX_KV_TOKENS} tokens (ctx <= {C.MAX_CTX})")
+        raise BadOption(f"lanes x ctx must be <= {C.MAX_KV_TOKENS} tokens (ctx <= {C.MAX_CTX})")
     if o.threads > C.MAX_THREADS:
-        raise NacritError(f"threads must be <= {C.MAX_THREADS}")
+        raise BadOption(f"threads must be <= {C.MAX_THREADS}")
     if o.neural and o.segment_size > C.MAX_NEURAL_SEGMENT:
-        raise NacritError(f"segment_size must be <= {C.MAX_NEURAL_SEGMENT} for neural coding")
-    o.mix_params().validate()
+        raise BadOption(f"segment_size must be <= {C.MAX_NEURAL_SEGMENT} for neural coding")
+    try:
+        if o.neural and o.mixer:        # else no ensemble (and no numba import to check it)
+            o.mix_params().validate()
+    except (NacritError, TypeError) as e:
+        raise BadOption(str(e)) from None
+    return o
+
+
+def _replace(opts: Options | None, kw) -> Options:
+    """opts (or the defaults) with the keywords kw applied; an unknown name is a BadOption."""
+    if opts is not None and not isinstance(opts, Options):
+        raise BadOption(f"expected nacrith.Options, got {type(opts).__name__}")
+    unknown = sorted(set(kw) - _OPTION_NAMES)
+    if unknown:
+        raise BadOption(f"unknown option {unknown[0]!r}")
+    return replace(opts or Options(), **kw)
+
+
+_OPTION_NAMES = frozenset(f.name for f in fields(Options))
+
+
+def decode_options(opts: Options | None = None, **kw) -> Options:
+    """Options for decoding: names checked; threads left unset means "as recorded"."""
+    o = _replace(opts, kw)
+    if o.threads is not None and (not isinstance(o.threads, int) or
+                                  not 1 <= o.threads <= C.MAX_THREADS):
+        raise BadOption(f"threads must be 1..{C.MAX_THREADS}")
     return o
 
 
@@ -225,18 +253,19 @@ def code_segment(block: bytes, o: Options, progress=None) -> Coded:
         if runs is None:
             return c
     mix = o.mix_params()
-    engine = get_engine(models.resolve(o.model), o, mix)
-    c.descriptor = engine.descriptor(mix)
-    if runs is None:
-        body = _neural_body(engine, block, o, mix, progress)
-        if body is not None:
-            c.neural = F.Segment(F.L_NEURAL, len(block), body, check)
-        return c
-    text, binary, pos = [], [], 0
-    for i, n in enumerate(runs):
-        (binary if i % 2 else text).append(block[pos:pos + n])
-        pos += n
-    neural = _neural_body(engine, b"".join(text), o, mix, progress)
+    with engines.scope():               # the engine is this thread's until the segment is coded
+        engine = get_engine(models.resolve(o.model), o, mix)
+        c.descriptor = engine.descriptor(mix)
+        if runs is None:
+            body = _neural_body(engine, block, o, mix, progress)
+            if body is not None:
+                c.neural = F.Segment(F.L_NEURAL, len(block), body, check)
+            return c
+        text, binary, pos = [], [], 0
+        for i, n in enumerate(runs):
+            (binary if i % 2 else text).append(block[pos:pos + n])
+            pos += n
+        neural = _neural_body(engine, b"".join(text), o, mix, progress)
     if neural is not None:
         bm, bb = _fallback_body(b"".join(binary), o.zstd_level)
         body = F.HybridBody(runs, bm, bb, neural).pack()
@@ -338,18 +367,8 @@ def _read_block(src, n: int) -> bytes:
 
 
 def _write(dst, b: bytes) -> int:
-    """Write all of b (a buffered writer may report a short write without raising)."""
-    mv = memoryview(b)
-    while mv:
-        n = dst.write(mv)
-        mv = mv[len(mv) if n is None else n:]
-    return len(b)
-
-
-def compress(data: bytes, opts: Options | None = None, **kw) -> bytes:
-    out = io.BytesIO()
-    compress_stream(io.BytesIO(bytes(data)), out, opts, **kw)
-    return out.getvalue()
+    """Write all of b (fileio.write_all: short writes, None and 0 returns handled)."""
+    return write_all(dst, b)
 
 
 # ---------------------------------------------------------------- decompression
@@ -367,10 +386,10 @@ def _decode_engine(m: C.ModelDescriptor, o: Options):
                     threads=o.threads or min(p.get("threads", 1), default_threads()))
     engine = get_engine(path, dopts, mix)
     if engine.backend.n_vocab != m.n_vocab or engine.backend.bos != p["bos"]:
-        raise NacritError("model vocabulary does not match the archive")
+        raise ModelMismatch("model vocabulary does not match the archive")
     if engine.fingerprint != m.backend and not o.ignore_backend:
         from .backend import describe_difference
-        raise NacritError(f"archive was made on another llama.cpp build "
+        raise ModelMismatch(f"archive was made on another llama.cpp build "
                           f"({describe_difference(m.backend, engine.fingerprint)}), so logits may "
                           "differ; decode on a matching build (native/README.md) or pass "
                           "--ignore-backend (checksums still verify the result)")
@@ -406,17 +425,17 @@ def _decode_engine4(d: F.Descriptor, o: Options):
                     threads=o.threads or default_threads())
     engine = get_engine(path, dopts, mix)
     if engine.backend.n_vocab != n_vocab or engine.backend.bos != p.get("bos", engine.backend.bos):
-        raise NacritError("model vocabulary does not match the archive")
+        raise ModelMismatch("model vocabulary does not match the archive")
     if d.engine == F.E_LLAMA:
         here = F.fingerprint_hash(engine.fingerprint)
         if here != d.engine_check and not o.ignore_backend:
-            raise NacritError(f"archive was made on another llama.cpp build (fingerprint hash "
+            raise ModelMismatch(f"archive was made on another llama.cpp build (fingerprint hash "
                               f"{d.engine_check:04x}; this build, '{engine.fingerprint}', hashes "
                               f"to {here:04x}), so logits may differ; decode on the build that "
                               "made it (native/README.md) or pass --ignore-backend (checksums "
                               "still verify the result)")
     else:
-        raise NacritError(f"archive needs the {F.ENGINE_NAMES[d.engine]} engine, version "
+        raise ModelMismatch(f"archive needs the {F.ENGINE_NAMES[d.engine]} engine, version "
                           f"{d.engine_check}; this nacrith does not have it")
     return engine, mix
 
@@ -673,12 +692,6 @@ def _seekable(f) -> bool:
         return False
 
 
-def decompress(blob: bytes, opts: Options | None = None, **kw) -> bytes:
-    out = io.BytesIO()
-    decompress_stream(io.BytesIO(bytes(blob)), out, opts, **kw)
-    return out.getvalue()
-
-
 @dataclass
 class Scan:
     """An archive's structure, validated without decoding (scan)."""
@@ -744,13 +757,3 @@ def info(src) -> dict:
     if s.model is not None:
         d["model"] = s.model
     return d
-
-
-def compress_file(src_path, dst_path, opts: Options | None = None, **kw) -> dict:
-    with open(src_path, "rb") as fi, open(dst_path, "wb") as fo:
-        return compress_stream(fi, fo, opts, **kw)
-
-
-def decompress_file(src_path, dst_path, opts: Options | None = None, **kw) -> dict:
-    with open(src_path, "rb") as fi, open(dst_path, "wb") as fo:
-        return decompress_stream(fi, fo, opts, **kw)

@@ -18,14 +18,16 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import threading
 
 import numpy as np
 
 from ._signals import blocked
-from .errors import NacritError
+from .errors import BadOption, ModelUnavailable, NacritError
 
 _initialised = False
 _log_cb = None
+_init_lock = threading.Lock()       # llama_backend_init once, even if threads race to load
 
 
 def _llama():
@@ -34,13 +36,14 @@ def _llama():
         with blocked():
             import llama_cpp as L
     except ImportError as e:  # pragma: no cover - install problem
-        raise NacritError(f"llama-cpp-python is not installed ({e})") from None
-    if not _initialised:
-        _log_cb = L.llama_log_callback(lambda level, text, user: None)  # keep a reference
-        L.llama_log_set(_log_cb, ctypes.c_void_p())
-        with blocked():
-            L.llama_backend_init()
-        _initialised = True
+        raise ModelUnavailable(f"llama-cpp-python is not installed ({e})") from None
+    with _init_lock:
+        if not _initialised:
+            _log_cb = L.llama_log_callback(lambda level, text, user: None)  # keep a reference
+            L.llama_log_set(_log_cb, ctypes.c_void_p())
+            with blocked():
+                L.llama_backend_init()
+            _initialised = True
     return L
 
 
@@ -101,7 +104,7 @@ class Backend:
                  n_gpu_layers: int = 0, main_gpu: int = 0, batch: int = 512, group: int = 1):
         L = self.L = _llama()
         if not 1 <= n_keep < ctx or not 1 <= slide <= ctx - n_keep:
-            raise NacritError(f"bad window settings (ctx={ctx}, slide={slide}, n_keep={n_keep})")
+            raise BadOption(f"bad window settings (ctx={ctx}, slide={slide}, n_keep={n_keep})")
         self.ctx, self.lanes, self.threads = ctx, lanes, threads
         self.slide, self.n_keep = slide, n_keep
         mp = L.llama_model_default_params()
@@ -110,7 +113,7 @@ class Backend:
         with blocked():     # native threads started here or in decode never take our signals
             self.model = L.llama_model_load_from_file(os.fsencode(path), mp)
         if not self.model:
-            raise NacritError(f"{path}: cannot load model (not a GGUF file?)")
+            raise ModelUnavailable(f"{path}: cannot load model (not a GGUF file?)")
         self.vocab = L.llama_model_get_vocab(self.model)
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
         bos = L.llama_vocab_bos(self.vocab)
@@ -130,7 +133,7 @@ class Backend:
         if not self.lctx:
             raise NacritError("cannot create llama.cpp context")
         if L.llama_n_ctx_seq(self.lctx) != ctx:
-            raise NacritError(f"context size {ctx} not supported (llama.cpp gives "
+            raise BadOption(f"context size {ctx} not supported (llama.cpp gives "
                               f"{L.llama_n_ctx_seq(self.lctx)} per lane); use a multiple of 256")
         self.mem = L.llama_get_memory(self.lctx)
         self.batch = L.llama_batch_init(self.n_batch, 0, 1)

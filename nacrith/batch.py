@@ -33,7 +33,7 @@ import time
 
 import xxhash
 
-from . import api, cli
+from . import api, runner
 from ._signals import blocked
 from .errors import NacritError
 
@@ -60,7 +60,7 @@ def walk(paths: list[str], mode: str, exclude: set) -> list[str]:
                     continue
                 if (st.st_dev, st.st_ino) in exclude:
                     continue
-                if f.endswith(cli.SUFFIX) == (mode == "compress"):
+                if f.endswith(runner.SUFFIX) == (mode == "compress"):
                     continue
                 out.append(full)
     return out
@@ -85,6 +85,7 @@ class Manifest:
             except (ValueError, KeyError, TypeError):
                 continue                        # a torn line (killed mid-write)
         self.lock = threading.Lock()
+        self.created = not os.path.lexists(path)
         self.f = open(path, "ab")
         if data and not data.endswith(b"\n"):
             self._write(b"\n")
@@ -106,6 +107,16 @@ class Manifest:
 
     def close(self) -> None:
         self.f.close()
+
+    def abandon(self) -> None:
+        """The run stops before any file: close, and remove the manifest if this run made it
+        and wrote nothing to it."""
+        self.close()
+        if self.created and not self.entries:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
 
 
 class _Digest:
@@ -157,7 +168,7 @@ class Batch:
         self.bytes_in = self.bytes_out = 0
         self.bar = None
         self.local = threading.local()          # bytes of the current file already shown
-        if not job.quiet and cli._isatty(sys.stderr):
+        if not job.quiet and runner.isatty(sys.stderr):
             from tqdm import tqdm
             total = 0
             for f in self.files:
@@ -166,20 +177,27 @@ class Batch:
                 except OSError:
                     pass
             self.bar = tqdm(total=total, unit="B", unit_scale=True, file=sys.stderr,
-                            leave=False, mininterval=0.5, desc=job.mode, **cli.bar_shape())
+                            leave=False, mininterval=0.5, desc=job.mode, **runner.bar_shape())
             self.bar.set_postfix_str(f"0/{len(self.files)} files")
+
+    def abandon(self) -> None:
+        """The run stops before any file (a pool failed to start): no leftover manifest."""
+        if self.manifest is not None:
+            self.manifest.abandon()
+        if self.bar is not None:
+            self.bar.close()
 
     def run(self) -> bool:
         t0 = time.monotonic()
         try:
-            failed = cli.run_files(self.job, self.files, each=self.each)
+            failed = runner.run_files(self.job, self.files, each=self.each)
         finally:
             if self.bar is not None:
                 self.bar.close()
             if self.manifest is not None:
                 self.manifest.close()
         if not self.job.quiet:
-            cli._err_plain(self.summary(time.monotonic() - t0))
+            runner.err_plain(self.summary(time.monotonic() - t0))
         return failed
 
     def summary(self, secs: float) -> str:
@@ -190,7 +208,7 @@ class Batch:
         s += f", {self.failed} failed"
         if self.job.mode == "compress":
             s += (f"; {self.bytes_in} -> {self.bytes_out} bytes "
-                  f"({cli._bpb(self.bytes_out, self.bytes_in)} bpb)")
+                  f"({runner.bpb(self.bytes_out, self.bytes_in)} bpb)")
         s += f" in {secs:.1f} s"
         if self.manifest is not None:
             s += f"; manifest {self.manifest.path}"
@@ -217,7 +235,7 @@ class Batch:
             if self.job.mode == "compress":
                 self._compress(name, job)
             else:
-                stats = cli._one(job, name)
+                stats = runner.one(job, name)
                 with self.lock:
                     self.done += 1
                     self.bytes_in += stats.get("packed", 0)
@@ -225,8 +243,8 @@ class Batch:
         except BaseException as e:
             with self.lock:
                 self.failed += 1
-            if self.manifest is not None and not cli._received:
-                reason = getattr(e, "reason", None) or cli._oneline(e)
+            if self.manifest is not None and not runner.received:
+                reason = getattr(e, "reason", None) or runner.oneline(e)
                 self.manifest.append({"path": name, "error": reason})
             raise
         finally:
@@ -247,7 +265,7 @@ class Batch:
         def reader(src):
             digest.append(_Digest(src))
             return digest[0]
-        stats = cli._one(job, name, reader=reader)
+        stats = runner.one(job, name, reader=reader)
         self.manifest.append({
             "path": name, "size": stats["in"], "sha256": digest[0].h.hexdigest(),
             "archive": stats["output"], "archive_size": stats["out"],
@@ -262,7 +280,7 @@ class Batch:
     def check(self, name: str):
         """--resume: "done" (archive verifies against the file), "stale" (an archive is there
         but does not), or None (no archive). Removes temp files a killed run left for it."""
-        out = name + cli.SUFFIX
+        out = name + runner.SUFFIX
         d, base = os.path.split(out)
         for tmp in glob.glob(os.path.join(glob.escape(d or "."), glob.escape(f".{base}.")
                                           + "*.tmp")):

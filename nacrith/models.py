@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import NacritError
+from .errors import ModelMismatch, ModelUnavailable, NacritError
 
 DEFAULT = "smollm2"
 
@@ -75,7 +75,7 @@ def cache_dir() -> Path:
 def _package_dirs(pr: Preset, name: str) -> list:
     spec = importlib.util.find_spec(pr.package)
     if spec is None or not spec.submodule_search_locations:
-        raise NacritError(f"model preset '{name}' is not installed ({pr.install})")
+        raise ModelUnavailable(f"model preset '{name}' is not installed ({pr.install})")
     return list(spec.submodule_search_locations)
 
 
@@ -96,12 +96,12 @@ def _assembled_path(pr: Preset, name: str) -> Path:
         importlib.import_module(pr.package).assemble(tmp, overwrite=True)
         os.chmod(tmp, 0o644)
         if sha256(Path(tmp)) != want:
-            raise NacritError(f"model preset '{name}': assembled file has the wrong sha256")
+            raise ModelUnavailable(f"model preset '{name}': assembled file has the wrong sha256")
         os.replace(tmp, target)
     except NacritError:
         raise
     except Exception as e:
-        raise NacritError(f"model preset '{name}': cannot assemble {target} "
+        raise ModelUnavailable(f"model preset '{name}': cannot assemble {target} "
                           f"({type(e).__name__}: {e})") from None
     finally:
         if os.path.exists(tmp):
@@ -117,7 +117,7 @@ def preset_path(name: str) -> Path:
         p = Path(loc) / pr.file
         if p.is_file():
             return p
-    raise NacritError(f"model preset '{name}': {pr.file} missing from package {pr.package} "
+    raise ModelUnavailable(f"model preset '{name}': {pr.file} missing from package {pr.package} "
                       f"({pr.install})")
 
 
@@ -129,7 +129,7 @@ def resolve(model: str | os.PathLike | None) -> Path:
         return preset_path(model)
     p = Path(model)
     if not p.is_file():
-        raise NacritError(f"model not found: {model} (presets: {', '.join(PRESETS)})")
+        raise ModelUnavailable(f"model not found: {model} (presets: {', '.join(PRESETS)})")
     return p
 
 
@@ -153,7 +153,7 @@ def find_by_sha(digest: bytes, name: str, hint: str | os.PathLike | None) -> Pat
     if hint is not None:
         p = resolve(hint)
         if sha256(p) != digest:
-            raise NacritError(f"archive was made with model {name} (sha256 {digest.hex()[:16]}...), "
+            raise ModelMismatch(f"archive was made with model {name} (sha256 {digest.hex()[:16]}...), "
                               f"but --model {hint} has sha256 {sha256(p).hex()[:16]}...")
         return p
     for preset, pr in PRESETS.items():
@@ -166,5 +166,5 @@ def find_by_sha(digest: bytes, name: str, hint: str | os.PathLike | None) -> Pat
             continue
         if sha256(p) == digest:
             return p
-    raise NacritError(f"archive needs model {name} (sha256 {digest.hex()}); "
+    raise ModelUnavailable(f"archive needs model {name} (sha256 {digest.hex()}); "
                       f"it is not an installed preset: pass it with --model PATH")

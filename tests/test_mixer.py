@@ -175,9 +175,6 @@ def test_params_roundtrip_and_absent_keys_mean_off():
 
 
 # ---------------------------------------------------------------- real model, fresh process
-TEXT = corpus("alice29.txt", 800)
-REPEAT = corpus("xargs.1", 600)
-
 ARCHIVES = {
     "llm_only": dict(mixer=False),
     "full_default": dict(),
@@ -194,6 +191,9 @@ ARCHIVES = {
 
 @pytest.fixture(scope="module")
 def archives(tmp_path_factory):
+    """Every configuration's archive of corpus slices (read here: a missing corpus skips)."""
+    TEXT = corpus("alice29.txt", 800)
+    REPEAT = corpus("xargs.1", 600)
     d = tmp_path_factory.mktemp("mix")
     out = {}
     for name, kw in ARCHIVES.items():

@@ -88,8 +88,15 @@ def test_skip_params_validated():
 
 
 # ---------------------------------------------------------------- real model
-REPEAT = corpus("xargs.1", 700)
-DATA = REPEAT + REPEAT + corpus("alice29.txt", 300)
+@pytest.fixture
+def repeat():
+    return corpus("xargs.1", 700)
+
+
+@pytest.fixture
+def data(repeat):
+    """A text with repeats (read here, so a missing corpus skips instead of failing import)."""
+    return repeat + repeat + corpus("alice29.txt", 300)
 
 
 class _Recorder:
@@ -132,17 +139,17 @@ def test_skip_roundtrip_fresh_process(tmp_path, monkeypatch, lanes):
     assert r.stdout.decode().strip() == hashlib.sha256(data).hexdigest()
 
 
-def test_decoder_replays_encoder_calls(monkeypatch):
+def test_decoder_replays_encoder_calls(monkeypatch, repeat, data):
     rec = _Recorder(monkeypatch)
-    blob = nacrith.compress(REPEAT * 4 + DATA, threads=1, lanes=2, **SKIP)
+    blob = nacrith.compress(repeat * 4 + data, threads=1, lanes=2, **SKIP)
     enc_calls = list(rec.calls)
     rec.calls.clear()
-    assert nacrith.decompress(blob, threads=1) == REPEAT * 4 + DATA
+    assert nacrith.decompress(blob, threads=1) == repeat * 4 + data
     assert rec.calls == enc_calls
     assert max(len(g) for _, groups in enc_calls for g in groups) > 1
 
 
-def test_skip_costs_little_on_repeats():
-    off = nacrith.compress(DATA, threads=1)
-    on = nacrith.compress(DATA, threads=1, **SKIP)
+def test_skip_costs_little_on_repeats(data):
+    off = nacrith.compress(data, threads=1)
+    on = nacrith.compress(data, threads=1, **SKIP)
     assert len(on) <= len(off) * 1.03 + 8
