@@ -84,22 +84,6 @@ def dot_i8x32(typingctx, w, wo, x, xo):
 
 
 @intrinsic
-def dot_i8x64(typingctx, w, wo, x, xo):
-    """sum_j w[wo + j] * x[xo + j], j < 64, both int8 (|sum| <= 64 * 2^14 = 2^20)."""
-    sig = types.int32(w, wo, x, xo)
-
-    def codegen(context, builder, sig, args):
-        a = _load(builder, _ptr(context, builder, sig.args[0], args[0], args[1], _vec(_i8, 64)),
-                  _vec(_i8, 64))
-        b = _load(builder, _ptr(context, builder, sig.args[2], args[2], args[3], _vec(_i8, 64)),
-                  _vec(_i8, 64))
-        p = builder.mul(builder.sext(a, _vec(_i32, 64)), builder.sext(b, _vec(_i32, 64)))
-        return _reduce_add(builder, p, 64)
-
-    return sig, codegen
-
-
-@intrinsic
 def axpy_i8x64(typingctx, acc, ao, p, v, vo):
     """acc[ao + i] += p * v[vo + i], i < 64: int32 accumulators, int32 p (|p| <= 2^15), int8 v.
     The caller bounds the number of accumulated terms so int32 never overflows."""
@@ -117,3 +101,4 @@ def axpy_i8x64(typingctx, acc, ao, p, v, vo):
         return context.get_dummy_value()
 
     return sig, codegen
+
