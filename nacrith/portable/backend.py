@@ -90,6 +90,27 @@ class PortableBackend:
 
     def feed(self, lanes, groups) -> np.ndarray:
         """Feed groups[i] to lanes[i]; logits of the last token of each group, (len, n_vocab)."""
+        toks, lane_of, slot_of, cs, sel = self._plan(lanes, groups)
+        numba.set_num_threads(self.threads)
+        m = self.m
+        x = np.empty((len(toks), m.d_model), np.float32)
+        e = m.embd
+        K.embed(toks, e.kind, e.q, e.d, e.m, x)
+        a, o, gu, dn = m.wqkv, m.wo, m.wgu, m.wdn
+        for l in range(m.n_layer):
+            K.layer(x, lane_of, slot_of, cs, m.attn_norm[l], m.ffn_norm[l], m.eps, m.kind,
+                    a.q[l], a.d[l], a.m[l], o.q[l], o.d[l], o.m[l], gu.q[l], gu.d[l], gu.m[l],
+                    dn.q[l], dn.d[l], dn.m[l], self.kc[l], self.kd[l], self.vc[l], self.vd[l],
+                    self.kraw[l], self.n_keep, m.n_head, m.n_kv, m.head_dim, m.n_rot,
+                    self.kq_scale)
+        out = np.empty((len(sel), self.n_vocab), np.float32)
+        h = m.out
+        K.head(x, sel, m.out_norm, m.eps, h.kind, h.q, h.d, h.m, out)
+        return out
+
+    def _plan(self, lanes, groups):
+        """Slide lanes as needed and assign slots: (tokens, lane_of, slot_of, RoPE tables,
+        indices of the tokens whose logits are returned)."""
         toks, lane_of, slot_of, apos, sel = [], [], [], [], []
         for lane, g in zip(lanes, groups):
             n = len(g)
@@ -107,26 +128,8 @@ class PortableBackend:
                 apos.append(int(self.pos[lane] + self.off[lane]))
                 self.pos[lane] += 1
             sel.append(len(toks) - 1)
-        numba.set_num_threads(self.threads)
-        m = self.m
-        toks = np.array(toks, np.int64)
-        lane_of = np.array(lane_of, np.int64)
-        slot_of = np.array(slot_of, np.int64)
-        x = np.empty((len(toks), m.d_model), np.float32)
-        e = m.embd
-        K.embed(toks, e.kind, e.q, e.d, e.m, x)
-        cs = self._cs(apos)
-        a, o, gu, dn = m.wqkv, m.wo, m.wgu, m.wdn
-        for l in range(m.n_layer):
-            K.layer(x, lane_of, slot_of, cs, m.attn_norm[l], m.ffn_norm[l], m.eps, m.kind,
-                    a.q[l], a.d[l], a.m[l], o.q[l], o.d[l], o.m[l], gu.q[l], gu.d[l], gu.m[l],
-                    dn.q[l], dn.d[l], dn.m[l], self.kc[l], self.kd[l], self.vc[l], self.vd[l],
-                    self.kraw[l], self.n_keep, m.n_head, m.n_kv, m.head_dim, m.n_rot,
-                    self.kq_scale)
-        out = np.empty((len(sel), self.n_vocab), np.float32)
-        h = m.out
-        K.head(x, np.array(sel, np.int64), m.out_norm, m.eps, h.kind, h.q, h.d, h.m, out)
-        return out
+        return (np.array(toks, np.int64), np.array(lane_of, np.int64),
+                np.array(slot_of, np.int64), self._cs(apos), np.array(sel, np.int64))
 
     def piece(self, token: int) -> bytes:
         return self._pieces[token]
