@@ -73,6 +73,9 @@ class PortableBackend:
 
     def _slide(self, lane: int) -> None:
         k, s, n = self.n_keep, self.slide, int(self.pos[lane])
+        # only reachable with slide > pos - n_keep (slide close to ctx): drop what there is,
+        # never let a slot index go below n_keep (the kernels do not bounds-check)
+        s = min(s, n - k)
         hd = self.m.head_dim
         for arr, w in ((self.kc, hd), (self.vc, hd), (self.kd, 1), (self.vd, 1)):
             a = arr[:, lane]
