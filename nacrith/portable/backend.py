@@ -1,0 +1,172 @@
+"""PortableBackend: the llama.cpp Backend interface over the portable integer engine.
+
+Invariants (on top of kernels.py's):
+- same call semantics as nacrith.backend.Backend: every lane starts empty, `feed` gives each
+  listed lane its tokens at its next positions and returns logits (float32, integers of 2^-16)
+  for the last token of each group; a lane that cannot take its group first slides: positions
+  [n_keep, n_keep+slide) are dropped and later ones move down by `slide`;
+- positions: a lane has an offset o (sum of its slides); the token in slot p is rotated for the
+  absolute position p + o, so a slide only moves cache rows (their rotation stays right
+  relative to later queries); the n_keep kept slots keep their un-rotated keys and are
+  re-rotated to j + o after each slide, exactly as if they had been written at that position;
+- the logits of a token depend only on its lane's history, never on the thread count, on other
+  lanes, or on how tokens were grouped into feed calls;
+- decoding needs no llama.cpp: only `tokenize` imports it (lazily).
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from ..errors import NacritError
+from . import kernels as K
+from .mathx import rope_table, rope_turns
+from .model import load
+
+ENGINE_VERSION = 1
+
+
+def fingerprint() -> str:
+    return f"portable-{ENGINE_VERSION}"
+
+
+class PortableBackend:
+    def __init__(self, path: str, *, ctx: int, lanes: int, threads: int, slide: int, n_keep: int,
+                 group: int = 1, **ignored):
+        if not 1 <= n_keep < ctx or not 1 <= slide <= ctx - n_keep:
+            raise NacritError(f"bad window settings (ctx={ctx}, slide={slide}, n_keep={n_keep})")
+        if lanes < 1 or threads < 1:
+            raise NacritError("lanes and threads must be >= 1")
+        self.path = str(path)
+        self.ctx, self.lanes, self.threads = ctx, lanes, threads
+        self.slide, self.n_keep, self.group = slide, n_keep, group
+        m = self.m = load(self.path)
+        self.n_vocab, self.bos = m.n_vocab, m.bos
+        self._pieces = m.pieces
+        self.turns = rope_turns(m.rope_base, m.n_rot)
+        self.kq_scale = np.float32(1.0 / math.sqrt(m.head_dim))
+        L, hd, nkv = m.n_layer, m.head_dim, m.n_kv
+        self.kc = np.zeros((L, lanes, nkv, ctx * hd), np.int8)
+        self.vc = np.zeros((L, lanes, nkv, ctx * hd), np.int8)
+        self.kd = np.zeros((L, lanes, nkv, ctx), np.float32)
+        self.vd = np.zeros((L, lanes, nkv, ctx), np.float32)
+        self.kraw = np.zeros((L, lanes, n_keep, nkv * hd), np.float32)
+        self.pos = np.zeros(lanes, dtype=np.int64)
+        self.off = np.zeros(lanes, dtype=np.int64)
+        self._tok = None
+        self.reset()
+
+    def fingerprint(self) -> str:
+        return fingerprint()
+
+    def reset(self) -> None:
+        self.pos[:] = 0
+        self.off[:] = 0
+
+    def _cs(self, apos):
+        cs = np.empty((len(apos), self.m.n_rot // 2, 2), np.float32)
+        for i, p in enumerate(apos):
+            rope_table(int(p), self.turns, cs[i])
+        return cs
+
+    def _slide(self, lane: int) -> None:
+        k, s, n = self.n_keep, self.slide, int(self.pos[lane])
+        # only reachable with slide > pos - n_keep (slide close to ctx): drop what there is,
+        # never let a slot index go below n_keep (the kernels do not bounds-check)
+        s = min(s, n - k)
+        hd = self.m.head_dim
+        for arr, w in ((self.kc, hd), (self.vc, hd), (self.kd, 1), (self.vd, 1)):
+            a = arr[:, lane]
+            a[:, :, k * w:(n - s) * w] = a[:, :, (k + s) * w:n * w].copy()
+        self.pos[lane] -= s
+        self.off[lane] += s
+        cs = self._cs([j + int(self.off[lane]) for j in range(k)])
+        m = self.m
+        for layer in range(m.n_layer):
+            K.rerotate(self.kraw[layer, lane], self.kc[layer, lane], self.kd[layer, lane],
+                       k, m.n_kv, hd, m.n_rot, cs)
+
+    def step(self, lanes, tokens) -> np.ndarray:
+        return self.feed(lanes, [[t] for t in tokens])
+
+    def feed(self, lanes, groups) -> np.ndarray:
+        """Feed groups[i] to lanes[i]; logits of the last token of each group, (len, n_vocab)."""
+        toks, lane_of, slot_of, cs, sel = self._plan(lanes, groups)
+        numba.set_num_threads(self.threads)
+        m = self.m
+        x = np.empty((len(toks), m.d_model), np.float32)
+        e = m.embd
+        K.embed(toks, e.kind, e.q, e.d, e.m, x)
+        a, o, gu, dn = m.wqkv, m.wo, m.wgu, m.wdn
+        for l in range(m.n_layer):
+            K.layer(x, lane_of, slot_of, cs, m.attn_norm[l], m.ffn_norm[l], m.eps, m.kind,
+                    a.q[l], a.d[l], a.m[l], o.q[l], o.d[l], o.m[l], gu.q[l], gu.d[l], gu.m[l],
+                    dn.q[l], dn.d[l], dn.m[l], self.kc[l], self.kd[l], self.vc[l], self.vd[l],
+                    self.kraw[l], self.n_keep, m.n_head, m.n_kv, m.head_dim, m.n_rot,
+                    self.kq_scale)
+        out = np.empty((len(sel), self.n_vocab), np.float32)
+        h = m.out
+        K.head(x, sel, m.out_norm, m.eps, h.kind, h.q, h.d, h.m, out)
+        return out
+
+    def _plan(self, lanes, groups):
+        """Slide lanes as needed and assign slots: (tokens, lane_of, slot_of, RoPE tables,
+        indices of the tokens whose logits are returned)."""
+        toks, lane_of, slot_of, apos, sel = [], [], [], [], []
+        for lane, g in zip(lanes, groups):
+            n = len(g)
+            if not 1 <= n <= self.ctx - self.n_keep or not 0 <= lane < self.lanes:
+                raise NacritError(f"batch of {n} tokens for lane {lane} does not fit")
+            while self.pos[lane] + n > self.ctx:
+                self._slide(lane)
+            for t in g:
+                t = int(t)
+                if not 0 <= t < self.n_vocab:
+                    raise NacritError(f"token {t} out of range")
+                toks.append(t)
+                lane_of.append(lane)
+                slot_of.append(int(self.pos[lane]))
+                apos.append(int(self.pos[lane] + self.off[lane]))
+                self.pos[lane] += 1
+            sel.append(len(toks) - 1)
+        return (np.array(toks, np.int64), np.array(lane_of, np.int64),
+                np.array(slot_of, np.int64), self._cs(apos), np.array(sel, np.int64))
+
+    def piece(self, token: int) -> bytes:
+        return self._pieces[token]
+
+    def tokenize(self, text: bytes) -> np.ndarray:
+        """llama.cpp's tokenizer (encoding side only; imported lazily, vocabulary only)."""
+        if self._tok is None:
+            from ..backend import _llama
+            from .._signals import blocked
+            L = _llama()
+            mp = L.llama_model_default_params()
+            mp.vocab_only = True
+            with blocked():
+                model = L.llama_model_load_from_file(self.path.encode(), mp)
+            if not model:
+                raise NacritError(f"{self.path}: llama.cpp cannot load the vocabulary")
+            self._tok = (L, model, L.llama_model_get_vocab(model))
+        L, _, vocab = self._tok
+        cap = len(text) + 16
+        while True:
+            arr = (L.llama_token * cap)()
+            n = L.llama_tokenize(vocab, text, len(text), arr, cap, False, False)
+            if n >= 0:
+                return np.frombuffer(arr, dtype=np.int32, count=n).copy()
+            cap = -n
+
+    def close(self) -> None:
+        if self._tok is not None:
+            L, model, _ = self._tok
+            L.llama_model_free(model)
+            self._tok = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

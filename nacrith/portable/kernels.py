@@ -1,0 +1,335 @@
+"""Numba kernels of the portable engine: every number they produce is defined by formats/ENGINE.md.
+
+Invariants (what makes the logits identical on every machine, thread count and batch shape):
+- every matrix product is an exact integer dot product per 32-block (simd.py: int8/uint4 codes x
+  int8 activations summed in int32), combined with the block scales by float32 basic operations in
+  block order, one output element at a time;
+- every float step is per element / per row, serial, in the order written: no reassociation, no
+  fastmath, no FMA contraction (Numba's default fastmath=False emits plain fmul/fadd), no libm
+  (mathx.py builds exp, sigmoid, sin/cos from basic operations);
+- `prange` splits only independent output elements (rows of a matrix, (token, head) pairs,
+  tokens): the work of one element never depends on how many threads there are or which other
+  tokens share the batch;
+- no reduction variable ever crosses a prange iteration, and no numpy array expression appears in
+  a parallel kernel (Numba would parallelise it as a reduction in an unspecified order);
+- attention over a lane's cache uses only integer sums (scores per position are independent;
+  softmax normaliser and weighted values are integer sums), so the order of cache positions is
+  irrelevant too.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .mathx import exp_nonpos_f32, silu_f32
+from .simd import axpy_i8x64, dot_i8x32, dot_q4
+
+Q8_0, Q4_1 = 0, 1                # matrix kinds (codes: int8 / packed uint4 + min)
+F0 = np.float32(0.0)
+F05 = np.float32(0.5)
+F127 = np.float32(127.0)
+P_MAX = 32767                    # attention weights are integers in [0, P_MAX]
+E_ONE = np.float32(16777216.0)   # softmax normaliser: e_s as integers of 2^-24
+FLUSH = 256                      # int32 value accumulators are flushed to int64 this often
+LOGIT_SCALE = 65536.0            # logits are integers of 2^-16
+LOGIT_MAX = (1 << 24) - 1
+
+
+@njit(cache=True)
+def quant_block(x, xo, n, q, qo):
+    """Quantise x[xo:xo+n] (float32) to int8 q[qo:qo+n]; return (scale d, sum of codes as f32).
+
+    d = amax / 127, code = round-half-away(x * (127 / amax)) clamped to [-127, 127];
+    amax == 0 (or NaN only) gives d = 0 and zero codes; a NaN element gets code 0."""
+    amax = F0
+    for j in range(n):
+        a = abs(x[xo + j])
+        if a > amax:
+            amax = a
+    if amax == F0:
+        for j in range(n):
+            q[qo + j] = 0
+        return F0, F0
+    d = amax / F127
+    inv = F127 / amax
+    s = 0
+    for j in range(n):
+        v = x[xo + j] * inv
+        if v >= F0:
+            iv = np.int32(v + F05)
+        elif v < F0:
+            iv = -np.int32(F05 - v)
+        else:
+            iv = np.int32(0)                   # NaN
+        if iv > 127:
+            iv = np.int32(127)
+        elif iv < -127:
+            iv = np.int32(-127)
+        q[qo + j] = iv
+        s += iv
+    return d, np.float32(s)
+
+
+@njit(cache=True)
+def quant_row(x, q, d, s):
+    """Per-32-block quantisation of one activation row x[C] -> q[C] int8, d[C/32], s[C/32]."""
+    for b in range(d.shape[0]):
+        db, sb = quant_block(x, b * 32, 32, q, b * 32)
+        d[b] = db
+        s[b] = sb
+
+
+@njit(cache=True)
+def rmsnorm(x, w, eps, out):
+    """out = (x * float32(1 / sqrt(mean(x^2) + eps))) * w; mean in float64, serial, in order."""
+    n = x.shape[0]
+    ss = 0.0
+    for i in range(n):
+        v = np.float64(x[i])
+        ss += v * v                         # exact product, rounded sum
+    r = np.float32(1.0 / math.sqrt(ss / n + np.float64(eps)))
+    for i in range(n):
+        out[i] = (x[i] * r) * w[i]
+
+
+@njit(cache=True)
+def mm_elem(kind, W, Wd, Wm, r, qa, da, sa, t):
+    """One output element: row r of a quantised matrix times activation row t (float32)."""
+    w = W[r]
+    x = qa[t]
+    acc = F0
+    if kind == Q4_1:
+        for b in range(Wd.shape[1]):
+            s = dot_q4(w, b * 16, x, b * 32)
+            dd = Wd[r, b] * da[t, b]
+            mm = Wm[r, b] * da[t, b]
+            acc = acc + (dd * np.float32(s) + mm * sa[t, b])
+    else:
+        for b in range(Wd.shape[1]):
+            s = dot_i8x32(w, b * 32, x, b * 32)
+            acc = acc + (Wd[r, b] * da[t, b]) * np.float32(s)
+    return acc
+
+
+@njit(cache=True)
+def rope_apply(v, vo, n_rot, cs, tt):
+    """NORM RoPE (pairs 2i, 2i+1) in place on v[vo:vo+n_rot] with table cs[tt, i] = (cos, sin)."""
+    for i in range(n_rot // 2):
+        c = cs[tt, i, 0]
+        s = cs[tt, i, 1]
+        x0 = v[vo + 2 * i]
+        x1 = v[vo + 2 * i + 1]
+        v[vo + 2 * i] = x0 * c - x1 * s
+        v[vo + 2 * i + 1] = x0 * s + x1 * c
+
+
+@njit(cache=True)
+def attend(qq, qo, dq, kc, kd, vc, vd, n, hd, kq_scale, out, oo):
+    """Attention of one query head over cache positions 0..n-1 of one KV head -> out[oo:oo+hd]."""
+    sc = np.empty(n, np.float32)
+    m = -np.inf
+    for s in range(n):
+        si = np.int32(0)
+        for c in range(hd // 32):
+            si += dot_i8x32(kc, s * hd + c * 32, qq, qo + c * 32)
+        x = ((dq * kd[s]) * np.float32(si)) * kq_scale
+        sc[s] = x
+        if x > m:
+            m = x
+    z = np.int64(0)
+    cmax = F0
+    for s in range(n):
+        e = exp_nonpos_f32(sc[s] - m)
+        z += np.int64(e * E_ONE)
+        c = e * vd[s]
+        sc[s] = c
+        if c > cmax:
+            cmax = c
+    if cmax == F0:
+        for i in range(hd):
+            out[oo + i] = F0
+        return
+    g = np.float32(P_MAX) / cmax
+    acc = np.zeros(hd, np.int32)
+    tot = np.zeros(hd, np.int64)
+    cnt = 0
+    for s in range(n):
+        p = np.int32(sc[s] * g + F05)
+        if p > P_MAX:
+            p = np.int32(P_MAX)
+        if p != 0:
+            if hd == 64:
+                axpy_i8x64(acc, 0, p, vc, s * hd)
+            else:
+                _axpy(acc, p, vc, s * hd, hd)
+            cnt += 1
+            if cnt == FLUSH:
+                for i in range(hd):
+                    tot[i] += acc[i]
+                    acc[i] = 0
+                cnt = 0
+    f = (np.float64(cmax) * 16777216.0) / np.float64(P_MAX)
+    zf = np.float64(z)
+    for i in range(hd):
+        out[oo + i] = np.float32((np.float64(tot[i] + acc[i]) * f) / zf)
+
+
+@njit(cache=True)
+def _axpy(acc, p, v, vo, n):
+    for i in range(n):
+        acc[i] += p * np.int32(v[vo + i])
+
+
+@njit(cache=True)
+def store_kv(kvec, ko, vvec, vo, hd, kc, kd, vc, vd, slot):
+    """Quantise one head's rotated key and its value into cache slot `slot` (int8 per head row)."""
+    d, _ = quant_block(kvec, ko, hd, kc, slot * hd)
+    kd[slot] = d
+    d, _ = quant_block(vvec, vo, hd, vc, slot * hd)
+    vd[slot] = d
+
+
+@njit(parallel=True, cache=True)
+def layer(x, lane_of, slot_of, cs, attn_w, ffn_w, eps, kind,
+          wqkv, wqkv_d, wqkv_m, wo, wo_d, wo_m, wgu, wgu_d, wgu_m, wdn, wdn_d, wdn_m,
+          kc, kd, vc, vd, kraw, n_keep, n_head, n_kv, hd, n_rot, kq_scale):
+    """One transformer block for T tokens, in place on the residual x[T, D].
+
+    Caches of this layer: kc/vc int8 [lanes, n_kv, ctx*hd], kd/vd float32 [lanes, n_kv, ctx];
+    kraw float32 [lanes, n_keep, n_kv*hd]: un-rotated keys of the kept positions (re-rotated after
+    a slide).  Token t goes to lane lane_of[t], slot slot_of[t]; cs[t] is its RoPE table."""
+    T, D = x.shape
+    nbD = D // 32
+    nq = n_head * hd
+    nk = n_kv * hd
+    F = wgu.shape[0] // 2
+    h = np.empty((T, D), np.float32)
+    qa = np.empty((T, D), np.int8)
+    da = np.empty((T, nbD), np.float32)
+    sa = np.empty((T, nbD), np.float32)
+    for t in prange(T):
+        rmsnorm(x[t], attn_w, eps, h[t])
+        quant_row(h[t], qa[t], da[t], sa[t])
+    qkv = np.empty((T, nq + 2 * nk), np.float32)
+    for r in prange(nq + 2 * nk):
+        for t in range(T):
+            qkv[t, r] = mm_elem(kind, wqkv, wqkv_d, wqkv_m, r, qa, da, sa, t)
+    qq = np.empty((T, nq), np.int8)
+    dq = np.empty((T, n_head), np.float32)
+    for t in prange(T):
+        lane = lane_of[t]
+        slot = slot_of[t]
+        row = qkv[t]
+        if slot < n_keep:
+            for i in range(nk):
+                kraw[lane, slot, i] = row[nq + i]
+        for hh in range(n_head):
+            rope_apply(row, hh * hd, n_rot, cs, t)
+            d, _ = quant_block(row, hh * hd, hd, qq[t], hh * hd)
+            dq[t, hh] = d
+        for g in range(n_kv):
+            rope_apply(row, nq + g * hd, n_rot, cs, t)
+            store_kv(row, nq + g * hd, row, nq + nk + g * hd, hd,
+                     kc[lane, g], kd[lane, g], vc[lane, g], vd[lane, g], slot)
+    att = np.empty((T, nq), np.float32)
+    grp = n_head // n_kv
+    for i in prange(T * n_head):
+        t = i // n_head
+        hh = i % n_head
+        g = hh // grp
+        lane = lane_of[t]
+        attend(qq[t], hh * hd, dq[t, hh], kc[lane, g], kd[lane, g], vc[lane, g], vd[lane, g],
+               slot_of[t] + 1, hd, kq_scale, att[t], hh * hd)
+    nbQ = nq // 32
+    qa2 = np.empty((T, nq), np.int8)
+    da2 = np.empty((T, nbQ), np.float32)
+    sa2 = np.empty((T, nbQ), np.float32)
+    for t in prange(T):
+        quant_row(att[t], qa2[t], da2[t], sa2[t])
+    for r in prange(D):
+        for t in range(T):
+            x[t, r] = x[t, r] + mm_elem(kind, wo, wo_d, wo_m, r, qa2, da2, sa2, t)
+    for t in prange(T):
+        rmsnorm(x[t], ffn_w, eps, h[t])
+        quant_row(h[t], qa[t], da[t], sa[t])
+    gu = np.empty((T, 2 * F), np.float32)
+    for r in prange(2 * F):
+        for t in range(T):
+            gu[t, r] = mm_elem(kind, wgu, wgu_d, wgu_m, r, qa, da, sa, t)
+    nbF = F // 32
+    qa3 = np.empty((T, F), np.int8)
+    da3 = np.empty((T, nbF), np.float32)
+    sa3 = np.empty((T, nbF), np.float32)
+    for t in prange(T):
+        act = np.empty(F, np.float32)
+        for i in range(F):
+            act[i] = silu_f32(gu[t, i]) * gu[t, F + i]
+        quant_row(act, qa3[t], da3[t], sa3[t])
+    for r in prange(D):
+        for t in range(T):
+            x[t, r] = x[t, r] + mm_elem(kind, wdn, wdn_d, wdn_m, r, qa3, da3, sa3, t)
+
+
+@njit(parallel=True, cache=True)
+def head(x, sel, norm_w, eps, kind, W, Wd, Wm, out):
+    """Final RMSNorm of the selected tokens x[sel[i]] and the output matrix; out[i, v] float32
+    logits rounded to integers of 2^-16 (|value| < 2^8, exactly representable)."""
+    S = sel.shape[0]
+    D = x.shape[1]
+    nb = D // 32
+    qa = np.empty((S, D), np.int8)
+    da = np.empty((S, nb), np.float32)
+    sa = np.empty((S, nb), np.float32)
+    for i in prange(S):
+        h = np.empty(D, np.float32)
+        rmsnorm(x[sel[i]], norm_w, eps, h)
+        quant_row(h, qa[i], da[i], sa[i])
+    for r in prange(W.shape[0]):
+        for i in range(S):
+            out[i, r] = fixed_logit(mm_elem(kind, W, Wd, Wm, r, qa, da, sa, i))
+
+
+@njit(cache=True)
+def fixed_logit(y):
+    v = math.floor(np.float64(y) * LOGIT_SCALE + 0.5)
+    if not (v <= LOGIT_MAX):                   # also NaN
+        v = LOGIT_MAX if v > 0 else -LOGIT_MAX
+    elif v < -LOGIT_MAX:
+        v = -LOGIT_MAX
+    return np.float32(np.float64(v) / LOGIT_SCALE)
+
+
+@njit(parallel=True, cache=True)
+def embed(tokens, kind, W, Wd, Wm, out):
+    """out[t] = dequantised row tokens[t]: Q8_0 d*q, Q4_1 d*q + m (float32)."""
+    D = out.shape[1]
+    for t in prange(tokens.shape[0]):
+        r = tokens[t]
+        w = W[r]
+        for b in range(D // 32):
+            d = Wd[r, b]
+            if kind == Q4_1:
+                m = Wm[r, b]
+                for j in range(16):
+                    byte = np.int32(w[b * 16 + j])
+                    out[t, b * 32 + j] = d * np.float32(byte & 15) + m
+                    out[t, b * 32 + 16 + j] = d * np.float32(byte >> 4) + m
+            else:
+                for j in range(32):
+                    out[t, b * 32 + j] = d * np.float32(np.int8(w[b * 32 + j]))
+
+
+@njit(cache=True)
+def rerotate(kraw, kc, kd, n_keep, n_kv, hd, n_rot, cs):
+    """Kept positions j < n_keep of one lane and layer: rotate the raw key by table cs[j] and
+    re-quantise it into slot j (after a slide moved the lane's offset)."""
+    tmp = np.empty(hd, np.float32)
+    for j in range(n_keep):
+        for g in range(n_kv):
+            for i in range(hd):
+                tmp[i] = kraw[j, g * hd + i]
+            rope_apply(tmp, 0, n_rot, cs, j)
+            d, _ = quant_block(tmp, 0, hd, kc[g], j * hd)
+            kd[g, j] = d

@@ -1,0 +1,360 @@
+"""Portable integer engine (nacrith/portable, formats/ENGINE.md): bit-exact logits everywhere.
+
+Heavy checks run on the real default model in two fresh processes at once (host CPU, 2 threads
+vs NUMBA_CPU_NAME=generic, 1 thread, each with its own empty Numba cache so it really compiles
+for its target); the rest uses the module's backend or a tiny random llama GGUF.
+"""
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nacrith import models
+from nacrith.errors import NacritError
+from nacrith.portable import ENGINE_VERSION, PortableBackend, fingerprint
+from nacrith.portable.tiny import write_tiny_llama
+
+from helpers import REPO, corpus
+
+CTX, SLIDE = 256, 64
+GROUPS = [1, 3, 1, 8, 2, 5, 1, 1, 4]        # feed sizes cycled through (batch shapes vary)
+N_TOKENS = 520
+
+# Pinned: sha256 of the int32 logits (x 2^16) of PINNED_TEXT's first 24 tokens fed one at a time
+# after BOS on the default model.  A change here is a change of the engine's arithmetic: bump
+# ENGINE_VERSION and re-pin.
+PINNED_TEXT = b"Alice was beginning to get very tired of sitting by her sister on the bank, and"
+PINNED = "28b5fca0d245116e"
+
+
+def logit_hash(rows) -> str:
+    a = np.asarray(rows, np.float32)
+    q = np.rint(a.astype(np.float64) * 65536.0).astype(np.int64)
+    assert np.array_equal(q.astype(np.float64) / 65536.0, a.astype(np.float64)), \
+        "logits are not integers of 2^-16"
+    return hashlib.sha256(q.astype("<i4").tobytes()).hexdigest()[:16]
+
+
+def run_hashes(b, toks, lane=0, lanes_used=1):
+    """Feed toks to `lane` in GROUPS-sized pieces (other lanes fed the same when lanes_used > 1);
+    one hash per call (of that lane's row)."""
+    b.reset()
+    out, i, k = [], 0, 0
+    seq = [b.bos] + [int(t) for t in toks]
+    while i < len(seq):
+        g = seq[i:i + GROUPS[k % len(GROUPS)]]
+        ls = list(range(lanes_used))
+        rows = b.feed(ls, [g] * lanes_used)
+        out.append(logit_hash(rows[lane:lane + 1]))
+        i += len(g)
+        k += 1
+    return out
+
+
+# --------------------------------------------------------------- IR checker
+BANNED_CALL = re.compile(
+    r"call[^\n]*@\"?((?:llvm\.)?(?:exp|exp2|exp10|expm1|log|log2|log10|log1p|sin|cos|tan|asin|acos|"
+    r"atan|atan2|sinh|cosh|tanh|asinh|acosh|atanh|pow|powi|erf|erfc|tgamma|lgamma|cbrt|hypot|"
+    r"fma|fmuladd|sincos)(?:f|l)?(?:\.[\w.]+)?|numba_\w*(?:erf|gamma|exp|log|pow)\w*)\"?\(")
+FAST_FLAGS = re.compile(r"=\s*(?:fadd|fsub|fmul|fdiv|frem|fneg|fcmp|call)\s+(?:fast|reassoc|contract|"
+                        r"afn|arcp|nnan|ninf|nsz)\b")
+
+
+def ir_violations(ir: str) -> list:
+    bad = [m.group(1) for m in BANNED_CALL.finditer(ir)]
+    bad += ["fast-math flag: " + m.group(0) for m in FAST_FLAGS.finditer(ir)]
+    return sorted(set(bad))
+
+
+def engine_dispatchers():
+    from numba.core.registry import CPUDispatcher
+    from nacrith.portable import kernels, mathx
+    for mod in (kernels, mathx):
+        for name, obj in vars(mod).items():
+            if isinstance(obj, CPUDispatcher) and obj.__module__ == mod.__name__:
+                yield f"{mod.__name__}.{name}", obj
+
+
+def check_all_ir() -> dict:
+    """{kernel: violations} for every compiled signature; also the kernels never compiled."""
+    res = {}
+    for name, d in engine_dispatchers():
+        if not d.signatures:
+            res[name] = ["never compiled"]
+            continue
+        for sig in d.signatures:
+            ir = d.inspect_llvm(sig)
+            assert "define" in ir, f"{name}: no IR (cached code? use a fresh NUMBA_CACHE_DIR)"
+            v = ir_violations(ir)
+            if v:
+                res[f"{name}{sig}"] = v
+    return res
+
+
+CHILD = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import test_portable as T
+from nacrith import models
+from nacrith.portable import PortableBackend, kernels, mathx
+toks = json.load(open(sys.argv[2]))
+threads = int(sys.argv[3])
+b = PortableBackend(str(models.resolve(None)), ctx=T.CTX, lanes=1, threads=threads,
+                    slide=T.SLIDE, n_keep=1)
+hashes = T.run_hashes(b, toks)
+mathx.exp_nonpos_f32(np.float32(-1.0)); mathx.sigmoid_f32(np.float32(1.0))
+ir = T.check_all_ir() if sys.argv[4] == "ir" else {}
+import numba
+print(json.dumps({"hashes": hashes, "ir": ir, "cpu": numba.config.CPU_NAME,
+                  "threads": numba.get_num_threads()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def real_tokens():
+    from nacrith.backend import Backend
+    text = corpus("alice29.txt", 4000)
+    lb = Backend(str(models.resolve(None)), ctx=256, lanes=1, threads=1, slide=64, n_keep=1)
+    toks = lb.tokenize(text)[:N_TOKENS]
+    assert len(toks) == N_TOKENS
+    yield lb, [int(t) for t in toks]
+    lb.close()
+
+
+@pytest.fixture(scope="module")
+def children(real_tokens, tmp_path_factory):
+    """Start both fresh processes early; they run while other tests do."""
+    d = tmp_path_factory.mktemp("portable")
+    tf = d / "toks.json"
+    tf.write_text(json.dumps(real_tokens[1]))
+    procs = {}
+    for name, cpu, threads, ir in (("host", None, 2, "ir"), ("generic", "generic", 1, "-")):
+        env = dict(os.environ, NUMBA_CACHE_DIR=str(d / f"cache-{name}"),
+                   NUMBA_NUM_THREADS=str(threads), PYTHONPATH=str(REPO))
+        env.pop("NUMBA_CPU_NAME", None)
+        if cpu:
+            env["NUMBA_CPU_NAME"] = cpu
+        procs[name] = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(REPO / "tests"), str(tf), str(threads), ir],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    return procs
+
+
+def _result(p):
+    out, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err.decode()[-3000:]
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def pb():
+    return PortableBackend(str(models.resolve(None)), ctx=CTX, lanes=4, threads=1, slide=SLIDE,
+                           n_keep=1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return str(write_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny.gguf"))
+
+
+# --------------------------------------------------------------- tests
+def test_version_and_fingerprint(children):
+    # (requests `children` so both fresh processes start now and run beside the other tests)
+    assert isinstance(ENGINE_VERSION, int) and ENGINE_VERSION == 1
+    assert fingerprint() == "portable-1"
+
+
+def test_pieces_equal_llama_cpp_for_every_token(pb, real_tokens):
+    lb = real_tokens[0]
+    assert pb.n_vocab == lb.n_vocab == 49152 and pb.bos == lb.bos
+    bad = [t for t in range(lb.n_vocab) if pb.piece(t) != lb.piece(t)]
+    assert not bad, f"{len(bad)} tokens differ, e.g. {bad[:5]}"
+
+
+def test_pinned_logits(pb):
+    toks = [int(t) for t in pb.tokenize(PINNED_TEXT)[:24]]
+    pb.reset()
+    rows, prev = [], pb.bos
+    for t in toks:
+        rows.append(pb.feed([0], [[prev]])[0].copy())
+        prev = t
+    h = hashlib.sha256(b"".join(bytes.fromhex(logit_hash([r])) for r in rows)).hexdigest()[:16]
+    assert h == PINNED, f"engine arithmetic changed (hash {h}): bump ENGINE_VERSION and re-pin"
+
+
+def test_cross_entropy_close_to_llama_cpp(pb, real_tokens):
+    lb, toks = real_tokens
+    toks = toks[:150]
+
+    def nll(b):
+        b.reset()
+        tot, prev = 0.0, b.bos
+        for t in toks:
+            lg = np.asarray(b.feed([0], [[prev]])[0], np.float64)
+            m = lg.max()
+            tot += (m + np.log(np.exp(lg - m).sum()) - lg[t]) / np.log(2)
+            prev = t
+        return tot / len(toks)
+    a, p = nll(lb), nll(pb)
+    assert abs(p / a - 1) < 0.015, (a, p)
+
+
+def test_lane0_of_four_equals_single_sequence(pb, real_tokens):
+    toks = real_tokens[1][:24]
+    single = run_hashes(pb, toks)
+    assert run_hashes(pb, toks, lane=0, lanes_used=4) == single
+
+
+def test_ir_checker_can_fail():
+    import math
+    from numba import njit
+
+    @njit
+    def uses_exp(x):
+        return math.exp(x)
+
+    @njit(fastmath=True)
+    def fast(a, b, c):
+        return a * b + c
+
+    @njit
+    def clean(a, b, c):
+        return a * b + c
+
+    uses_exp(1.0), fast(1.0, 2.0, 3.0), clean(1.0, 2.0, 3.0)
+    assert ir_violations(uses_exp.inspect_llvm(uses_exp.signatures[0]))
+    assert ir_violations(fast.inspect_llvm(fast.signatures[0]))
+    assert not ir_violations(clean.inspect_llvm(clean.signatures[0]))
+
+
+def test_tiny_threads_batches_lanes_and_slides(tiny):
+    rng = np.random.default_rng(1)
+    toks = [int(t) for t in rng.integers(1, 512, 530)]
+    kw = dict(ctx=64, slide=16, n_keep=2)
+    b1 = PortableBackend(tiny, lanes=1, threads=1, **kw)
+    b2 = PortableBackend(tiny, lanes=4, threads=2, **kw)
+    ref = run_hashes(b1, toks)
+    assert run_hashes(b2, toks) == ref
+    assert run_hashes(b2, toks, lane=2, lanes_used=4) == ref
+    # no slide (big ctx): the same tokens one at a time give the grouped calls' logits
+    b1 = PortableBackend(tiny, lanes=1, threads=2, ctx=1024, slide=256, n_keep=1)
+    ref = run_hashes(b1, toks)
+    b1.reset()
+    singles, seq = [], [b1.bos] + toks
+    for t in seq:
+        singles.append(logit_hash(b1.feed([0], [[t]])))
+    ends, i, k = [], 0, 0
+    while i < len(seq):
+        i += len(seq[i:i + GROUPS[k % len(GROUPS)]])
+        k += 1
+        ends.append(singles[i - 1])
+    assert ends == ref
+
+
+def test_other_architecture_refused(tmp_path):
+    p = write_tiny_llama(tmp_path / "g.gguf", arch="gemma3")
+    with pytest.raises(NacritError) as e:
+        PortableBackend(str(p), ctx=256, lanes=1, threads=1, slide=64, n_keep=1)
+    assert str(e.value).endswith(
+        "portable engine supports llama-architecture GGUFs only; this model is gemma3")
+
+
+def test_unsupported_tensor_type_refused(tmp_path):
+    from gguf import GGMLQuantizationType as Q
+    p = write_tiny_llama(tmp_path / "q.gguf", head_type=Q.Q4_0)
+    with pytest.raises(NacritError, match="unsupported type Q4_0"):
+        PortableBackend(str(p), ctx=256, lanes=1, threads=1, slide=64, n_keep=1)
+
+
+def test_hostile_or_truncated_gguf_is_nacrit_error(tiny, tmp_path):
+    data = Path(tiny).read_bytes()
+    rng = np.random.default_rng(5)
+    cases = [data[:n] for n in (0, 3, 4, 8, 23, 100, 1000, len(data) // 2, len(data) - 1)]
+    cases.append(b"GGUF" + bytes(rng.integers(0, 256, 4000, dtype=np.uint8)))
+    for _ in range(6):
+        d = bytearray(data)
+        for i in rng.integers(0, 600, 8):
+            d[i] = rng.integers(0, 256)
+        cases.append(bytes(d))
+    d = bytearray(data)
+    d[8:16] = (1 << 40).to_bytes(8, "little")          # absurd tensor count
+    cases.append(bytes(d))
+    for i, c in enumerate(cases):
+        p = tmp_path / f"h{i}.gguf"
+        p.write_bytes(c)
+        try:
+            b = PortableBackend(str(p), ctx=64, lanes=1, threads=1, slide=16, n_keep=1)
+            b.feed([0], [[b.bos]])                     # a corruption that still loads: no crash
+        except NacritError:
+            pass
+
+
+def test_roundtrip_through_neural_codec(real_tokens):
+    """Integration: an api.Engine-like object with a PortableBackend codes and decodes a
+    segment with the default ensemble; decoding uses a fresh backend (no llama.cpp needed)."""
+    from nacrith import api, neural
+    from nacrith.mixer import column_table
+    from nacrith.tokenizer import ExactTokenizer
+
+    class Eng:
+        def __init__(self):
+            self.backend = PortableBackend(str(models.resolve(None)), ctx=256, lanes=4,
+                                           threads=2, slide=64, n_keep=1, group=33)
+            self.tokenizer = ExactTokenizer(self.backend)
+            self.column_table = column_table(self.tokenizer.pieces)
+
+    data = corpus("alice29.txt", 6000)[3000:4200]
+    mix = api.Options().mix_params()
+    seg, payload = neural.encode_segment(Eng(), data, 4, 100, mix=mix)
+    assert len(payload) < len(data) // 3
+    assert neural.decode_segment(Eng(), seg, payload, mix=mix) == data
+
+
+def test_fresh_processes_host_vs_generic_cpu_and_threads(children):
+    host, generic = _result(children["host"]), _result(children["generic"])
+    assert generic["cpu"] == "generic" and host["cpu"] != "generic"
+    assert host["threads"] == 2 and generic["threads"] == 1
+    assert len(host["hashes"]) > 100
+    assert host["hashes"] == generic["hashes"]
+    assert host["ir"] == {}, host["ir"]
+
+
+CUDA_CHILD = r"""
+import sys
+import numpy as np
+from nacrith.portable import PortableBackend, cuda as G
+from nacrith.portable.tiny import write_tiny_llama
+from gguf import GGMLQuantizationType as Q
+p = write_tiny_llama(sys.argv[1], seed=3, head_type=Q.Q4_1)
+kw = dict(ctx=8, lanes=2, threads=1, slide=2, n_keep=1)
+cpu, gpu = PortableBackend(p, **kw), PortableBackend(p, **kw)
+rng = np.random.default_rng(2)
+seq = [[0] + [int(t) for t in rng.integers(1, 512, 13)] for _ in range(2)]
+n = 0
+i = 0
+for size in [1, 3, 1, 2, 1, 4, 2]:
+    groups = [s[i:i + size] for s in seq]
+    a = cpu.feed([0, 1], groups)
+    b = G.feed(gpu, [0, 1], groups)
+    assert a.dtype == b.dtype == np.float32 and np.array_equal(a, b), (i, np.abs(a - b).max())
+    i += size
+    n += 1
+print("ok", n, cpu.off.tolist())
+"""
+
+
+def test_cuda_simulator_kernels_equal_cpu(tmp_path):
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-c", CUDA_CHILD, str(tmp_path / "t.gguf")], env=env,
+                       capture_output=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    out = r.stdout.decode().split()
+    assert out[0] == "ok" and out[1] == "7" and out[2] != "[0,"   # slides happened
