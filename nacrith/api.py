@@ -48,6 +48,7 @@ class Options:
     segment_size: int = 4 << 20
     zstd_level: int = 19
     ignore_backend: bool = False                # decode even if the backend profile differs
+    backend: str = "llama"                      # "llama" (llama.cpp) | "portable" (ENGINE.md)
     # ensemble mixer (nacrith/mixer.py); None = the tuned default (mixer.DEFAULTS).  mixer=False
     # codes with the LLM alone (a version-1 archive); a component is off when its switch is 0.
     mixer: bool = True
@@ -80,17 +81,23 @@ class Engine:
     """A loaded model with its exact tokenizer and the header parameters that describe it."""
 
     def __init__(self, path: Path, opts: Options, group: int = 1):
-        from .backend import Backend, fingerprint
         from .tokenizer import ExactTokenizer
         self.path = path
         self.sha256 = models.sha256(path)
-        self.backend = Backend(str(path), ctx=opts.ctx, lanes=opts.lanes, threads=opts.threads,
-                               slide=opts.slide, n_keep=opts.n_keep,
-                               n_gpu_layers=opts.n_gpu_layers, main_gpu=opts.main_gpu,
-                               group=group)
+        if opts.backend == "portable":
+            from .portable import ENGINE_VERSION, PortableBackend, fingerprint
+            cls, self.engine, self.engine_check = PortableBackend, F.E_PORTABLE, ENGINE_VERSION
+        else:
+            from .backend import Backend as cls, fingerprint
+            self.engine = F.E_LLAMA
+        self.backend = cls(str(path), ctx=opts.ctx, lanes=opts.lanes, threads=opts.threads,
+                           slide=opts.slide, n_keep=opts.n_keep, n_gpu_layers=opts.n_gpu_layers,
+                           main_gpu=opts.main_gpu, group=group)
         self.tokenizer = ExactTokenizer(self.backend)
         self._tcol = None
         self.fingerprint = fingerprint()
+        if self.engine == F.E_LLAMA:
+            self.engine_check = F.fingerprint_hash(self.fingerprint)
         self.params = {"ctx": opts.ctx, "slide": opts.slide, "n_keep": opts.n_keep,
                        "threads": opts.threads, "lanes": opts.lanes, "bos": self.backend.bos,
                        "cdf_bits": 24}
@@ -113,7 +120,7 @@ class Engine:
         params.update({k: v for k, v in mp.items()
                        if k != "mix_preset" or v != F.DEFAULTS["mix_preset"]})
         mid = models.registry_id(self.sha256)
-        return F.Descriptor(mid, F.E_LLAMA, F.fingerprint_hash(self.fingerprint), params,
+        return F.Descriptor(mid, self.engine, self.engine_check, params,
                             *(() if mid else (self.sha256, self.backend.n_vocab, self.path.name)))
 
 
@@ -122,7 +129,7 @@ def get_engine(path: Path, opts: Options, mix=None) -> Engine:
     other thread uses it until this thread's engine scope ends, so threads never share a
     llama.cpp context. `mix` (MixParams) sizes the batch for catch-ups."""
     group = mix.skip_cap + 1 if mix is not None and mix.skip else 1
-    key = (str(path), opts.ctx, opts.slide, opts.n_keep, opts.threads, opts.lanes,
+    key = (str(path), opts.backend, opts.ctx, opts.slide, opts.n_keep, opts.threads, opts.lanes,
            opts.n_gpu_layers, opts.main_gpu, group)
     return engines.POOL.get(key, lambda: Engine(path, opts, group))
 
@@ -147,6 +154,8 @@ def _options(opts: Options | None, kw) -> Options:
         o.skip_cap = DEFAULT_SKIP_CAP
     if o.ctx % 256:
         raise BadOption("ctx must be a multiple of 256")
+    if o.backend not in ("llama", "portable"):
+        raise BadOption(f"backend must be 'llama' or 'portable' (got {o.backend!r})")
     for name in ("ctx", "slide", "n_keep", "threads", "lanes", "segment_size"):
         if int(getattr(o, name)) < 1:
             raise BadOption(f"{name} must be >= 1")
@@ -420,9 +429,16 @@ def _decode_engine4(d: F.Descriptor, o: Options):
     """(engine, mixer.MixParams) for a version-4 model descriptor."""
     p, mix = check_descriptor(d)
     name, sha, n_vocab = model_of(d)
+    if d.engine == F.E_PORTABLE:
+        from .portable import ENGINE_VERSION
+        if d.engine_check != ENGINE_VERSION:
+            raise ModelMismatch(f"archive needs portable engine version {d.engine_check}; this "
+                                f"nacrith implements version {ENGINE_VERSION}"
+                                + ("; upgrade nacrith" if d.engine_check > ENGINE_VERSION else ""))
     path = models.find_by_sha(sha, name, o.model)
     dopts = replace(o, ctx=p["ctx"], slide=p["slide"], n_keep=p["n_keep"], lanes=p["lanes"],
-                    threads=o.threads or default_threads())
+                    threads=o.threads or default_threads(),
+                    backend="portable" if d.engine == F.E_PORTABLE else "llama")
     engine = get_engine(path, dopts, mix)
     if engine.backend.n_vocab != n_vocab or engine.backend.bos != p.get("bos", engine.backend.bos):
         raise ModelMismatch("model vocabulary does not match the archive")
@@ -430,13 +446,11 @@ def _decode_engine4(d: F.Descriptor, o: Options):
         here = F.fingerprint_hash(engine.fingerprint)
         if here != d.engine_check and not o.ignore_backend:
             raise ModelMismatch(f"archive was made on another llama.cpp build (fingerprint hash "
-                              f"{d.engine_check:04x}; this build, '{engine.fingerprint}', hashes "
-                              f"to {here:04x}), so logits may differ; decode on the build that "
-                              "made it (native/README.md) or pass --ignore-backend (checksums "
-                              "still verify the result)")
-    else:
-        raise ModelMismatch(f"archive needs the {F.ENGINE_NAMES[d.engine]} engine, version "
-                          f"{d.engine_check}; this nacrith does not have it")
+                                f"{d.engine_check:04x}; this build, '{engine.fingerprint}', "
+                                f"hashes to {here:04x}), so logits may differ; decode on the "
+                                "build that made it (native/README.md), pass --ignore-backend "
+                                "(checksums still verify the result), or make archives with "
+                                "--backend portable, which decode on any machine")
     return engine, mix
 
 

@@ -179,6 +179,10 @@ MODEL = typer.Option(None, "--model", metavar="PATH|PRESET",
 THREADS = typer.Option(None, "--threads", min=1, metavar="N",
                        help="llama.cpp threads (default: min(4, cpus); decode: as recorded).")
 GPU = typer.Option(0, "--gpu-layers", min=0, metavar="N", help="Layers to offload to the GPU.")
+BACKEND = typer.Option("llama", "--backend", metavar="llama|portable",
+                       help="Inference engine: llama (llama.cpp, default; archives decode on a "
+                            "build with the same CPU kernels) or portable (integer engine: "
+                            "archives decode on any machine, formats/ENGINE.md).")
 IGNORE = typer.Option(False, "--ignore-backend",
                       help="Decode even if the archive was made on another llama.cpp backend "
                            "(checksums still verify the result).")
@@ -281,11 +285,11 @@ def compress(context: typer.Context, files: Optional[List[str]] = FILES,
              workers: Optional[int] = WORKERS, devices: Optional[str] = DEVICES,
              engine: str = ENGINE, address: Optional[str] = ADDRESS, resume: bool = RESUME,
              manifest: Optional[str] = MANIFEST, segment_size: Optional[str] = SEGMENT,
-             skip: Optional[float] = SKIP):
+             skip: Optional[float] = SKIP, backend: str = BACKEND):
     """Compress FILEs to FILE.nc (default command)."""
     opts = api.Options(model=model, ctx=ctx, threads=threads, lanes=lanes,
                        n_gpu_layers=gpu_layers, neural=not no_neural, mixer=not no_mixer,
-                       skip=None if skip is None else round(skip * 65536))
+                       skip=None if skip is None else round(skip * 65536), backend=backend)
     seg = _size(segment_size, context)
     if seg is not None:
         opts.segment_size = seg

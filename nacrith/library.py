@@ -48,6 +48,7 @@ class OptionArgs(TypedDict, total=False):
     segment_size: int
     zstd_level: int
     ignore_backend: bool
+    backend: str
     mixer: bool
     ngram: Optional[int]
     ngram_bits: Optional[int]
