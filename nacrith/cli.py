@@ -88,7 +88,7 @@ def _run(job: R.Job, files: Optional[List[str]], ctx=None) -> int:
         R.err("--rm ignored when writing to standard output")
     try:
         _check_options(job)
-        if job.recursive:
+        if job.recursive and not job.solid:
             from .batch import Batch
             job.batch = Batch(job, files)
         if job.mode != "info" and (job.workers or job.engine == "ray"):
@@ -99,7 +99,10 @@ def _run(job: R.Job, files: Optional[List[str]], ctx=None) -> int:
         R.err(_setup_error(e))
         return 1
     try:
-        failed = job.batch.run() if job.batch is not None else R.run_files(job, files)
+        if job.solid:
+            failed = R.guarded(job, job.output, lambda _: R.solid_compress(job, files)) is not None
+        else:
+            failed = job.batch.run() if job.batch is not None else R.run_files(job, files)
     except BaseException:
         if job.pool is not None:
             job.pool.terminate()
@@ -128,11 +131,16 @@ class _Refusal(Exception):
 
 
 def _check_usage(job: R.Job, files: List[str], ctx) -> None:
-    if job.output is not None and len(files) > 1:
+    if job.output is not None and len(files) > 1 and not job.solid:
         raise UsageError("-o/--output needs a single input FILE", ctx=ctx)
     if job.output is not None and job.stdout:
         raise UsageError("-o/--output and -c/--stdout are mutually exclusive", ctx=ctx)
-    if job.recursive:
+    if job.solid:
+        if job.output is None or job.output == "-" or job.stdout or "-" in files:
+            raise UsageError("--solid writes one archive of FILEs/DIRs: give -o OUT.nc", ctx=ctx)
+        if job.resume:
+            raise UsageError("--resume is for per-file archives, not --solid", ctx=ctx)
+    elif job.recursive:
         if "-" in files:
             raise UsageError("-r needs FILE or DIR arguments, not standard input", ctx=ctx)
         if job.output is not None or job.stdout:
@@ -285,7 +293,11 @@ def compress(context: typer.Context, files: Optional[List[str]] = FILES,
              workers: Optional[int] = WORKERS, devices: Optional[str] = DEVICES,
              engine: str = ENGINE, address: Optional[str] = ADDRESS, resume: bool = RESUME,
              manifest: Optional[str] = MANIFEST, segment_size: Optional[str] = SEGMENT,
-             skip: Optional[float] = SKIP, backend: str = BACKEND):
+             skip: Optional[float] = SKIP, backend: str = BACKEND,
+             solid: bool = typer.Option(False, "--solid",
+                                        help="One archive (-o OUT.nc) of every FILE and DIR: "
+                                             "similar files adjacent, the model's context "
+                                             "carried from file to file.")):
     """Compress FILEs to FILE.nc (default command)."""
     opts = api.Options(model=model, ctx=ctx, threads=threads, lanes=lanes,
                        n_gpu_layers=gpu_layers, neural=not no_neural, mixer=not no_mixer,
@@ -294,7 +306,7 @@ def compress(context: typer.Context, files: Optional[List[str]] = FILES,
     if seg is not None:
         opts.segment_size = seg
     job = R.Job("compress", output, stdout, force, rm, quiet, verbose, opts=opts, resume=resume,
-              manifest=manifest)
+              manifest=manifest, solid=solid)
     return _run(_scale(job, context, recursive, workers, devices, engine, address), files,
                 context)
 
@@ -307,11 +319,16 @@ def decompress(context: typer.Context, files: Optional[List[str]] = FILES,
                ignore_backend: bool = IGNORE, gpu_layers: int = GPU,
                recursive: bool = RECURSIVE, workers: Optional[int] = WORKERS,
                devices: Optional[str] = DEVICES, engine: str = ENGINE,
-               address: Optional[str] = ADDRESS):
-    """Decompress FILE.nc to FILE (also: nacrith -d)."""
+               address: Optional[str] = ADDRESS,
+               member: Optional[str] = typer.Option(None, "--file", metavar="PATH",
+                                                    help="Solid archive: extract only this "
+                                                         "file (decodes only its blocks).")):
+    """Decompress FILE.nc to FILE (also: nacrith -d); a solid archive restores its tree under
+    -o DIR (default: the current directory)."""
     opts = api.Options(model=model, threads=threads, n_gpu_layers=gpu_layers,
                        ignore_backend=ignore_backend)
-    job = R.Job("decompress", output, stdout, force, rm, quiet, verbose, opts=opts)
+    job = R.Job("decompress", output, stdout, force, rm, quiet, verbose, opts=opts,
+                member=member)
     return _run(_scale(job, context, recursive, workers, devices, engine, address), files,
                 context)
 

@@ -164,6 +164,8 @@ class Job:
     manifest: Optional[str] = None
     pool: object = None                     # workers.LocalPool | ray_engine.RayPool, at run time
     batch: object = None                    # batch.Batch with -r, at run time
+    solid: bool = False                     # compress --solid: one archive of every input
+    member: Optional[str] = None            # decompress --file: one file of a solid archive
 
     @property
     def progress(self) -> bool:
@@ -268,11 +270,66 @@ def output_path(job: Job, name: str) -> Optional[str]:
     return name[:-len(SUFFIX)]
 
 
+def is_solid(name: str) -> bool:
+    """Whether the file `name` starts like a solid archive (layout 9)."""
+    if name == "-":
+        return False
+    try:
+        with open(name, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    from . import frames as F
+    return len(head) == 4 and head[:3] == F.MAGIC and head[3] == (F.L_SOLID << 4 | F.VERSION)
+
+
+def solid_compress(job: Job, paths: List[str]) -> None:
+    """compress --solid: every input (files, trees) into the one archive job.output."""
+    from . import solid
+    out_path = job.output
+    for p in paths:
+        check_not_same(p, out_path)
+    out = open_output(out_path, output_kind(out_path), job.force)
+    progress = Progress(out_path, job.progress)
+    try:
+        stats = solid.compress_tree(paths, out, job.opts, pool=job.pool,
+                                    progress=progress.callback())
+        progress.close()
+        out.commit()
+    finally:
+        progress.close()
+        out.discard()
+    if job.verbose:
+        err_plain(f"{out_path}: {stats['files']} files, {stats['in']} -> {stats['out']} bytes "
+                  f"({bpb(stats['out'], stats['in'])} bpb)")
+
+
+def solid_one(job: Job, name: str) -> dict:
+    """decompress/test of a solid archive: restore its tree under -o DIR (default: the current
+    directory), or only --file PATH; test decodes and verifies every file, writing nothing."""
+    from . import solid
+    if job.stdout or job.output == "-":
+        raise Refused(name, "a solid archive holds a file tree: restore it with -o DIR")
+    target = job.output or "."
+    r = solid.extract(name, target, job.opts, only=job.member, force=job.force,
+                      dry=job.mode == "test")
+    if job.mode == "test" and not job.quiet:
+        say(f"{name}: OK ({r['files']} files)")
+    elif job.verbose:
+        err_plain(f"{name}: {r['files']} files restored under {target} "
+                  f"({r['blocks_decoded']} blocks decoded)")
+    return {"in": 0, "output": target}
+
+
 def one(job: Job, name: str, reader=None) -> dict:
     """One input, gzip-style. Returns the coding stats plus "output" (path or None).
     reader(src) may wrap the opened input (the batch's SHA-256)."""
     shown = STDIN_NAME if name == "-" else name
     st = None
+    if job.mode in ("decompress", "test") and is_solid(name):
+        return solid_one(job, name)
+    if job.member is not None:
+        raise Refused(name, "--file needs a solid archive")
     if job.mode == "info":
         if name != "-":
             st = os.stat(name)
@@ -379,6 +436,11 @@ def info_one(job: Job, name: str, shown: str) -> None:
         if src is not sys.stdin.buffer:
             src.close()
     if job.json:
+        if d["layout"] == "solid":
+            from . import solid
+            with open(name, "rb") as f:
+                d["files"] = [{"path": e.path, "size": e.size, "mode": e.mode,
+                               "mtime_ns": e.mtime_ns} for e in solid.listing(f)]
         say(json.dumps({"file": shown, "archive_size": size, **d}, sort_keys=True))
         return
     orig = d["original_size"]
@@ -402,6 +464,13 @@ def info_one(job: Job, name: str, shown: str) -> None:
             lines.append(f"    {i:>4}  {s['method']:<7} {s['original']:>12} {s['compressed']:>12}"
                          f"  {bpb(s['compressed'], s['original'])}"
                          + (f"  ({s['lanes']} lanes)" if s["lanes"] > 1 else ""))
+    if d["layout"] == "solid":
+        from . import solid
+        with open(name, "rb") as f:
+            entries = solid.listing(f)
+        lines.append(f"  files        {len(entries)}")
+        for e in entries:
+            lines.append(f"    {e.size:>12}  {e.mode:04o}  {printable(e.path)}")
     ratio = f"{size / orig:.3f}" if orig else "-"
     lines += [f"  original     {orig} bytes",
               f"  compressed   {size} bytes",

@@ -256,9 +256,10 @@ def _write_file(dirs: _Dir, e: Entry, data: bytes, force: bool) -> None:
 
 
 def extract(path: str, target: str, opts: api.Options | None = None, *, only: str | None = None,
-            force: bool = False, progress=None) -> dict:
+            force: bool = False, progress=None, dry: bool = False) -> dict:
     """Restore the files of the solid archive at `path` under the directory `target` (all of
-    them, or only the file `only`, decoding only the blocks it needs)."""
+    them, or only the file `only`, decoding only the blocks it needs). dry: decode and verify
+    every file, write nothing."""
     o = opts or api.Options()
     with open(path, "rb") as f:
         block, entries, _ = read_index(f)
@@ -276,8 +277,9 @@ def extract(path: str, target: str, opts: api.Options | None = None, *, only: st
         for i in picked:
             a, n = offsets[i], entries[i].size
             need.update(range(a // block, (a + max(n, 1) - 1) // block + 1) if n else [])
-        os.makedirs(target, exist_ok=True)
-        root = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+        if not dry:
+            os.makedirs(target, exist_ok=True)
+        root = os.open(target if not dry else ".", os.O_RDONLY | os.O_DIRECTORY)
         dirs = _Dir(root)
         decoded_blocks = 0
         try:
@@ -307,14 +309,16 @@ def extract(path: str, target: str, opts: api.Options | None = None, *, only: st
                     data = bytes(stream[a:a + n])
                     if xxhash.xxh3_64_intdigest(data) != entries[e_i].xxh3:
                         raise NacritError(f"{entries[e_i].path}: does not match its checksum")
-                    _write_file(dirs, entries[e_i], data, force)
+                    if not dry:
+                        _write_file(dirs, entries[e_i], data, force)
                     nxt += 1
                 # drop what no pending file needs any more
                 keep_from = offsets[pending[nxt]] - stream_pos if nxt < len(pending) else len(stream)
                 del stream[:max(0, keep_from)]
                 stream_pos += max(0, keep_from)
             while nxt < len(pending) and entries[pending[nxt]].size == 0:
-                _write_file(dirs, entries[pending[nxt]], b"", force)
+                if not dry:
+                    _write_file(dirs, entries[pending[nxt]], b"", force)
                 nxt += 1
             if nxt != len(pending):
                 raise NacritError("corrupt archive (files missing from its stream)")

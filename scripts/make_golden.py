@@ -66,6 +66,10 @@ def cases():
         {"threads": 1, "lanes": 2, "skip": 62259, "skip_cap": 8}
     yield "v4-framed-neural", alice[12000:12900] + bytes(range(256)) * 2, \
         {"threads": 1, "segment_size": 600}
+    # the portable integer engine (formats/ENGINE.md, version 1): these decode on any machine
+    yield "v4-portable", alice[14000:14600], {"threads": 1, "backend": "portable"}
+    yield "v4-portable-2lanes-slide", fields[6000:7200], {"threads": 2, "backend": "portable",
+                                                          "lanes": 2, "ctx": 256}
     yield "v4-hybrid", tar_of({"a.txt": alice[13000:13700], "b.c": fields[5000:5600]}), \
         {"threads": 1}
 

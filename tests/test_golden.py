@@ -28,7 +28,7 @@ def test_every_feature_is_covered():
         assert f"v3-{feature}.nc" in names
     for feature in ["empty", "stored", "zstd", "framed", "neural", "neural-llm", "neural-escapes",
                     "neural-3lanes", "neural-slide", "neural-custom", "skip-2lanes",
-                    "framed-neural", "hybrid"]:
+                    "framed-neural", "hybrid", "portable", "portable-2lanes-slide"]:
         assert f"v4-{feature}.nc" in names
 
 

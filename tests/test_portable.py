@@ -358,3 +358,37 @@ def test_cuda_simulator_kernels_equal_cpu(tmp_path):
     assert r.returncode == 0, r.stderr.decode()[-3000:]
     out = r.stdout.decode().split()
     assert out[0] == "ok" and out[1] == "7" and out[2] != "[0,"   # slides happened
+
+
+def test_portable_archive_decodes_on_another_cpu_target_in_a_fresh_process(tmp_path):
+    """The user-facing promise: an archive made with --backend portable (host CPU, 2 threads,
+    2 lanes, default ensemble) decodes to its exact bytes in a fresh process compiled for
+    another instruction set (NUMBA_CPU_NAME=generic, own Numba cache) with 1 thread."""
+    import nacrith
+    from nacrith import frames as F
+    data = corpus("alice29.txt", 900) + b"\r\n\x04 caf\xc3\xa9 \xff" + corpus("fields.c", 500)
+    blob = nacrith.compress(data, backend="portable", threads=2, lanes=2)
+    layout, desc, _, _ = F.scan_bytes(blob)
+    assert layout == F.L_NEURAL and (desc.engine, desc.engine_check) == (F.E_PORTABLE, 1)
+    assert desc.params == {"lanes": 2}
+    p = tmp_path / "a.nc"
+    p.write_bytes(blob)
+    env = {**os.environ, "NUMBA_CPU_NAME": "generic", "NUMBA_CACHE_DIR": str(tmp_path / "nb"),
+           "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", "import sys, nacrith; sys.stdout.buffer.write("
+                        "nacrith.decompress(open(sys.argv[1], 'rb').read(), threads=1))", str(p)],
+                       capture_output=True, env=env, timeout=1500, cwd=REPO)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert r.stdout == data
+
+
+def test_portable_version_mismatch_is_refused_before_decoding():
+    import io
+    import nacrith
+    from nacrith import frames as F
+    blob = (REPO / "formats" / "golden" / "v4-portable.nc").read_bytes()
+    desc, seg = F.read_single(io.BytesIO(blob[4:]), blob[3] >> 4, F.SINGLE_LIMIT)
+    desc.engine_check = 2
+    with pytest.raises(nacrith.ModelMismatch, match="archive needs portable engine version 2; "
+                       "this nacrith implements version 1; upgrade nacrith"):
+        nacrith.decompress(F.pack_single(seg, desc))

@@ -1,6 +1,7 @@
 """Solid archives (nacrith/solid.py): a file tree in one archive, restored safely."""
 import io
 import os
+from pathlib import Path
 
 import pytest
 import xxhash
@@ -186,3 +187,46 @@ def test_neural_solid_tree_decodes_in_a_fresh_process(tmp_path):
                      str(arc), str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr.decode()
     same_tree(src, tmp_path / "out" / "src")
+
+
+def _cli(*args, cwd):
+    import subprocess
+    import sys
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.run([sys.executable, "-m", "nacrith", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, timeout=1500)
+
+
+def test_cli_solid_workers_byte_identical_and_restore(tmp_path):
+    """`compress -r --solid DIR -o OUT.nc`: 1 process and 2 workers give the same bytes; `info`
+    lists the files; `-d -o DIR` restores the tree, `--file` one file; usage errors exit 2."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "a.txt").write_bytes(corpus("alice29.txt", 1100))
+    (src / "b.c").write_bytes(corpus("fields.c", 900))
+    (src / "z.bin").write_bytes(bytes(range(256)) * 3)
+    common = ("--threads", "1", "--segment-size", "1K")
+    r1 = _cli("compress", "-r", "--solid", "src", "-o", "one.nc", *common, cwd=tmp_path)
+    r2 = _cli("compress", "-r", "--solid", "src", "-o", "two.nc", "--workers", "2", *common,
+              cwd=tmp_path)
+    assert r1.returncode == 0 and r2.returncode == 0, (r1.stderr, r2.stderr)
+    one, two = (tmp_path / "one.nc").read_bytes(), (tmp_path / "two.nc").read_bytes()
+    assert one == two
+    segs = F.scan_bytes(one)[2]
+    assert len(segs) == 3 and {s.method for s in segs} >= {F.L_NEURAL}
+    r = _cli("info", "one.nc", cwd=tmp_path)
+    out = r.stdout.decode()
+    assert "  layout       solid\n" in out and "  files        3\n" in out
+    assert "src/d/a.txt" in out and "src/z.bin" in out
+    r = _cli("-d", "one.nc", "-o", "out", "--threads", "1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    same_tree(src, tmp_path / "out" / "src")
+    r = _cli("-d", "one.nc", "-o", "part", "--file", "src/b.c", "--threads", "1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in (tmp_path / "part" / "src").iterdir()] == ["b.c"]
+    r = _cli("-d", "one.nc", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr.decode().startswith("nacrith: one.nc: src/")
+    assert "already exists (use -f to overwrite)" in r.stderr.decode()
+    r = _cli("compress", "--solid", "src", cwd=tmp_path)
+    assert r.returncode == 2 and b"--solid writes one archive" in r.stderr
