@@ -8,8 +8,9 @@ Invariants:
 - a tar stream (ustar headers at 512-byte boundaries) is walked member by member: each header
   block and each member's zero padding is binary, each member's content is text when it looks
   like text, and what follows the last header (the end blocks) is binary;
-- elsewhere, binary runs are the stretches with NUL bytes or dense control bytes, found on
-  64-byte blocks; text runs shorter than MIN_TEXT are folded into the binary around them.
+- elsewhere, binary runs are the stretches (at least MIN_BINARY bytes) of 64-byte blocks with
+  NUL bytes or dense control bytes; text runs shorter than MIN_TEXT are folded into the binary
+  around them; text with only stray binary blocks gets no cut (the caller's fallback codes it).
 The cut is only a proposal: the encoder codes the hybrid candidate and keeps it only when it is
 smaller than the other candidates (api.code_segment), so a poor cut costs time, never ratio.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 BLOCK = 64                 # granularity of the generic text/binary classification
 MIN_TEXT = 256             # shorter text runs are not worth a neural run of their own
+MIN_BINARY = 256           # shorter binary stretches (a stray NUL) do not make a binary run
 _CTRL = bytes(c for c in range(32) if c not in (9, 10, 12, 13, 27))
 _TABLE = bytes.maketrans(_CTRL, b"\x00" * len(_CTRL))
 
@@ -52,7 +54,8 @@ def _tar_members(data: bytes):
 
 
 def _generic(data: bytes):
-    """(start, end) text stretches of data by 64-byte blocks."""
+    """(start, end) text stretches of data by 64-byte blocks; binary stretches shorter than
+    MIN_BINARY do not cut a text stretch (so text with stray NULs has no binary run at all)."""
     out, start = [], None
     for i in range(0, len(data), BLOCK):
         if _binary_block(data[i:i + BLOCK]):
@@ -63,7 +66,19 @@ def _generic(data: bytes):
             start = i
     if start is not None:
         out.append((start, len(data)))
-    return out
+    merged: list = []
+    for a, b in out:
+        if merged and a - merged[-1][1] < MIN_BINARY:
+            merged[-1] = (merged[-1][0], b)
+        else:
+            merged.append((a, b))
+    if merged and merged[0][0] < MIN_BINARY:
+        merged[0] = (0, merged[0][1])
+    if merged and len(data) - merged[-1][1] < MIN_BINARY:
+        merged[-1] = (merged[-1][0], len(data))
+    if len(merged) == 1 and merged[0] == (0, len(data)):
+        return []                           # no binary run worth cutting out
+    return merged
 
 
 def split_runs(data: bytes):

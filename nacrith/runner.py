@@ -275,6 +275,8 @@ def is_solid(name: str) -> bool:
     if name == "-":
         return False
     try:
+        if not stat.S_ISREG(os.stat(name).st_mode):   # never open a FIFO or device here
+            return False
         with open(name, "rb") as f:
             head = f.read(4)
     except OSError:

@@ -22,6 +22,7 @@ import os
 import sys
 import sysconfig
 import tarfile
+import tempfile
 from pathlib import Path
 
 import zstandard
@@ -29,6 +30,7 @@ import zstandard
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import nacrith  # noqa: E402
+from nacrith import solid  # noqa: E402
 
 SIZES = [100, 300, 1024, 4096, 16384]
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -111,6 +113,28 @@ def main(argv=None) -> int:
     tar = tar_of(files)
     rows.append({"input": "`tar cf -` of the tree, one archive", "bytes": len(tar),
                  "nacrith": coded(tar), "zstd19": ref_sizes(tar)[0], "xz9e": ref_sizes(tar)[1]})
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "tree").mkdir()
+        for name, data in files.items():
+            (Path(d) / "tree" / name).write_bytes(data)
+        out = io.BytesIO()
+        solid.compress_tree([str(Path(d) / "tree")], out)
+        with open(Path(d) / "t.nc", "wb") as f:
+            f.write(out.getvalue())
+        solid.extract(str(Path(d) / "t.nc"), str(Path(d) / "x"))
+        assert all((Path(d) / "x" / "tree" / n).read_bytes() == b for n, b in files.items())
+    rows.append({"input": "the tree as one `--solid` archive", "bytes": total,
+                 "nacrith": len(out.getvalue()), "zstd19": ref_sizes(tar)[0],
+                 "xz9e": ref_sizes(tar)[1]})
+    corpus = ROOT.parent / "shared" / "corpus"
+    for name in ("kennedy.xls", "ptt5", "sum"):
+        if (corpus / name).is_file():
+            data = (corpus / name).read_bytes()
+            rows.append({"input": f"binary: {name}", "bytes": len(data), "nacrith": coded(data),
+                         "zstd19": ref_sizes(data)[0], "xz9e": ref_sizes(data)[1]})
+    data = os.urandom(65536)
+    rows.append({"input": "binary: 64 KiB random", "bytes": len(data), "nacrith": coded(data),
+                 "zstd19": ref_sizes(data)[0], "xz9e": ref_sizes(data)[1]})
     if a.json:
         print(json.dumps(rows, indent=1))
         return 0
