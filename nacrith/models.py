@@ -48,12 +48,12 @@ REGISTRY = {pr.id: name for name, pr in PRESETS.items()}
 
 
 def registered(model_id: int) -> tuple[str, bytes, int]:
-    """(preset name, SHA-256, n_vocab) of a version-4 model id (NacritError if unknown)."""
+    """(GGUF file name, SHA-256, n_vocab) of a version-4 model id (NacritError if unknown)."""
     name = REGISTRY.get(model_id)
     if name is None:
         raise NacritError(f"archive uses unknown model id {model_id}; upgrade nacrith")
     pr = PRESETS[name]
-    return name, bytes.fromhex(pr.sha256), pr.n_vocab
+    return pr.file, bytes.fromhex(pr.sha256), pr.n_vocab
 
 
 def registry_id(digest: bytes) -> int:

@@ -598,7 +598,7 @@ def test_neural_roundtrip_small_text(tmp_path):
     out = r.stdout.decode()
     assert r.returncode == 0
     assert re.search(r"^ +0  neural +1500 +\d+  [\d.]+$", out, re.M), out
-    assert re.search(r"^  model        smollm2$", out, re.M), out      # registered preset 1
+    assert re.search(r"^  model        SmolLM2-135M-Instruct.Q4_1.gguf$", out, re.M), out
     assert re.search(r"^  sha256       [0-9a-f]{64}$", out, re.M), out
     assert "  params       ctx=2048 slide=512 n_keep=1 lanes=1 mix_preset=3" in out
     r = run("-d", "-q", "-o", "back.txt", "alice.txt.nc", cwd=tmp_path, timeout=600)

@@ -313,9 +313,9 @@ def test_roundtrip_through_neural_codec(real_tokens):
 
     data = corpus("alice29.txt", 6000)[3000:4200]
     mix = api.Options().mix_params()
-    seg, payload = neural.encode_segment(Eng(), data, 4, 100, mix=mix)
-    assert len(payload) < len(data) // 3
-    assert neural.decode_segment(Eng(), seg, payload, mix=mix) == data
+    lanes = neural.encode_segment(Eng(), data, 4, 100, mix=mix)
+    assert len(lanes) == 4 and sum(len(p) for _, p in lanes) < len(data) // 3
+    assert neural.decode_lanes(Eng(), lanes, mix=mix) == data
 
 
 def test_fresh_processes_host_vs_generic_cpu_and_threads(children):

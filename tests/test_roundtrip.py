@@ -152,7 +152,7 @@ def test_wrong_model_is_refused(tmp_path, archives):
     blob = archives["crlf"][1]
     fake = tmp_path / "other.gguf"
     fake.write_bytes(b"GGUF not really")
-    with pytest.raises(nacrith.NacritError, match="archive was made with model smollm2 "):
+    with pytest.raises(nacrith.NacritError, match="archive was made with model SmolLM2-135M-Instruct.Q4_1.gguf "):
         nacrith.decompress(blob, model=str(fake))
 
 
