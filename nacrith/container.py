@@ -274,6 +274,21 @@ class _Tee:
         self.seen += b
         return b
 
+    def fixed(self, n: int, what: str) -> bytes:
+        b = self.read(n)
+        if len(b) < n:
+            raise NacritError(f"truncated archive (in {what})")
+        return b
+
+
+def open_frame(f):
+    """(_Tee over f, frame type byte): the start of every frame reader (v1-3 and v4)."""
+    t = _Tee(f)
+    kind = t.read(1)
+    if not kind:
+        raise NacritError("truncated archive (end frame missing)")
+    return t, kind[0]
+
 
 def _read_varint_stream(t: _Tee, what: str, limit: int) -> int:
     v = shift = 0
@@ -293,17 +308,10 @@ def _read_varint_stream(t: _Tee, what: str, limit: int) -> int:
 def read_frame(f, index: int):
     """Read the next frame header (not its payload): a Segment, a ModelDescriptor or an End."""
     what = f"frame {index} header"
-    t = _Tee(f)
-    kind = t.read(1)
-    if not kind:
-        raise NacritError("truncated archive (end frame missing)")
-    kind = kind[0]
+    t, kind = open_frame(f)
 
     def fixed(n):
-        b = t.read(n)
-        if len(b) < n:
-            raise NacritError(f"truncated archive (in {what})")
-        return b
+        return t.fixed(n, what)
 
     if kind == FRAME_END:
         total = _read_varint_stream(t, what, MAX_TOTAL)

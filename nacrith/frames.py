@@ -321,17 +321,10 @@ def read_single(f, layout: int, limit: int):
 def read_frame(f, index: int, n_segments: int):
     """Next frame of a framed archive: a Descriptor, a Segment (payload read and checked) or End."""
     what = f"frame {index}"
-    t = C._Tee(f)
-    kind = t.read(1)
-    if not kind:
-        raise NacritError("truncated archive (end frame missing)")
-    kind = kind[0]
+    t, kind = C.open_frame(f)
 
     def fixed(n):
-        b = t.read(n)
-        if len(b) < n:
-            raise NacritError(f"truncated archive (in {what})")
-        return b
+        return t.fixed(n, what)
 
     if kind == T_MODEL:
         n = C._read_varint_stream(t, what, MAX_DESCRIPTOR)
