@@ -230,3 +230,45 @@ def test_cli_solid_workers_byte_identical_and_restore(tmp_path):
     assert "already exists (use -f to overwrite)" in r.stderr.decode()
     r = _cli("compress", "--solid", "src", cwd=tmp_path)
     assert r.returncode == 2 and b"--solid writes one archive" in r.stderr
+
+
+def test_fuzz_solid_archives(tmp_path):
+    """600 damaged solid archives (bit flips anywhere, in the index frame above all; truncations;
+    crafted indexes with hostile lengths behind valid checks): listing and a dry extraction end
+    in NacritError or the exact files, never another exception; nothing is written outside."""
+    import random
+    _, arc, _ = build(tmp_path)
+    blob = arc.read_bytes()
+    want = {e.path: e.xxh3 for e in solid.listing(io.BytesIO(blob))}
+    rng = random.Random(5)
+    outcomes = {"ok": 0, "error": 0}
+    for i in range(600):
+        b = bytearray(blob)
+        kind = i % 3
+        if kind == 0:
+            for _ in range(rng.randint(1, 3)):
+                pos = rng.randrange(4, 80) if rng.random() < 0.7 else rng.randrange(len(b))
+                b[pos] ^= 1 << rng.randrange(8)
+        elif kind == 1:
+            del b[rng.randrange(len(b)):]
+        else:                                   # a hostile index with a valid frame check
+            entries = [solid.Entry(rng.choice(["a", "b/c", "x" * rng.randint(1, 300)]),
+                                   rng.choice([0, 1, 9024, 1 << 40]), 0o644, 0, 0)
+                       for _ in range(rng.randint(1, 4))]
+            raw = solid.pack_index(entries, rng.choice([1, 1000, 1 << 26]))
+            start = 4
+            end = start + len(F.pack_index_frame(solid.pack_index(solid.listing(
+                io.BytesIO(blob)), 1000)))
+            b = bytearray(blob[:start] + F.pack_index_frame(raw) + blob[end:])
+        p = tmp_path / "f.nc"
+        p.write_bytes(bytes(b))
+        try:
+            got = {e.path: e.xxh3 for e in solid.listing(io.BytesIO(bytes(b)))}
+            solid.extract(str(p), str(tmp_path / "never"), FAST, dry=True)
+            assert got == want
+            outcomes["ok"] += 1
+        except nacrith.NacritError as e:
+            assert str(e) and "\n" not in str(e)
+            outcomes["error"] += 1
+    assert not (tmp_path / "never").exists()
+    assert outcomes["error"] > 400, outcomes
