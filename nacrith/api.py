@@ -206,22 +206,10 @@ def looks_binary(data: bytes) -> bool:
 
 
 # ---------------------------------------------------------------- compression
-_ZSTD4 = {}
-
-
-def _zstd4(level: int):
-    """Version-4 zstd: magicless frames without content size or checksum (the archive has both)."""
-    if level not in _ZSTD4:
-        _ZSTD4[level] = zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters.from_level(
-            level, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_content_size=0, write_checksum=0,
-            write_dict_id=0))
-    return _ZSTD4[level]
-
-
 def _fallback_body(data: bytes, level: int) -> tuple[int, bytes]:
     """(method, body): zstd when it is smaller, else stored."""
     if data:
-        z = _zstd4(level).compress(data)
+        z = F.zstd_magicless(level).compress(data)
         if len(z) < len(data):
             return F.L_ZSTD, z
     return F.L_STORED, data

@@ -255,12 +255,24 @@ def pack_model_frame(desc: Descriptor) -> bytes:
     return bytes(b) + struct.pack("<I", hash32(bytes(b)))
 
 
+_ZSTD: dict = {}
+
+
+def zstd_magicless(level: int):
+    """The version-4 zstd compressor: magicless frames without content size, checksum or
+    dictionary id (the archive has its own lengths and checks)."""
+    if level not in _ZSTD:
+        import zstandard
+        _ZSTD[level] = zstandard.ZstdCompressor(
+            compression_params=zstandard.ZstdCompressionParameters.from_level(
+                level, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_content_size=0,
+                write_checksum=0, write_dict_id=0))
+    return _ZSTD[level]
+
+
 def pack_index_frame(raw: bytes) -> bytes:
     """Solid archives: the file index (solid.py), zstd-compressed (magicless)."""
-    import zstandard
-    z = zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters.from_level(
-        19, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_content_size=0, write_checksum=0,
-        write_dict_id=0)).compress(raw)
+    z = zstd_magicless(19).compress(raw)
     b = bytearray([T_INDEX])
     put_varint(b, len(raw))
     put_varint(b, len(z))
