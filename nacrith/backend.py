@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import re
 import threading
 
 import numpy as np
@@ -28,6 +29,27 @@ from .errors import BadOption, ModelUnavailable, NacritError
 _initialised = False
 _log_cb = None
 _init_lock = threading.Lock()       # llama_backend_init once, even if threads race to load
+
+
+# A 4-byte UTF-8 shape whose code point is above U+10FFFF (lead F4 with 90..BF, or F5..F7):
+# llama.cpp's pre-tokenizer decodes it without complaint, then throws std::invalid_argument
+# ("invalid codepoint") from C++ code that cannot propagate it, and the process aborts.
+_ABOVE_UNICODE = re.compile(rb"(?:\xf4[\x90-\xbf]|[\xf5-\xf7][\x80-\xbf])[\x80-\xbf]{2}")
+
+
+def llama_tokenize(L, vocab, text: bytes) -> np.ndarray:
+    """llama_tokenize that never aborts the process: the lead byte of every code point above
+    U+10FFFF is replaced by 0xF8 (never a valid lead, so llama.cpp maps that one byte to U+FFFD).
+    The tokens are a proposal only: ExactTokenizer accepts a token only where its piece equals
+    the real input bytes, so the replaced byte is escaped and nothing is lost."""
+    text = _ABOVE_UNICODE.sub(lambda m: b"\xf8" + m.group()[1:], text)
+    cap = len(text) + 16
+    while True:
+        arr = (L.llama_token * cap)()
+        n = L.llama_tokenize(vocab, text, len(text), arr, cap, False, False)
+        if n >= 0:
+            return np.frombuffer(arr, dtype=np.int32, count=n).copy()
+        cap = -n
 
 
 def _llama():
@@ -204,13 +226,7 @@ class Backend:
 
     def tokenize(self, text: bytes) -> np.ndarray:
         """Model tokenizer, special-token text parsed as plain text, no BOS/EOS added."""
-        cap = len(text) + 16
-        while True:
-            arr = (self.L.llama_token * cap)()
-            n = self.L.llama_tokenize(self.vocab, text, len(text), arr, cap, False, False)
-            if n >= 0:
-                return np.frombuffer(arr, dtype=np.int32, count=n).copy()
-            cap = -n
+        return llama_tokenize(self.L, self.vocab, text)
 
     def close(self) -> None:
         L = self.L

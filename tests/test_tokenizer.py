@@ -56,6 +56,28 @@ def test_all_byte_values(tok):
     assert sum(len(r) for _, r in esc) < len(data)
 
 
+ABOVE_UNICODE = b"a\xf4\x90\x80\x80b\xf7\xbf\xbf\xbfc\xf5\x80\x80\x80"
+
+
+def test_code_points_above_unicode_do_not_abort():
+    # llama.cpp throws std::invalid_argument ("invalid codepoint") from its pre-tokenizer on
+    # these shapes and the host process aborts; run in a child so a regression fails cleanly.
+    import subprocess
+    import sys
+    code = ("import sys; from nacrith import models; from nacrith.backend import Backend\n"
+            "from nacrith.tokenizer import ExactTokenizer\n"
+            "t = ExactTokenizer(Backend(str(models.resolve(None)), ctx=256, lanes=1, threads=1,"
+            " slide=64, n_keep=1))\n"
+            f"d = {ABOVE_UNICODE!r}\n"
+            "toks, esc = t.tokenize(d)\n"
+            "assert t.detokenize(toks, esc) == d\n"
+            "print(esc)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-400:]
+    assert r.stdout.strip() == ("[(1, b'\\xf4\\x90\\x80\\x80'), (6, b'\\xf7\\xbf\\xbf\\xbf'), "
+                                "(11, b'\\xf5\\x80\\x80\\x80')]")
+
+
 def test_escape_budget_gives_up(tok):
     assert tok.tokenize(b"\x04" * 100, max_escaped=10) is None
 

@@ -150,14 +150,9 @@ class PortableBackend:
             if not model:
                 raise NacritError(f"{self.path}: llama.cpp cannot load the vocabulary")
             self._tok = (L, model, L.llama_model_get_vocab(model))
+        from ..backend import llama_tokenize
         L, _, vocab = self._tok
-        cap = len(text) + 16
-        while True:
-            arr = (L.llama_token * cap)()
-            n = L.llama_tokenize(vocab, text, len(text), arr, cap, False, False)
-            if n >= 0:
-                return np.frombuffer(arr, dtype=np.int32, count=n).copy()
-            cap = -n
+        return llama_tokenize(L, vocab, text)
 
     def close(self) -> None:
         if self._tok is not None:
