@@ -1,6 +1,8 @@
 """Exact tokenization with the real default model: pieces + escapes reproduce every input."""
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from nacrith import models
 from nacrith.backend import Backend
@@ -86,3 +88,15 @@ def test_merge_rejects_bad_offsets():
     assert merge(b"abcd", [(1, b"X"), (4, b"YZ")]) == b"aXbcYZd"
     with pytest.raises(NacritError):
         merge(b"ab", [(5, b"X")])
+
+
+_ALPHABET = [*b"ab \n\t.\r", 0x00, 0x04, *range(0x80, 0xc2, 7), 0xbf, 0xc3, 0xe2, 0xed, *range(0xf0, 0xf9),
+             0xff]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(_ALPHABET), max_size=60))
+def test_any_bytes_round_trip_through_the_tokenizer(tok, raw):
+    # lead bytes, continuation bytes and truncated sequences in every order: the llama.cpp
+    # tokenizer must never abort and pieces + escapes must give the input back
+    roundtrip(tok, bytes(raw))
