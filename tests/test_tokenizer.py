@@ -1,5 +1,4 @@
 """Exact tokenization with the real default model: pieces + escapes reproduce every input."""
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
