@@ -38,7 +38,7 @@ SINGLE_LAYOUTS = (L_STORED, L_ZSTD, L_NEURAL, L_HYBRID)
 METHOD_NAMES = {L_STORED: "stored", L_ZSTD: "zstd", L_NEURAL: "neural", L_HYBRID: "hybrid"}
 
 # frame types of the framed layout
-T_END, T_INDEX, T_MODEL = 0, 6, 7    # segment frames use their layout + 1 (1..4)
+T_END, T_INDEX2, T_INDEX, T_MODEL = 0, 5, 6, 7   # segment frames use their layout + 1 (1..4)
 MAX_INDEX = 1 << 26              # bytes of a solid archive's index (compressed and raw)
 
 # engines
@@ -270,19 +270,37 @@ def zstd_magicless(level: int):
     return _ZSTD[level]
 
 
-def pack_index_frame(raw: bytes) -> bytes:
-    """Solid archives: the file index (solid.py), zstd-compressed (magicless)."""
+def pack_index_frame(raw: bytes, compact: bool = True) -> bytes:
+    """Solid archives: the file index (solid.py). compact (frame 05, solid.pack_index's compact
+    packing): varint (n << 1 | z), then the n raw bytes (z = 0) or varint m + m bytes of
+    magicless zstd (z = 1, written only when smaller); frame 06 (the first index packing): varint
+    n, varint m, m bytes of magicless zstd."""
     z = zstd_magicless(19).compress(raw)
-    b = bytearray([T_INDEX])
-    put_varint(b, len(raw))
-    put_varint(b, len(z))
-    b += z
+    b = bytearray([T_INDEX2 if compact else T_INDEX])
+    if not compact:
+        put_varint(b, len(raw))
+        put_varint(b, len(z))
+        b += z
+    elif len(z) + len(_varint(len(z))) < len(raw):
+        put_varint(b, len(raw) << 1 | 1)
+        put_varint(b, len(z))
+        b += z
+    else:
+        put_varint(b, len(raw) << 1)
+        b += raw
     return bytes(b) + struct.pack("<I", hash32(bytes(b)))
+
+
+def _varint(v: int) -> bytes:
+    b = bytearray()
+    put_varint(b, v)
+    return bytes(b)
 
 
 @dataclass
 class Index:
     raw: bytes                      # the uncompressed index (solid.py parses it)
+    compact: bool = True            # frame 05 (solid.pack_index compact) or 06 (the first)
 
 
 def pack_segment_frame(seg: Segment, index: int) -> bytes:
@@ -348,12 +366,20 @@ def read_frame(f, index: int, n_segments: int):
         d = read_descriptor(r)
         r.done()
         return d
-    if kind == T_INDEX:
-        n = C._read_varint_stream(t, what, MAX_INDEX)
-        z = C.read_exact(f, C._read_varint_stream(t, what, MAX_INDEX), f"{what} (index)")
+    if kind in (T_INDEX, T_INDEX2):
+        n = C._read_varint_stream(t, what, 2 * MAX_INDEX + 1)
+        zipped = kind == T_INDEX or n & 1
+        if kind == T_INDEX2:
+            n >>= 1
+        if n > MAX_INDEX:
+            raise NacritError(f"corrupt {what} (index too long)")
+        m = C._read_varint_stream(t, what, MAX_INDEX) if zipped else n
+        z = C.read_exact(f, m, f"{what} (index)")
         head = bytes(t.seen)
         if hash32(head + z) != struct.unpack("<I", fixed(4))[0]:
             raise NacritError(f"corrupt {what} (index checksum mismatch)")
+        if not zipped:
+            return Index(z)
         import zstandard
         try:
             with zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS).stream_reader(z) as r:
@@ -362,7 +388,7 @@ def read_frame(f, index: int, n_segments: int):
             raise NacritError(f"corrupt {what} (index: {e})") from None
         if len(raw) != n:
             raise NacritError(f"corrupt {what} (index length mismatch)")
-        return Index(raw)
+        return Index(raw, kind == T_INDEX2)
     if kind == T_END:
         total = C._read_varint_stream(t, what, C.MAX_TOTAL)
         total_hash = struct.unpack("<Q", fixed(8))[0]

@@ -7,7 +7,10 @@ Invariants:
   workers code blocks in parallel with byte-identical output for any number of workers);
 - files are ordered so that similar ones are adjacent: by extension, then by path;
 - the index (first frame) lists for every file its relative path ('/'-separated, UTF-8), size,
-  permission bits, mtime (ns) and xxh3-64; a file's bytes are the stream range that the sizes
+  permission bits, mtime and a check of its bytes: compact packing (frame 05, written): paths
+  front-coded, mode and mtime (whole seconds) as differences, the low 32 bits of the xxh3-64;
+  the first packing (frame 06, read): full paths, ns, 64 bits; a full restore also checks the
+  end frame's xxh3-64 of the whole stream; a file's bytes are the stream range that the sizes
   before it imply, so extracting one file decodes only the blocks that range overlaps;
 - a restored path is always inside the target directory: the index is refused when a path is
   absolute, empty, has an empty, '.' or '..' component, a NUL or backslash, or repeats (or is a
@@ -39,22 +42,50 @@ class Entry:
     size: int
     mode: int                       # permission bits (0o7777)
     mtime_ns: int
-    xxh3: int = 0
+    xxh3: int = 0                   # of the file's bytes: the low check_bits bits of its xxh3-64
     source: str = ""                # where it is read from (compression only)
+    check_bits: int = 64
 
 
 # ---------------------------------------------------------------- index
-def pack_index(entries: list[Entry], block: int) -> bytes:
+MTIME_S_LIMIT = (1 << 64) // 10**9
+
+
+def _zigzag(v: int) -> int:
+    return 2 * v if v >= 0 else -2 * v - 1
+
+
+def _unzigzag(z: int) -> int:
+    return z >> 1 if not z & 1 else -((z + 1) >> 1)
+
+
+def pack_index(entries: list[Entry], block: int, compact: bool = True) -> bytes:
+    """The raw index. compact (frame 05): each path as the length it shares with the previous
+    path + the rest, mode and mtime (whole seconds) as zigzag differences from the previous
+    file's (the first from 0o644 and 0), the low 32 bits of the file's xxh3-64. Not compact
+    (frame 06, the first packing): full paths, mtimes in ns, 64-bit checks."""
     b = bytearray()
     C.put_varint(b, block)
     C.put_varint(b, len(entries))
+    prev, pmode, ptime = b"", 0o644, 0
     for e in entries:
         raw = e.path.encode("utf-8")
-        C.put_varint(b, len(raw))
-        b += raw
-        for v in (e.size, e.mode, e.mtime_ns):
+        if not compact:
+            C.put_varint(b, len(raw))
+            b += raw
+            for v in (e.size, e.mode, e.mtime_ns):
+                C.put_varint(b, v)
+            b += struct.pack("<Q", e.xxh3)
+            continue
+        shared = len(os.path.commonprefix([prev, raw]))
+        C.put_varint(b, shared)
+        C.put_varint(b, len(raw) - shared)
+        b += raw[shared:]
+        secs = e.mtime_ns // 10**9
+        for v in (e.size, _zigzag(e.mode - pmode), _zigzag(secs - ptime)):
             C.put_varint(b, v)
-        b += struct.pack("<Q", e.xxh3)
+        b += struct.pack("<I", e.xxh3 & 0xFFFFFFFF)
+        prev, pmode, ptime = raw, e.mode, secs
     return bytes(b)
 
 
@@ -66,20 +97,34 @@ def check_path(p: str) -> None:
         raise NacritError(f"solid archive holds an unsafe path {p!r}; refusing to restore it")
 
 
-def parse_index(raw: bytes) -> tuple[int, list[Entry]]:
+def parse_index(raw: bytes, compact: bool = True) -> tuple[int, list[Entry]]:
     r = C.Reader(raw, "file index")
     block = r.varint(C.MAX_NEURAL_SEGMENT)
     if block < 1:
         raise NacritError("corrupt file index (block size 0)")
     out, seen, dirs = [], set(), set()
+    prev, mode, secs = b"", 0o644, 0
     for _ in range(r.varint(MAX_FILES)):
+        if compact:
+            shared = r.varint(len(prev))
+            praw = prev[:shared] + r.take(r.varint(MAX_PATH - shared))
+        else:
+            praw = r.take(r.varint(MAX_PATH))
         try:
-            path = r.take(r.varint(MAX_PATH)).decode("utf-8")
+            path = praw.decode("utf-8")
         except UnicodeDecodeError:
             raise NacritError("corrupt file index (path is not UTF-8)") from None
         check_path(path)
-        size, mode, mtime = r.varint(C.MAX_TOTAL), r.varint(0o7777), r.varint(1 << 64)
-        xxh = r.u64()
+        size = r.varint(C.MAX_TOTAL)
+        if compact:
+            mode += _unzigzag(r.varint(2 * 0o7777 + 1))
+            secs += _unzigzag(r.varint(2 * MTIME_S_LIMIT + 1))
+            if not 0 <= mode <= 0o7777 or not 0 <= secs <= MTIME_S_LIMIT:
+                raise NacritError("corrupt file index (mode or mtime out of range)")
+            mtime, xxh, bits = secs * 10**9, r.u32(), 32
+            prev = praw
+        else:
+            mode, mtime, xxh, bits = r.varint(0o7777), r.varint(1 << 64), r.u64(), 64
         if path in seen or path in dirs:
             raise NacritError(f"solid archive lists {path!r} twice (or as a file and a directory)")
         parents = ["/".join(path.split("/")[:i]) for i in range(1, path.count("/") + 1)]
@@ -87,7 +132,7 @@ def parse_index(raw: bytes) -> tuple[int, list[Entry]]:
             raise NacritError(f"solid archive lists {path!r} under a file")
         seen.add(path)
         dirs.update(parents)
-        out.append(Entry(path, size, mode, mtime, xxh))
+        out.append(Entry(path, size, mode, mtime, xxh, check_bits=bits))
     r.done()
     return block, out
 
@@ -182,7 +227,7 @@ def read_index(src) -> tuple[int, list[Entry], api.Scan]:
     s = api.scan(src)
     if s.index is None:
         raise NacritError("not a solid archive (no file index)")
-    block, entries = parse_index(s.index)
+    block, entries = parse_index(s.index, s.index_compact)
     if sum(e.size for e in entries) != s.total_len:
         raise NacritError("corrupt file index (sizes do not add up to the archive's total)")
     sizes = [seg["original"] for seg in s.segments]
@@ -291,6 +336,7 @@ def extract(path: str, target: str, opts: api.Options | None = None, *, only: st
             stream_pos = 0
             nxt = 0                         # next entry (in `picked` order) to write
             pending = picked
+            whole = xxhash.xxh3_64()        # of the whole stream, when every block is decoded
             for task in api._tasks4(f, first, state, solid=True):
                 seg, _, desc, k, offset = task
                 if k not in need:
@@ -299,7 +345,9 @@ def extract(path: str, target: str, opts: api.Options | None = None, *, only: st
                     continue
                 if not stream:
                     stream_pos = offset
-                stream += api.decode_segment(*task, o, progress, cache)
+                chunk = api.decode_segment(*task, o, progress, cache)
+                whole.update(chunk)
+                stream += chunk
                 decoded_blocks += 1
                 while nxt < len(pending):
                     e_i = pending[nxt]
@@ -307,7 +355,8 @@ def extract(path: str, target: str, opts: api.Options | None = None, *, only: st
                     if a + n > len(stream):
                         break
                     data = bytes(stream[a:a + n])
-                    if xxhash.xxh3_64_intdigest(data) != entries[e_i].xxh3:
+                    mask = (1 << entries[e_i].check_bits) - 1
+                    if xxhash.xxh3_64_intdigest(data) & mask != entries[e_i].xxh3:
                         raise NacritError(f"{entries[e_i].path}: does not match its checksum")
                     if not dry:
                         _write_file(dirs, entries[e_i], data, force)
@@ -322,6 +371,10 @@ def extract(path: str, target: str, opts: api.Options | None = None, *, only: st
                 nxt += 1
             if nxt != len(pending):
                 raise NacritError("corrupt archive (files missing from its stream)")
+            end = state.get("end")
+            if only is None and end is not None and end.total_hash is not None \
+                    and whole.intdigest() != end.total_hash:
+                raise NacritError("decoded tree does not match the archive's checksum")
         finally:
             dirs.close()
             os.close(root)

@@ -74,6 +74,43 @@ def cases():
         {"threads": 1}
 
 
+def solid_cases():
+    """Solid archives: (name, {path: bytes}, {path: mode}, options, block size)."""
+    alice = (CORPUS / "alice29.txt").read_bytes()
+    fields = (CORPUS / "fields.c").read_bytes()
+    tree = {"t/a.txt": alice[15000:15500], "t/sub/b.c": fields[7000:7400], "t/sub/empty.txt": b"",
+            "t/z.txt": alice[16000:16300]}
+    modes = {"t/a.txt": 0o644, "t/sub/b.c": 0o755, "t/sub/empty.txt": 0o600, "t/z.txt": 0o644}
+    # the first solid index (frame 06: zstd of 64-bit checks and ns mtimes), 3 blocks
+    yield "v4-solid-index1", tree, modes, {"threads": 1}, 600
+    # the compact index (frame 05: shared path prefixes, mode/mtime deltas, 32-bit checks)
+    yield "v4-solid", tree, modes, {"threads": 1}, 600
+
+
+def write_solid(path: Path, tree: dict, modes: dict, opts: dict, block: int) -> bytes:
+    """Write the tree (fixed mtimes) as a solid archive at path; return the stream (the files'
+    bytes concatenated in index order), which the manifest's SHA-256 covers."""
+    import os
+    import tempfile
+    from nacrith import solid
+    with tempfile.TemporaryDirectory() as d:
+        for i, (rel, data) in enumerate(sorted(tree.items())):
+            p = Path(d) / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)
+            os.chmod(p, modes[rel])
+            os.utime(p, ns=(1700000000_000000000 + i * 1_500_000_000,) * 2)
+        with open(path, "wb") as f:
+            solid.compress_tree([str(Path(d) / "t")], f, api.normalized(**opts), block=block)
+        with open(path, "rb") as f:
+            entries = solid.listing(f)
+        out = Path(d) / "x"
+        solid.extract(str(path), str(out))
+        stream = b"".join((out / e.path).read_bytes() for e in entries)
+        assert stream == b"".join(tree[e.path] for e in entries)
+    return stream
+
+
 def tar_of(files: dict) -> bytes:
     """A deterministic ustar stream (fixed mtime, owner and mode)."""
     import io
@@ -103,6 +140,16 @@ def main():
             methods = ",".join(s["method"] for s in api.scan(f).segments) or "-"
         lines.append(f"{hashlib.sha256(data).hexdigest()}  {len(data)}  {path.name}  {methods}")
         print(f"wrote {path.name}: {len(data)} -> {len(blob)} bytes ({methods})")
+    for name, tree, modes, opts, block in solid_cases():
+        path = OUT / f"{name}.nc"
+        if path.exists():
+            print(f"keep {path.name}")
+            continue
+        data = write_solid(path, tree, modes, opts, block)
+        with open(path, "rb") as f:
+            methods = ",".join(s["method"] for s in api.scan(f).segments) or "-"
+        lines.append(f"{hashlib.sha256(data).hexdigest()}  {len(data)}  {path.name}  {methods}")
+        print(f"wrote {path.name}: {len(data)} -> {path.stat().st_size} bytes ({methods})")
     manifest.write_text("\n".join(lines) + "\n")
 
 

@@ -13,7 +13,9 @@ from nacrith import api
 from nacrith import container as C
 
 GOLDEN = Path(__file__).resolve().parents[1] / "formats" / "golden"
-ENTRIES = [line.split() for line in (GOLDEN / "MANIFEST.txt").read_text().splitlines() if line]
+ALL = [line.split() for line in (GOLDEN / "MANIFEST.txt").read_text().splitlines() if line]
+ENTRIES = [e for e in ALL if "-solid" not in e[2]]
+SOLID = [e for e in ALL if "-solid" in e[2]]
 
 
 def test_every_feature_is_covered():
@@ -28,8 +30,9 @@ def test_every_feature_is_covered():
         assert f"v3-{feature}.nc" in names
     for feature in ["empty", "stored", "zstd", "framed", "neural", "neural-llm", "neural-escapes",
                     "neural-3lanes", "neural-slide", "neural-custom", "skip-2lanes",
-                    "framed-neural", "hybrid", "portable", "portable-2lanes-slide"]:
-        assert f"v4-{feature}.nc" in names
+                    "framed-neural", "hybrid", "portable", "portable-2lanes-slide", "solid-index1",
+                    "solid"]:
+        assert f"v4-{feature}.nc" in names | {e[2] for e in SOLID}
 
 
 def test_mixer_presets_of_the_golden_archives():
@@ -50,3 +53,25 @@ def test_golden_decodes(sha, size, name, methods):
     data = nacrith.decompress(blob)
     assert len(data) == int(size)
     assert hashlib.sha256(data).hexdigest() == sha
+
+
+@pytest.mark.parametrize("sha, size, name, methods", SOLID, ids=[e[2] for e in SOLID])
+def test_golden_solid_restores(tmp_path, sha, size, name, methods):
+    # make_golden.solid_cases: t/a.txt 0644, t/sub/b.c 0755, t/sub/empty.txt 0600, t/z.txt 0644,
+    # mtimes 1700000000 s + 1.5 s per file in path order; the manifest hashes the stream
+    import os
+    from nacrith import solid
+    path = GOLDEN / name
+    with open(path, "rb") as f:
+        assert ",".join(s["method"] for s in api.scan(f).segments) == methods
+        f.seek(0)
+        entries = solid.listing(f)
+    assert [e.path for e in entries] == ["t/sub/b.c", "t/a.txt", "t/sub/empty.txt", "t/z.txt"]
+    solid.extract(str(path), str(tmp_path))
+    stream = b"".join((tmp_path / e.path).read_bytes() for e in entries)
+    assert len(stream) == int(size) and hashlib.sha256(stream).hexdigest() == sha
+    got = {e.path: (os.stat(tmp_path / e.path).st_mode & 0o7777,
+                    os.stat(tmp_path / e.path).st_mtime_ns // 10**9) for e in entries}
+    order = sorted(got)
+    assert got == {p: ({"t/sub/b.c": 0o755, "t/sub/empty.txt": 0o600}.get(p, 0o644),
+                       1700000000 + (i * 3) // 2) for i, p in enumerate(order)}

@@ -41,7 +41,8 @@ def same_tree(a, b):
             q = os.path.join(b, os.path.relpath(p, a))
             assert open(p, "rb").read() == open(q, "rb").read(), p
             sp, sq = os.stat(p), os.stat(q)
-            assert (sp.st_mode, sp.st_mtime_ns) == (sq.st_mode, sq.st_mtime_ns), p
+            # mtimes are kept in whole seconds (like ustar and gzip)
+            assert (sp.st_mode, sp.st_mtime_ns // 10**9 * 10**9) == (sq.st_mode, sq.st_mtime_ns), p
     assert sorted(os.path.relpath(os.path.join(d, n), a) for d, _, ns in os.walk(a) for n in ns) \
         == sorted(os.path.relpath(os.path.join(d, n), b) for d, _, ns in os.walk(b) for n in ns)
 
@@ -51,6 +52,7 @@ def test_tree_round_trip_with_modes_and_mtimes(tmp_path):
     assert stats["files"] == 5
     blob = arc.read_bytes()
     assert blob[:4] == b"NAC\x94"                           # solid layout, version 4
+    assert blob[4] == 5                                     # the compact index frame
     # similar files adjacent: by extension, then path
     assert [e.path for e in solid.listing(io.BytesIO(blob))] == [
         "src/empty", "src/sub/f.c", "src/sub/g.c", "src/bin.dat", "src/a.txt"]
@@ -67,7 +69,7 @@ def test_listing_and_info_load_no_model(tmp_path, monkeypatch):
     monkeypatch.setattr(api, "get_engine", forbidden)
     entries = solid.listing(open(arc, "rb"))
     assert {e.path: e.size for e in entries}["src/sub/g.c"] == 2500
-    assert entries[-1].mtime_ns == 1_600_000_000_123_456_789
+    assert entries[-1].mtime_ns == 1_600_000_000_000_000_000        # whole seconds
     d = nacrith.info(open(arc, "rb"))
     assert d["layout"] == "solid" and d["original_size"] == sum(e.size for e in entries)
 
@@ -244,8 +246,14 @@ def test_fuzz_solid_archives(tmp_path):
     outcomes = {"ok": 0, "error": 0}
     for i in range(600):
         b = bytearray(blob)
-        kind = i % 3
-        if kind == 0:
+        kind = i % 4
+        if kind == 3:                           # random raw index bytes behind a valid check
+            raw = bytes(rng.randrange(256) for _ in range(rng.randint(0, 40)))
+            start = 4
+            end = start + len(F.pack_index_frame(solid.pack_index(solid.listing(
+                io.BytesIO(blob)), 1000)))
+            b = bytearray(blob[:start] + F.pack_index_frame(raw) + blob[end:])
+        elif kind == 0:
             for _ in range(rng.randint(1, 3)):
                 pos = rng.randrange(4, 80) if rng.random() < 0.7 else rng.randrange(len(b))
                 b[pos] ^= 1 << rng.randrange(8)
@@ -272,3 +280,27 @@ def test_fuzz_solid_archives(tmp_path):
             outcomes["error"] += 1
     assert not (tmp_path / "never").exists()
     assert outcomes["error"] > 400, outcomes
+
+
+def test_fuzz_the_first_index_packing():
+    # frame 06 (golden v4-solid-index1): bit flips and truncations of the index region are
+    # refused or list exactly the original files
+    import random
+    blob = (Path(__file__).resolve().parents[1] / "formats/golden/v4-solid-index1.nc").read_bytes()
+    want = [(e.path, e.size, e.xxh3) for e in solid.listing(io.BytesIO(blob))]
+    assert len(want) == 4 and all(e.check_bits == 64 for e in solid.listing(io.BytesIO(blob)))
+    rng = random.Random(6)
+    errors = 0
+    for i in range(400):
+        b = bytearray(blob)
+        if i % 2:
+            b[rng.randrange(3, 120)] ^= 1 << rng.randrange(8)
+        else:
+            del b[rng.randrange(len(b)):]
+        try:
+            got = [(e.path, e.size, e.xxh3) for e in solid.listing(io.BytesIO(bytes(b)))]
+            assert got == want
+        except nacrith.NacritError as e:
+            assert str(e) and "\n" not in str(e)
+            errors += 1
+    assert errors == 400
