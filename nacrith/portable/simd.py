@@ -102,3 +102,98 @@ def axpy_i8x64(typingctx, acc, ao, p, v, vo):
 
     return sig, codegen
 
+
+
+# ---------------------------------------------------------------- 16-row interleaved blocks
+# Layout prepared at load (model.py): for a group of R = 16 rows and one 32-column block, chunk k
+# of 64 bytes holds byte c of quad k of every row r at 4r + c.  Q8_0: 8 chunks, byte = q[r, 4k+c]
+# (int8).  Q4_1: 4 chunks, byte = GGUF byte 4k+c of row r's block (low nibble q[r, 4k+c], high
+# nibble q[r, 16+4k+c]).  Lane pairs (2r, 2r+1) of the int32 partial sums belong to row r.
+R = 16
+_EVEN64 = list(range(0, 64, 2))
+_ODD64 = list(range(1, 64, 2))
+_EVEN32 = list(range(0, 32, 2))
+_ODD32 = list(range(1, 32, 2))
+_QUAD64 = [i % 4 for i in range(64)]
+
+
+def _shuf(builder, v, idx):
+    return builder.shuffle_vector(v, v, ir.Constant(_vec(_i32, len(idx)), idx))
+
+
+def _quad_dot(builder, w16, xq):
+    """<64 x i16> codes (lane 4r + c) times the 4 activations xq (<4 x i8>, repeated for every
+    row) -> <32 x i32> pair sums (lane 2r + e = codes 4r+2e, 4r+2e+1), exact (|.| < 2^16)."""
+    x16 = builder.sext(_shuf(builder, xq, _QUAD64), _vec(_i16, 64))
+    s = [builder.mul(builder.sext(_shuf(builder, a, idx), _vec(_i32, 32)),
+                     builder.sext(_shuf(builder, x16, idx), _vec(_i32, 32)))
+         for a, idx in ((w16, _EVEN64), (w16, _ODD64))]
+    return builder.add(s[0], s[1])
+
+
+def _acc_update(context, builder, sig, args, isum, q4):
+    """acc[0:16] = acc + (wd*da)*f32(S) [+ (wm*da)*sa]: lane-wise float32 basic operations in the
+    order of ENGINE.md §3 (one lane per row; no fast-math flags, no fma)."""
+    f32 = ir.FloatType()
+    S = builder.add(_shuf(builder, isum, _EVEN32), _shuf(builder, isum, _ODD32))
+    sf = builder.sitofp(S, _vec(f32, R))
+    pa = _ptr(context, builder, sig.args[0], args[0], ir.Constant(ir.IntType(64), 0), _vec(f32, R))
+    wd = _load(builder, _ptr(context, builder, sig.args[5], args[5], args[7], _vec(f32, R)), None)
+    da = _splat(builder, args[8], f32, R)
+    t = builder.fmul(builder.fmul(wd, da), sf)
+    if q4:
+        wm = _load(builder, _ptr(context, builder, sig.args[6], args[6], args[7], _vec(f32, R)),
+                   None)
+        t = builder.fadd(t, builder.fmul(builder.fmul(wm, da), _splat(builder, args[9], f32, R)))
+    builder.store(builder.fadd(builder.load(pa, align=4), t), pa, align=4)
+
+
+def _load4(context, builder, aryty, ary, off, k):
+    off = builder.add(off, ir.Constant(off.type, k))
+    return _load(builder, _ptr(context, builder, aryty, ary, off, _vec(_i8, 4)), None)
+
+
+def _chunk(context, builder, aryty, ary, off, k):
+    off = builder.add(off, ir.Constant(off.type, 64 * k))
+    return _load(builder, _ptr(context, builder, aryty, ary, off, _vec(_i8, 64)), None)
+
+
+@intrinsic
+def blk16_q4(typingctx, acc, w, wo, x, xo, wd, wm, so, da, sa):
+    """One Q4_1 block (256 interleaved bytes w[wo:]) of 16 rows times int8 activations
+    x[xo:xo+32]: acc[r] = acc[r] + ((wd[so+r]*da)*f32(S_r) + (wm[so+r]*da)*sa), S_r exact int32
+    (|S_r| <= 32*15*127 < 2^16)."""
+    sig = types.void(acc, w, wo, x, xo, wd, wm, so, da, sa)
+
+    def codegen(context, builder, sig, args):
+        isum = ir.Constant(_vec(_i32, 32), [0] * 32)
+        for k in range(4):
+            v = _chunk(context, builder, sig.args[1], args[1], args[2], k)
+            lo = builder.and_(v, ir.Constant(_vec(_i8, 64), [15] * 64))
+            hi = builder.lshr(v, ir.Constant(_vec(_i8, 64), [4] * 64))
+            for nib, xoff in ((lo, 4 * k), (hi, 16 + 4 * k)):
+                xq = _load4(context, builder, sig.args[3], args[3], args[4], xoff)
+                isum = builder.add(isum, _quad_dot(builder, builder.zext(nib, _vec(_i16, 64)), xq))
+        _acc_update(context, builder, sig, args, isum, True)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def blk16_q8(typingctx, acc, w, wo, x, xo, wd, wm, so, da, sa):
+    """One Q8_0 block (512 interleaved int8 codes w[wo:]) of 16 rows times int8 activations
+    x[xo:xo+32]: acc[r] = acc[r] + (wd[so+r]*da)*f32(S_r), S_r exact int32 (|S_r| <= 2^19);
+    wm and sa are unused (same signature as blk16_q4)."""
+    sig = types.void(acc, w, wo, x, xo, wd, wm, so, da, sa)
+
+    def codegen(context, builder, sig, args):
+        isum = ir.Constant(_vec(_i32, 32), [0] * 32)
+        for k in range(8):
+            v = _chunk(context, builder, sig.args[1], args[1], args[2], k)
+            xq = _load4(context, builder, sig.args[3], args[3], args[4], 4 * k)
+            isum = builder.add(isum, _quad_dot(builder, builder.sext(v, _vec(_i16, 64)), xq))
+        _acc_update(context, builder, sig, args, isum, False)
+        return context.get_dummy_value()
+
+    return sig, codegen
