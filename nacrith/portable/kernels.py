@@ -97,19 +97,22 @@ def rmsnorm(x, w, eps, out):
 @njit(cache=True)
 def mm_group(kind, W, Wd, Wm, g, qa, da, sa, t, acc):
     """Rows 16g..16g+15 of a quantised matrix (interleaved layout, model.py) times activation row
-    t: acc[0:16] (float32), each lane the §3 block loop of its row, blocks in increasing order."""
-    w = W[g]
-    x = qa[t]
-    d = Wd[g]
-    m = Wm[g] if kind == Q4_1 else Wm[0]
+    t: acc[0:16] (float32), each lane the §3 block loop of its row, blocks in increasing order.
+    (Flat offsets into the C-contiguous 2-D arrays: no views, no reference counting.)"""
+    wo = g * W.shape[1]
+    so = g * Wd.shape[1]
+    mo = so if kind == Q4_1 else 0
+    xo = t * qa.shape[1]
     for i in range(R):
         acc[i] = F0
     if kind == Q4_1:
         for b in range(da.shape[1]):
-            blk16_q4(acc, w, b * 256, x, b * 32, d, m, b * R, da[t, b], sa[t, b])
+            blk16_q4(acc, W, wo + b * 256, qa, xo + b * 32, Wd, Wm, so + b * R, mo + b * R,
+                     da[t, b], sa[t, b])
     else:
         for b in range(da.shape[1]):
-            blk16_q8(acc, w, b * 512, x, b * 32, d, m, b * R, da[t, b], sa[t, b])
+            blk16_q8(acc, W, wo + b * 512, qa, xo + b * 32, Wd, Wm, so + b * R, mo,
+                     da[t, b], sa[t, b])
 
 
 @njit(cache=True)
