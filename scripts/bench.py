@@ -297,9 +297,10 @@ def compare_backends(args, files, load) -> None:
             fmt = "{:.4f}" if k.startswith("bpb") else "{:.1f}"
             print(f"| {k} | " + " | ".join(fmt.format(x) for x in v) + f" | {v[-1] / v[0]:.3f} |")
     rss = {be: max(rows[be, n]["rss_mib"] for n in files) for be in names}
-    rt = {be: all(rows[be, n].get("roundtrip", True) for n in files) for be in names}
+    rt = {be: {rows[be, n].get("roundtrip") for n in files} for be in names}
     print("| peak RSS MiB | " + " | ".join(f"{rss[be]:.0f}" for be in names) + " | - |")
-    print("| round trips | " + " | ".join("ok" if rt[be] else "FAIL" for be in names) + " | - |")
+    print("| round trips | " + " | ".join("not run" if None in rt[be] else "FAIL" if False in rt[be]
+                                          else "ok" for be in names) + " | - |")
     print(f"\n# threads {th}, ctx {args.ctx}, slide {args.ctx // 4}, n_keep 1, lanes 1 unless "
           "stated; tok/s = tokens per second of the llama.cpp tokenisation; speed ratios from the "
           "same run")
