@@ -140,6 +140,9 @@ def _vnni() -> bool:
     from llvmlite import binding
     if numba.config.CPU_NAME not in (None, "", "host"):
         return False
+    feats = numba.config.CPU_FEATURES
+    if feats:                                  # an explicit feature list decides
+        return "+avx512vnni" in feats and "+avx512bw" in feats
     f = binding.get_host_cpu_features()
     return bool(f.get("avx512vnni") and f.get("avx512bw"))
 
