@@ -48,27 +48,6 @@ def _splat(builder, val, t, n):
 
 
 @intrinsic
-def dot_q4(typingctx, w, wo, x, xo):
-    """sum_j q_j * x[xo + j], j < 32, for one Q4_1 block of 16 packed bytes w[wo:wo+16]
-    (q_j = low nibble of byte j for j < 16, high nibble of byte j-16 otherwise; 0..15) and int8
-    activations.  |sum| <= 32 * 15 * 127 < 2^16; each product fits int16 (|15 * 127| < 2^15)."""
-    sig = types.int32(w, wo, x, xo)
-
-    def codegen(context, builder, sig, args):
-        v16 = _load(builder, _ptr(context, builder, sig.args[0], args[0], args[1], _vec(_i8, 16)),
-                    _vec(_i8, 16))
-        lo = builder.and_(v16, ir.Constant(_vec(_i8, 16), [15] * 16))
-        hi = builder.lshr(v16, ir.Constant(_vec(_i8, 16), [4] * 16))
-        q = builder.shuffle_vector(lo, hi, ir.Constant(_vec(_i32, 32), list(range(32))))
-        xv = _load(builder, _ptr(context, builder, sig.args[2], args[2], args[3], _vec(_i8, 32)),
-                   _vec(_i8, 32))
-        p = builder.mul(builder.zext(q, _vec(_i16, 32)), builder.sext(xv, _vec(_i16, 32)))
-        return _reduce_add(builder, builder.sext(p, _vec(_i32, 32)), 32)
-
-    return sig, codegen
-
-
-@intrinsic
 def dot_i8x32(typingctx, w, wo, x, xo):
     """sum_j w[wo + j] * x[xo + j], j < 32, both int8 (|product| <= 128^2 = 2^14, fits int16
     products summed in int32; |sum| <= 2^19)."""
