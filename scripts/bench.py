@@ -8,6 +8,17 @@ model's cross-entropy in bpb from that raw loop, and gzip -9 / bzip2 -9 / xz -9e
 
     python scripts/bench.py                       # alice29.txt whole + 16 KB of the other texts
     python scripts/bench.py --files alice29.txt --ctx-chart 1024,2048,4096,8192
+
+--backends llama,portable compares the inference backends in one run, same settings: per text
+slice (--bytes, default 8 KB here; 0 = whole files) the LLM-only bpb (cross-entropy of the
+backend's own logits, one token per feed, i.e. the LLM-only coder's call pattern) with its
+tokens/s, the full-ensemble archive bpb and compress tokens/s (nacrith.compress), and per
+backend single-sequence tokens/s at window fills (--fills) and the lanes sweep (--lanes-sweep,
+compress tokens/s of alice29's slice).  Each (backend, text) runs in its own child process,
+backends alternating text by text so both see the same machine load; peak RSS is that child's
+ru_maxrss.
+
+    python scripts/bench.py --backends llama,portable --threads 2 [--bytes 0] [--lanes-sweep 1,4]
 """
 from __future__ import annotations
 
@@ -17,6 +28,8 @@ import gzip
 import lzma
 import io
 import math
+import json
+import os
 import platform
 import resource
 import subprocess
@@ -31,7 +44,6 @@ import zstandard
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import nacrith  # noqa: E402
 from nacrith import api, models  # noqa: E402
 from nacrith.mixer import DEFAULTS, LaneModel, MixParams  # noqa: E402
 from nacrith.neural import lockstep, split_lanes  # noqa: E402
@@ -181,6 +193,119 @@ def bench_file(name: str, data: bytes, opts: api.Options, decompress: bool) -> d
     return row
 
 
+def nll_bits(row, tok) -> float:
+    x = np.asarray(row, np.float64)
+    m = x.max()
+    return (m + math.log(np.exp(x - m).sum()) - x[tok]) / math.log(2)
+
+
+def backend_child(job: dict) -> dict:
+    """One (backend, text) measurement in this fresh process (see the module docstring)."""
+    import nacrith
+    from nacrith.backend import Backend
+    from nacrith.portable import PortableBackend
+    data = job["data"].encode("latin-1")
+    th, ctx = job["threads"], job["ctx"]
+    kw = dict(ctx=ctx, lanes=1, threads=th, slide=ctx // 4, n_keep=1)
+    path = str(models.resolve(None))
+    b = (PortableBackend if job["backend"] == "portable" else Backend)(path, **kw)
+    toks = [int(t) for t in b.tokenize(data)]
+    nbytes = sum(len(b.piece(t)) for t in toks)
+    warm = dict(backend=job["backend"], threads=th, ctx=ctx)
+    nacrith.compress(data[:600], **warm)            # Numba cache / model load outside the timing
+    b.feed([0], [[b.bos]])
+    res = {"tokens": len(toks)}
+    b.reset()
+    bits, prev, t0 = 0.0, b.bos, time.perf_counter()
+    for t in toks:
+        bits += nll_bits(b.feed([0], [[prev]])[0], t)
+        prev = t
+    res["llm_tps"] = len(toks) / (time.perf_counter() - t0)
+    res["llm_bpb"] = bits / nbytes
+    t0 = time.perf_counter()
+    blob = nacrith.compress(data, **warm)
+    res["c_tps"] = len(toks) / (time.perf_counter() - t0)
+    res["ens_bpb"] = 8 * len(blob) / len(data)
+    if job.get("verify"):
+        res["roundtrip"] = nacrith.decompress(blob, threads=th) == data
+    for fill in job.get("fills", []):
+        if fill + job["probe"] > ctx:
+            continue
+        b.reset()
+        seq = (toks * (fill // max(1, len(toks)) + 2))[:fill + job["probe"]]
+        for i in range(0, fill, 256):
+            b.feed([0], [seq[i:min(fill, i + 256)]])
+        t0 = time.perf_counter()
+        for t in seq[fill:fill + job["probe"]]:
+            b.feed([0], [[t]])
+        res[f"tps@{fill}"] = job["probe"] / (time.perf_counter() - t0)
+    for k in job.get("lanes", []):
+        n = len(nacrith.compress(data[:1000], **warm, lanes=k))
+        t0 = time.perf_counter()
+        n = len(nacrith.compress(data, **warm, lanes=k))
+        res[f"c_tps@lanes{k}"] = len(toks) / (time.perf_counter() - t0)
+        res[f"bpb@lanes{k}"] = 8 * n / len(data)
+    b.close() if hasattr(b, "close") else None
+    res["rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return res
+
+
+def compare_backends(args, files, load) -> None:
+    names = [n for n in args.backends.split(",") if n]
+    th = args.threads or api.default_threads()
+    fills = [int(f) for f in args.fills.split(",") if f]
+    rows = {}
+    for i, name in enumerate(files):
+        data = load(name)
+        for be in names:
+            job = {"backend": be, "data": data.decode("latin-1"), "threads": th, "ctx": args.ctx,
+                   "probe": args.probe, "verify": not args.no_decompress,
+                   "fills": fills if i == 0 else [],
+                   "lanes": [int(k) for k in args.lanes_sweep.split(",") if k] if i == 0 else []}
+            r = subprocess.run([sys.executable, __file__, "--_child"], input=json.dumps(job).encode(),
+                               capture_output=True, cwd=ROOT,
+                               env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
+            if r.returncode != 0:
+                raise SystemExit(f"{be} on {name} failed: {r.stderr.decode()[-2000:]}")
+            rows[be, name] = {"bytes": len(data), **json.loads(r.stdout.decode().splitlines()[-1])}
+            print(f"# {be} {name}: {rows[be, name]}", file=sys.stderr, flush=True)
+    a, b = (names + names)[:2]
+    print("\n| file | bytes | tokens | " + " | ".join(
+        f"{be} LLM bpb | {be} ensemble bpb | {be} LLM tok/s | {be} compress tok/s" for be in names)
+        + f" | ensemble bpb {b}/{a} | compress speed {b}/{a} |\n|" + "---|" * (3 + 4 * len(names) + 2))
+    for name in files:
+        r = [rows[be, name] for be in names]
+        cells = [name, str(r[0]["bytes"]), str(r[0]["tokens"])]
+        for x in r:
+            cells += [f"{x['llm_bpb']:.4f}", f"{x['ens_bpb']:.4f}", f"{x['llm_tps']:.1f}",
+                      f"{x['c_tps']:.1f}"]
+        ra, rb = rows[a, name], rows[b, name]
+        cells += [f"{rb['ens_bpb'] / ra['ens_bpb']:.4f}", f"{rb['c_tps'] / ra['c_tps']:.2f}x"]
+        print("| " + " | ".join(cells) + " |")
+    tot = {be: sum(rows[be, n]["tokens"] / rows[be, n]["c_tps"] for n in files) for be in names}
+    ens = {be: sum(rows[be, n]["ens_bpb"] * rows[be, n]["bytes"] for n in files) for be in names}
+    print(f"| all | {sum(rows[a, n]['bytes'] for n in files)} | {sum(rows[a, n]['tokens'] for n in files)}"
+          f" | {' | '.join('-' for _ in range(4 * len(names)))} | {ens[b] / ens[a]:.4f} | "
+          f"{tot[a] / tot[b]:.2f}x |")
+    extra = sorted({k for (be, n), r in rows.items() for k in r if "@" in k},
+                   key=lambda k: (k.split("@")[0], int(k.split("@")[1].replace("lanes", ""))))
+    print(f"\n| measure ({files[0]} slice) | " + " | ".join(names) + f" | {b}/{a} |\n|"
+          + "---|" * (len(names) + 2))
+    for k in extra:
+        v = [rows[be, files[0]].get(k) for be in names]
+        if None not in v:
+            fmt = "{:.4f}" if k.startswith("bpb") else "{:.1f}"
+            print(f"| {k} | " + " | ".join(fmt.format(x) for x in v) + f" | {v[-1] / v[0]:.3f} |")
+    rss = {be: max(rows[be, n]["rss_mib"] for n in files) for be in names}
+    rt = {be: {rows[be, n].get("roundtrip") for n in files} for be in names}
+    print("| peak RSS MiB | " + " | ".join(f"{rss[be]:.0f}" for be in names) + " | - |")
+    print("| round trips | " + " | ".join("not run" if None in rt[be] else "FAIL" if False in rt[be]
+                                          else "ok" for be in names) + " | - |")
+    print(f"\n# threads {th}, ctx {args.ctx}, slide {args.ctx // 4}, n_keep 1, lanes 1 unless "
+          "stated; tok/s = tokens per second of the llama.cpp tokenisation; speed ratios from the "
+          "same run")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--files", default=",".join(TEXTS))
@@ -203,7 +328,17 @@ def main() -> None:
                     "(0 = off): bpb and speed against the raw single-sequence loop")
     ap.add_argument("--repeat", type=int, nargs="?", const=2, default=1, metavar="N",
                     help="each file concatenated N times (--repeat alone: 2)")
+    ap.add_argument("--backends", default="", help="comma list (llama,portable): compare the "
+                    "inference backends in one run (module docstring)")
+    ap.add_argument("--fills", default="0,1024", help="window fills for --backends speed probes")
+    ap.add_argument("--probe", type=int, default=32, help="tokens timed per fill (--backends)")
+    ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args._child:
+        print(json.dumps(backend_child(json.loads(sys.stdin.read()))))
+        return
+    if args.backends and "--bytes" not in sys.argv:
+        args.bytes = args.alice_bytes = 8192
     opts = api._options(None, dict(model=args.model, ctx=args.ctx, slide=args.slide,
                                    n_keep=args.n_keep, threads=args.threads, lanes=args.lanes))
     print(f"# machine: {platform.machine()}, {platform.processor() or '?'}, "
@@ -214,9 +349,13 @@ def main() -> None:
 
     def load(name):
         data = (CORPUS / name).read_bytes()
-        n = args.alice_bytes if name == "alice29.txt" else args.bytes
+        n = args.alice_bytes if name == "alice29.txt" and not args.backends else args.bytes
         data = data[:n] if n else data
         return data * args.repeat
+
+    if args.backends:
+        compare_backends(args, files, load)
+        return
 
     if args.ctx_chart:
         ctx_chart(opts, files, load, [int(c) for c in args.ctx_chart.split(",")])

@@ -1,8 +1,10 @@
 """Portable integer engine (nacrith/portable, formats/ENGINE.md): bit-exact logits everywhere.
 
-Heavy checks run on the real default model in two fresh processes at once (host CPU, 2 threads
-vs NUMBA_CPU_NAME=generic, 1 thread, each with its own empty Numba cache so it really compiles
-for its target); the rest uses the module's backend or a tiny random llama GGUF.
+Heavy checks run on the real default model in two fresh processes at once (host CPU, 2 threads,
+also lane 0 of a 4-lane batch, vs NUMBA_CPU_NAME=generic, 1 thread, each with its own empty
+Numba cache so it really compiles for its target), over N_TOKENS real tokens sliding a 256-token
+window; the generic one also decodes every round-trip archive; the rest uses the
+module's backend or a tiny random llama GGUF.  Long runs belong in scripts/bench.py.
 """
 import hashlib
 import json
@@ -10,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -107,14 +108,18 @@ from nacrith import models
 from nacrith.portable import PortableBackend, kernels, mathx
 toks = json.load(open(sys.argv[2]))
 threads = int(sys.argv[3])
-b = PortableBackend(str(models.resolve(None)), ctx=T.CTX, lanes=1, threads=threads,
+lanes = int(sys.argv[5])
+b = PortableBackend(str(models.resolve(None)), ctx=T.CTX, lanes=lanes, threads=threads,
                     slide=T.SLIDE, n_keep=1)
 hashes = T.run_hashes(b, toks)
+lane0 = T.run_hashes(b, toks, lane=0, lanes_used=lanes) if lanes > 1 else hashes
 mathx.exp_nonpos_f32(np.float32(-1.0)); mathx.sigmoid_f32(np.float32(1.0))
 ir = T.check_all_ir() if sys.argv[4] == "ir" else {}
-import numba
-print(json.dumps({"hashes": hashes, "ir": ir, "cpu": numba.config.CPU_NAME,
-                  "threads": numba.get_num_threads()}))
+import hashlib, numba, nacrith
+decoded = [hashlib.sha256(nacrith.decompress(open(p, "rb").read(), threads=1)).hexdigest()
+           for p in sys.argv[6:]]
+print(json.dumps({"hashes": hashes, "lane0": lane0, "ir": ir, "cpu": numba.config.CPU_NAME,
+                  "threads": numba.get_num_threads(), "decoded": decoded}))
 """
 
 
@@ -129,29 +134,61 @@ def real_tokens():
     lb.close()
 
 
+def round_trip_archives(d):
+    """Archives made with --backend portable (host CPU, 2 threads, default ensemble): empty, 1
+    byte, all 256 byte values, text with escapes in 4 lanes, a lane sliding a 256-token window.
+    [(path, sha256 of the input)]."""
+    import nacrith
+    from nacrith import frames as F
+    mixed = corpus("alice29.txt", 900) + b"\r\n\x04 caf\xc3\xa9 \xff" + corpus("fields.c", 500)
+    cases = [(b"", {}), (b"A", {}), (bytes(range(256)), {}), (mixed, {"lanes": 4}),
+             (corpus("alice29.txt", 1100), {"lanes": 1, "ctx": 256})]
+    out = []
+    for i, (data, kw) in enumerate(cases):
+        blob = nacrith.compress(data, backend="portable", threads=2, **kw)
+        if "lanes" in kw:
+            layout, desc, _, _ = F.scan_bytes(blob)
+            assert layout == F.L_NEURAL and (desc.engine, desc.engine_check) == (F.E_PORTABLE, 1)
+            assert desc.params.get("lanes", 1) == kw["lanes"]
+        p = d / f"a{i}.nc"
+        p.write_bytes(blob)
+        out.append((p, hashlib.sha256(data).hexdigest()))
+    return out
+
+
 @pytest.fixture(scope="module")
 def children(real_tokens, tmp_path_factory):
-    """Start both fresh processes early; they run while other tests do."""
+    """Start both fresh processes early; they run while other tests do.  The generic one also
+    decodes the round-trip archives (encoded here after the host child has started)."""
     d = tmp_path_factory.mktemp("portable")
     tf = d / "toks.json"
     tf.write_text(json.dumps(real_tokens[1]))
     procs = {}
-    for name, cpu, threads, ir in (("host", None, 2, "ir"), ("generic", "generic", 1, "-")):
+    for name, cpu, threads, ir, lanes in (("host", None, 2, "ir", 4),
+                                          ("generic", "generic", 1, "-", 1)):
+        archives = round_trip_archives(d) if name == "generic" else []
+        procs[name + "-archives"] = archives
         env = dict(os.environ, NUMBA_CACHE_DIR=str(d / f"cache-{name}"),
                    NUMBA_NUM_THREADS=str(threads), PYTHONPATH=str(REPO))
         env.pop("NUMBA_CPU_NAME", None)
         if cpu:
             env["NUMBA_CPU_NAME"] = cpu
         procs[name] = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(REPO / "tests"), str(tf), str(threads), ir],
+            [sys.executable, "-c", CHILD, str(REPO / "tests"), str(tf), str(threads), ir,
+             str(lanes), *[str(p) for p, _ in archives]],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
     return procs
 
 
+_RESULTS = {}
+
+
 def _result(p):
-    out, err = p.communicate(timeout=900)
-    assert p.returncode == 0, err.decode()[-3000:]
-    return json.loads(out.decode().strip().splitlines()[-1])
+    if p not in _RESULTS:
+        out, err = p.communicate(timeout=1500)
+        assert p.returncode == 0, err.decode()[-3000:]
+        _RESULTS[p] = json.loads(out.decode().strip().splitlines()[-1])
+    return _RESULTS[p]
 
 
 @pytest.fixture(scope="module")
@@ -205,12 +242,6 @@ def test_cross_entropy_close_to_llama_cpp(pb, real_tokens):
         return tot / len(toks)
     a, p = nll(lb), nll(pb)
     assert abs(p / a - 1) < 0.015, (a, p)
-
-
-def test_lane0_of_four_equals_single_sequence(pb, real_tokens):
-    toks = real_tokens[1][:24]
-    single = run_hashes(pb, toks)
-    assert run_hashes(pb, toks, lane=0, lanes_used=4) == single
 
 
 def test_ir_checker_can_fail():
@@ -297,33 +328,13 @@ def test_hostile_or_truncated_gguf_is_nacrit_error(tiny, tmp_path):
             pass
 
 
-def test_roundtrip_through_neural_codec(real_tokens):
-    """Integration: an api.Engine-like object with a PortableBackend codes and decodes a
-    segment with the default ensemble; decoding uses a fresh backend (no llama.cpp needed)."""
-    from nacrith import api, neural
-    from nacrith.mixer import column_table
-    from nacrith.tokenizer import ExactTokenizer
-
-    class Eng:
-        def __init__(self):
-            self.backend = PortableBackend(str(models.resolve(None)), ctx=256, lanes=4,
-                                           threads=2, slide=64, n_keep=1, group=33)
-            self.tokenizer = ExactTokenizer(self.backend)
-            self.column_table = column_table(self.tokenizer.pieces)
-
-    data = corpus("alice29.txt", 6000)[3000:4200]
-    mix = api.Options().mix_params()
-    lanes = neural.encode_segment(Eng(), data, 4, 100, mix=mix)
-    assert len(lanes) == 4 and sum(len(p) for _, p in lanes) < len(data) // 3
-    assert neural.decode_lanes(Eng(), lanes, mix=mix) == data
-
-
 def test_fresh_processes_host_vs_generic_cpu_and_threads(children):
     host, generic = _result(children["host"]), _result(children["generic"])
     assert generic["cpu"] == "generic" and host["cpu"] != "generic"
     assert host["threads"] == 2 and generic["threads"] == 1
     assert len(host["hashes"]) > 100
     assert host["hashes"] == generic["hashes"]
+    assert host["lane0"] == host["hashes"]          # lane 0 of a 4-lane batch = the lane alone
     assert host["ir"] == {}, host["ir"]
 
 
@@ -360,26 +371,12 @@ def test_cuda_simulator_kernels_equal_cpu(tmp_path):
     assert out[0] == "ok" and out[1] == "7" and out[2] != "[0,"   # slides happened
 
 
-def test_portable_archive_decodes_on_another_cpu_target_in_a_fresh_process(tmp_path):
-    """The user-facing promise: an archive made with --backend portable (host CPU, 2 threads,
-    2 lanes, default ensemble) decodes to its exact bytes in a fresh process compiled for
-    another instruction set (NUMBA_CPU_NAME=generic, own Numba cache) with 1 thread."""
-    import nacrith
-    from nacrith import frames as F
-    data = corpus("alice29.txt", 900) + b"\r\n\x04 caf\xc3\xa9 \xff" + corpus("fields.c", 500)
-    blob = nacrith.compress(data, backend="portable", threads=2, lanes=2)
-    layout, desc, _, _ = F.scan_bytes(blob)
-    assert layout == F.L_NEURAL and (desc.engine, desc.engine_check) == (F.E_PORTABLE, 1)
-    assert desc.params == {"lanes": 2}
-    p = tmp_path / "a.nc"
-    p.write_bytes(blob)
-    env = {**os.environ, "NUMBA_CPU_NAME": "generic", "NUMBA_CACHE_DIR": str(tmp_path / "nb"),
-           "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-c", "import sys, nacrith; sys.stdout.buffer.write("
-                        "nacrith.decompress(open(sys.argv[1], 'rb').read(), threads=1))", str(p)],
-                       capture_output=True, env=env, timeout=1500, cwd=REPO)
-    assert r.returncode == 0, r.stderr.decode()[-2000:]
-    assert r.stdout == data
+def test_portable_archives_decode_on_another_cpu_target_in_a_fresh_process(children):
+    """The user-facing promise: archives made with --backend portable on this host
+    (round_trip_archives) decode to their exact bytes in a fresh process compiled for another
+    instruction set (NUMBA_CPU_NAME=generic, own Numba cache) with 1 thread."""
+    generic = _result(children["generic"])
+    assert generic["decoded"] == [h for _, h in children["generic-archives"]]
 
 
 def test_portable_version_mismatch_is_refused_before_decoding():

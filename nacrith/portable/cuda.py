@@ -173,7 +173,7 @@ def feed(b, lanes, groups):
 
     for l in range(m.n_layer):
         W = m.wqkv
-        qkv = mm(m.kind, W.q[l], W.d[l], W.m[l], *qrow(norm(m.attn_norm[l])))
+        qkv = mm(m.kind, *W.plain(l), *qrow(norm(m.attn_norm[l])))
         qq = np.empty((T, nq), np.int8)
         dq = np.empty((T, H), np.float32)
         kc, kd, vc, vd = b.kc[l], b.kd[l], b.vc[l], b.vd[l]
@@ -191,21 +191,21 @@ def feed(b, lanes, groups):
         att = attention(qq, dq, kc, kd, vc, vd, lane_of, slot_of, H // Hkv, hd, b.kq_scale,
                         b.ctx)
         W = m.wo
-        x = x + mm(m.kind, W.q[l], W.d[l], W.m[l], *qrow(att))
+        x = x + mm(m.kind, *W.plain(l), *qrow(att))
         W = m.wgu
-        gu = mm(m.kind, W.q[l], W.d[l], W.m[l], *qrow(norm(m.ffn_norm[l])))
+        gu = mm(m.kind, *W.plain(l), *qrow(norm(m.ffn_norm[l])))
         F = gu.shape[1] // 2
         act = np.empty((T, F), np.float32)
         for t in range(T):
             for i in range(F):
                 act[t, i] = K.silu_f32(gu[t, i]) * gu[t, F + i]
         W = m.wdn
-        x = x + mm(m.kind, W.q[l], W.d[l], W.m[l], *qrow(act))
+        x = x + mm(m.kind, *W.plain(l), *qrow(act))
     h = np.empty((len(sel), D), np.float32)
     for i, t in enumerate(sel):
         K.rmsnorm(x[t], m.out_norm, m.eps, h[i])
     W = m.out
-    y = mm(W.kind, W.q, W.d, W.m, *qrow(h))
+    y = mm(W.kind, *W.plain(), *qrow(h))
     out = np.empty_like(y)
     for i in range(y.shape[0]):
         for v in range(y.shape[1]):

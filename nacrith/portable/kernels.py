@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from .mathx import exp_nonpos_f32, silu_f32
-from .simd import axpy_i8x64, dot_i8x32, dot_q4
+from .simd import R, axpy_i8x64, blk16_q4, blk16_q8, dot_i8x32
 
 Q8_0, Q4_1 = 0, 1                # matrix kinds (codes: int8 / packed uint4 + min)
 F0 = np.float32(0.0)
@@ -95,22 +95,45 @@ def rmsnorm(x, w, eps, out):
 
 
 @njit(cache=True)
-def mm_elem(kind, W, Wd, Wm, r, qa, da, sa, t):
-    """One output element: row r of a quantised matrix times activation row t (float32)."""
-    w = W[r]
-    x = qa[t]
-    acc = F0
+def mm_group(kind, W, Wd, Wm, g, qa, da, sa, t, acc):
+    """Rows 16g..16g+15 of a quantised matrix (interleaved layout, model.py) times activation row
+    t: acc[0:16] (float32), each lane the §3 block loop of its row, blocks in increasing order.
+    (Flat offsets into the C-contiguous 2-D arrays: no views, no reference counting.)"""
+    wo = g * W.shape[1]
+    so = g * Wd.shape[1]
+    mo = so if kind == Q4_1 else 0
+    xo = t * qa.shape[1]
+    for i in range(R):
+        acc[i] = F0
     if kind == Q4_1:
-        for b in range(Wd.shape[1]):
-            s = dot_q4(w, b * 16, x, b * 32)
-            dd = Wd[r, b] * da[t, b]
-            mm = Wm[r, b] * da[t, b]
-            acc = acc + (dd * np.float32(s) + mm * sa[t, b])
+        for b in range(da.shape[1]):
+            blk16_q4(acc, W, wo + b * 256, qa, xo + b * 32, Wd, Wm, so + b * R, mo + b * R,
+                     da[t, b], sa[t, b])
     else:
-        for b in range(Wd.shape[1]):
-            s = dot_i8x32(w, b * 32, x, b * 32)
-            acc = acc + (Wd[r, b] * da[t, b]) * np.float32(s)
-    return acc
+        for b in range(da.shape[1]):
+            blk16_q8(acc, W, wo + b * 512, qa, xo + b * 32, Wd, Wm, so + b * R, mo,
+                     da[t, b], sa[t, b])
+
+
+@njit(cache=True)
+def _mm_rows(kind, W, Wd, Wm, g, qa, da, sa, out, add, acc, T, n):
+    for t in range(T):
+        mm_group(kind, W, Wd, Wm, g, qa, da, sa, t, acc)
+        for i in range(min(R, n - g * R)):
+            if add:
+                out[t, g * R + i] = out[t, g * R + i] + acc[i]
+            else:
+                out[t, g * R + i] = acc[i]
+
+
+@njit(parallel=True, cache=True)
+def pmatmul(kind, W, Wd, Wm, qa, da, sa, out, add):
+    """out[t, r] (+)= row r times activation row t for every r < out.shape[1], in parallel over
+    row groups (each element is computed alone: the split cannot change it)."""
+    T, n = out.shape
+    for g in prange(W.shape[0]):
+        acc = np.empty(R, np.float32)
+        _mm_rows(kind, W, Wd, Wm, g, qa, da, sa, out, add, acc, T, n)
 
 
 @njit(cache=True)
@@ -204,7 +227,7 @@ def layer(x, lane_of, slot_of, cs, attn_w, ffn_w, eps, kind,
     nbD = D // 32
     nq = n_head * hd
     nk = n_kv * hd
-    F = wgu.shape[0] // 2
+    F = wdn_d.shape[1] // R * 32          # ffn width = columns of the down matrix
     h = np.empty((T, D), np.float32)
     qa = np.empty((T, D), np.int8)
     da = np.empty((T, nbD), np.float32)
@@ -213,9 +236,7 @@ def layer(x, lane_of, slot_of, cs, attn_w, ffn_w, eps, kind,
         rmsnorm(x[t], attn_w, eps, h[t])
         quant_row(h[t], qa[t], da[t], sa[t])
     qkv = np.empty((T, nq + 2 * nk), np.float32)
-    for r in prange(nq + 2 * nk):
-        for t in range(T):
-            qkv[t, r] = mm_elem(kind, wqkv, wqkv_d, wqkv_m, r, qa, da, sa, t)
+    pmatmul(kind, wqkv, wqkv_d, wqkv_m, qa, da, sa, qkv, False)
     qq = np.empty((T, nq), np.int8)
     dq = np.empty((T, n_head), np.float32)
     for t in prange(T):
@@ -248,16 +269,12 @@ def layer(x, lane_of, slot_of, cs, attn_w, ffn_w, eps, kind,
     sa2 = np.empty((T, nbQ), np.float32)
     for t in prange(T):
         quant_row(att[t], qa2[t], da2[t], sa2[t])
-    for r in prange(D):
-        for t in range(T):
-            x[t, r] = x[t, r] + mm_elem(kind, wo, wo_d, wo_m, r, qa2, da2, sa2, t)
+    pmatmul(kind, wo, wo_d, wo_m, qa2, da2, sa2, x, True)
     for t in prange(T):
         rmsnorm(x[t], ffn_w, eps, h[t])
         quant_row(h[t], qa[t], da[t], sa[t])
     gu = np.empty((T, 2 * F), np.float32)
-    for r in prange(2 * F):
-        for t in range(T):
-            gu[t, r] = mm_elem(kind, wgu, wgu_d, wgu_m, r, qa, da, sa, t)
+    pmatmul(kind, wgu, wgu_d, wgu_m, qa, da, sa, gu, False)
     nbF = F // 32
     qa3 = np.empty((T, F), np.int8)
     da3 = np.empty((T, nbF), np.float32)
@@ -267,9 +284,7 @@ def layer(x, lane_of, slot_of, cs, attn_w, ffn_w, eps, kind,
         for i in range(F):
             act[i] = silu_f32(gu[t, i]) * gu[t, F + i]
         quant_row(act, qa3[t], da3[t], sa3[t])
-    for r in prange(D):
-        for t in range(T):
-            x[t, r] = x[t, r] + mm_elem(kind, wdn, wdn_d, wdn_m, r, qa3, da3, sa3, t)
+    pmatmul(kind, wdn, wdn_d, wdn_m, qa3, da3, sa3, x, True)
 
 
 @njit(parallel=True, cache=True)
@@ -286,9 +301,13 @@ def head(x, sel, norm_w, eps, kind, W, Wd, Wm, out):
         h = np.empty(D, np.float32)
         rmsnorm(x[sel[i]], norm_w, eps, h)
         quant_row(h, qa[i], da[i], sa[i])
-    for r in prange(W.shape[0]):
+    V = out.shape[1]
+    for g in prange(W.shape[0]):
+        acc = np.empty(R, np.float32)
         for i in range(S):
-            out[i, r] = fixed_logit(mm_elem(kind, W, Wd, Wm, r, qa, da, sa, i))
+            mm_group(kind, W, Wd, Wm, g, qa, da, sa, i, acc)
+            for j in range(min(R, V - g * R)):
+                out[i, g * R + j] = fixed_logit(acc[j])
 
 
 @njit(cache=True)
@@ -303,22 +322,24 @@ def fixed_logit(y):
 
 @njit(parallel=True, cache=True)
 def embed(tokens, kind, W, Wd, Wm, out):
-    """out[t] = dequantised row tokens[t]: Q8_0 d*q, Q4_1 d*q + m (float32)."""
+    """out[t] = dequantised row tokens[t] (interleaved layout): Q8_0 d*q, Q4_1 d*q + m."""
     D = out.shape[1]
     for t in prange(tokens.shape[0]):
-        r = tokens[t]
-        w = W[r]
+        g = tokens[t] // R
+        r = tokens[t] % R
+        w = W[g]
         for b in range(D // 32):
-            d = Wd[r, b]
+            d = Wd[g, b * R + r]
             if kind == Q4_1:
-                m = Wm[r, b]
+                m = Wm[g, b * R + r]
                 for j in range(16):
-                    byte = np.int32(w[b * 16 + j])
+                    byte = np.int32(w[b * 256 + (j // 4) * 64 + 4 * r + j % 4])
                     out[t, b * 32 + j] = d * np.float32(byte & 15) + m
                     out[t, b * 32 + 16 + j] = d * np.float32(byte >> 4) + m
             else:
                 for j in range(32):
-                    out[t, b * 32 + j] = d * np.float32(np.int8(w[b * 32 + j]))
+                    out[t, b * 32 + j] = d * np.float32(
+                        np.int8(w[b * 512 + (j // 4) * 64 + 4 * r + j % 4]))
 
 
 @njit(cache=True)

@@ -5,10 +5,14 @@ Invariants:
   matrices of one kind), F32/F16 norm vectors, no RoPE scaling; anything else is a NacritError
   naming what is unsupported; a truncated or hostile file is a NacritError too (every shape,
   count and offset is checked before use);
-- weights are unpacked once into kernel layouts that keep the stored integers exactly:
-  Q4_1 -> packed nibbles uint8 [rows, nb*16] (GGUF's own order) + float32 d, m [rows, nb];
-  Q8_0 -> int8 codes (as uint8) [rows, nb*32] + float32 d [rows, nb]; fp16 scales widen to
-  float32 exactly.  Per layer, q/k/v rows are concatenated (one matrix), gate/up likewise.
+- weights are rearranged once into the kernels' interleaved layout, which keeps the stored
+  integers exactly (only their place changes; Mat.plain() gives GGUF's order back): rows are
+  padded with zero rows to groups of R = 16; per group and 32-column block, Q4_1 has 4 chunks
+  of 64 bytes, byte 4r + c of chunk k = GGUF byte 4k + c of row r's block (packed nibbles),
+  Q8_0 has 8 chunks, byte 4r + c of chunk k = code 4k + c of row r; q is uint8 [groups,
+  nb*256 | nb*512], d and m float32 [groups, nb*16] (block b, row r at 16b + r); fp16 scales
+  widen to float32 exactly.  Per layer, q/k/v rows are concatenated (one matrix), gate/up
+  likewise, before interleaving.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import NacritError
+from .simd import R
 from .vocab import build_pieces
 
 GGML_F32, GGML_F16, GGML_Q4_1, GGML_Q8_0 = 0, 1, 3, 8
@@ -28,9 +33,37 @@ NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_
 @dataclass
 class Mat:
     kind: int                   # 0 = Q8_0, 1 = Q4_1
-    q: np.ndarray               # uint8 codes
-    d: np.ndarray               # float32 [rows, nb]
-    m: np.ndarray               # float32 [rows, nb] (Q4_1) or a [1, 1] dummy
+    q: np.ndarray               # uint8 codes (GGUF order from _mat, interleaved after _ilv)
+    d: np.ndarray               # float32 [rows, nb] / [groups, nb*16]
+    m: np.ndarray               # float32 like d (Q4_1) or a zero dummy ([1, 1] / [1, 16])
+    rows: int = 0
+
+    def plain(self, l=None):
+        """(q, d, m) of layer l (or of an unstacked matrix) in GGUF's order: q [rows, nb*16 |
+        nb*32], d and m [rows, nb] (m a [1, 1] dummy for Q8_0)."""
+        q, d, m = (self.q, self.d, self.m) if l is None else (self.q[l], self.d[l], self.m[l])
+        G, nb = d.shape[0], d.shape[1] // R
+        n = self.rows
+        k, c = (4, 4) if self.kind == 1 else (8, 4)
+        q = q.reshape(G, nb, k, R, c).transpose(0, 3, 1, 2, 4).reshape(G * R, nb * k * c)[:n]
+        unf = lambda a: a.reshape(G, nb, R).transpose(0, 2, 1).reshape(G * R, nb)[:n]  # noqa: E731
+        return (np.ascontiguousarray(q), np.ascontiguousarray(unf(d)),
+                np.ascontiguousarray(unf(m)) if self.kind == 1 else np.zeros((1, 1), np.float32))
+
+
+def _ilv(mat: Mat) -> Mat:
+    """GGUF order -> the kernels' interleaved layout (module docstring)."""
+    rows, nb = mat.d.shape
+    G = -(-rows // R)
+    pad = G * R - rows
+    k, c = (4, 4) if mat.kind == 1 else (8, 4)
+    q = np.pad(mat.q, ((0, pad), (0, 0))).reshape(G, R, nb, k, c).transpose(0, 2, 3, 1, 4)
+
+    def f(a):
+        return np.ascontiguousarray(np.pad(a, ((0, pad), (0, 0))).reshape(G, R, nb)
+                                    .transpose(0, 2, 1)).reshape(G, nb * R)
+    m = f(mat.m) if mat.kind == 1 else np.zeros((1, R), np.float32)
+    return Mat(mat.kind, np.ascontiguousarray(q).reshape(G, nb * k * c * R), f(mat.d), m, rows)
 
 
 @dataclass
@@ -97,9 +130,9 @@ def _mat(t, rows, cols, path) -> Mat:
     if ty == GGML_Q4_1:
         m = np.ascontiguousarray(blk[:, :, 2:4]).view(np.float16).reshape(rows, nb)
         q = np.ascontiguousarray(blk[:, :, 4:20]).reshape(rows, nb * 16)
-        return Mat(1, q, d, m.astype(np.float32))
+        return Mat(1, q, d, m.astype(np.float32), rows)
     q = np.ascontiguousarray(blk[:, :, 2:34]).reshape(rows, nb * 32)
-    return Mat(0, q, d, np.zeros((1, 1), np.float32))
+    return Mat(0, q, d, np.zeros((1, 1), np.float32), rows)
 
 
 def _vec(t, n, path):
@@ -116,15 +149,16 @@ def _stack(mats, path):
     kinds = {m.kind for m in mats}
     if len(kinds) != 1:
         _fail(path, "portable engine: block matrices mix Q4_1 and Q8_0 (not supported)")
+    mats = [_ilv(m) for m in mats]
     return Mat(mats[0].kind, np.stack([m.q for m in mats]), np.stack([m.d for m in mats]),
-               np.stack([m.m for m in mats]))
+               np.stack([m.m for m in mats]), mats[0].rows)
 
 
 def _cat(mats):
     m0 = mats[0]
     m = np.concatenate([x.m for x in mats]) if m0.kind == 1 else m0.m
     return Mat(m0.kind, np.concatenate([x.q for x in mats]),
-               np.concatenate([x.d for x in mats]), m)
+               np.concatenate([x.d for x in mats]), m, sum(x.rows for x in mats))
 
 
 def load(path: str) -> Model:
@@ -184,8 +218,8 @@ def _load(r, path) -> Model:
     V = len(texts)
     types = _field(r, "tokenizer.ggml.token_type", [], required=False, path=path) or []
     pieces = build_pieces(texts, list(types), _field(r, "tokenizer.ggml.model", path=path))
-    embd = _mat(T("token_embd.weight"), V, D, path)
-    out = _mat(tensors["output.weight"], V, D, path) if "output.weight" in tensors else embd
+    embd = _ilv(_mat(T("token_embd.weight"), V, D, path))
+    out = _ilv(_mat(tensors["output.weight"], V, D, path)) if "output.weight" in tensors else embd
     bos = _field(r, "tokenizer.ggml.bos_token_id", -1, required=False, path=path)
     if bos is None or not 0 <= int(bos) < V:
         bos = _field(r, "tokenizer.ggml.eos_token_id", path=path)

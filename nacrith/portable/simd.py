@@ -4,7 +4,9 @@ Invariants: every primitive here is pure integer arithmetic whose every intermed
 lane type (checked bounds in the comments), so the result is the mathematical value whatever the
 target lowers the vectors to (AVX-512/VNNI, AVX2, SSE2 on NUMBA_CPU_NAME=generic, NEON, ...);
 integer sums are associative, so the order the backend chooses for a reduction cannot matter.
-No floating point is touched here.
+No floating point is touched here, except the lane-wise §3 block update of blk16_* (basic
+float32 operations, one lane per row, in the order of the spec).  On a host with AVX-512 VNNI
+the quad sums use vpdpbusd (non-saturating), elsewhere generic IR: the same exact integers.
 
 Why IR and not plain loops: LLVM's auto-vectoriser does not vectorise Numba's block loops
 reliably (fully unrolled 32-trip loops fall back to scalar code); explicit vector IR does.
@@ -23,7 +25,7 @@ def _vec(t, n):
 
 
 def _ptr(context, builder, aryty, ary, off, vt):
-    """Pointer to element `off` of a 1-D C-contiguous array, cast to a vector pointer."""
+    """Pointer to flat element `off` of a C-contiguous array, cast to a vector pointer."""
     a = context.make_array(aryty)(context, builder, ary)
     p = builder.gep(a.data, [off])
     return builder.bitcast(p, vt.as_pointer())
@@ -43,27 +45,6 @@ def _splat(builder, val, t, n):
     undef = ir.Constant(_vec(t, n), ir.Undefined)
     v = builder.insert_element(undef, val, ir.Constant(_i32, 0))
     return builder.shuffle_vector(v, undef, ir.Constant(_vec(_i32, n), [0] * n))
-
-
-@intrinsic
-def dot_q4(typingctx, w, wo, x, xo):
-    """sum_j q_j * x[xo + j], j < 32, for one Q4_1 block of 16 packed bytes w[wo:wo+16]
-    (q_j = low nibble of byte j for j < 16, high nibble of byte j-16 otherwise; 0..15) and int8
-    activations.  |sum| <= 32 * 15 * 127 < 2^16; each product fits int16 (|15 * 127| < 2^15)."""
-    sig = types.int32(w, wo, x, xo)
-
-    def codegen(context, builder, sig, args):
-        v16 = _load(builder, _ptr(context, builder, sig.args[0], args[0], args[1], _vec(_i8, 16)),
-                    _vec(_i8, 16))
-        lo = builder.and_(v16, ir.Constant(_vec(_i8, 16), [15] * 16))
-        hi = builder.lshr(v16, ir.Constant(_vec(_i8, 16), [4] * 16))
-        q = builder.shuffle_vector(lo, hi, ir.Constant(_vec(_i32, 32), list(range(32))))
-        xv = _load(builder, _ptr(context, builder, sig.args[2], args[2], args[3], _vec(_i8, 32)),
-                   _vec(_i8, 32))
-        p = builder.mul(builder.zext(q, _vec(_i16, 32)), builder.sext(xv, _vec(_i16, 32)))
-        return _reduce_add(builder, builder.sext(p, _vec(_i32, 32)), 32)
-
-    return sig, codegen
 
 
 @intrinsic
@@ -102,3 +83,142 @@ def axpy_i8x64(typingctx, acc, ao, p, v, vo):
 
     return sig, codegen
 
+
+
+# ---------------------------------------------------------------- 16-row interleaved blocks
+# Layout prepared at load (model.py): for a group of R = 16 rows and one 32-column block, chunk k
+# of 64 bytes holds byte c of quad k of every row r at 4r + c.  Q8_0: 8 chunks, byte = q[r, 4k+c]
+# (int8).  Q4_1: 4 chunks, byte = GGUF byte 4k+c of row r's block (low nibble q[r, 4k+c], high
+# nibble q[r, 16+4k+c]).  Lane pairs (2r, 2r+1) of the int32 partial sums belong to row r.
+R = 16
+_EVEN64 = list(range(0, 64, 2))
+_ODD64 = list(range(1, 64, 2))
+_EVEN32 = list(range(0, 32, 2))
+_ODD32 = list(range(1, 32, 2))
+_QUAD64 = [i % 4 for i in range(64)]
+
+
+def _shuf(builder, v, idx):
+    return builder.shuffle_vector(v, v, ir.Constant(_vec(_i32, len(idx)), idx))
+
+
+def _quad_dot(builder, w16, xq):
+    """<64 x i16> codes (lane 4r + c) times the 4 activations xq (<4 x i8>, repeated for every
+    row) -> <32 x i32> pair sums (lane 2r + e = codes 4r+2e, 4r+2e+1), exact (|.| < 2^16)."""
+    x16 = builder.sext(_shuf(builder, xq, _QUAD64), _vec(_i16, 64))
+    s = [builder.mul(builder.sext(_shuf(builder, a, idx), _vec(_i32, 32)),
+                     builder.sext(_shuf(builder, x16, idx), _vec(_i32, 32)))
+         for a, idx in ((w16, _EVEN64), (w16, _ODD64))]
+    return builder.add(s[0], s[1])
+
+
+def _vnni() -> bool:
+    """Compiling for a host with AVX-512 VNNI (not NUMBA_CPU_NAME=generic or another named CPU):
+    then vpdpbusd does the quad sums.  Speed only: it computes the same exact integers."""
+    import numba
+    from llvmlite import binding
+    if numba.config.CPU_NAME not in (None, "", "host"):
+        return False
+    feats = numba.config.CPU_FEATURES
+    if feats:                                  # an explicit feature list decides
+        return "+avx512vnni" in feats and "+avx512bw" in feats
+    f = binding.get_host_cpu_features()
+    return bool(f.get("avx512vnni") and f.get("avx512bw"))
+
+
+def _dpbusd(builder, acc, a, b):
+    """acc + (sum of 4 u8 a x s8 b products per int32 lane): exact (non-saturating vpdpbusd)."""
+    v = _vec(_i32, R)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v, [v, v, v]),
+                                        "llvm.x86.avx512.vpdpbusd.512")
+    return builder.call(fn, [acc, builder.bitcast(a, v), builder.bitcast(b, v)])
+
+
+def _rows(builder, isum):
+    """<32 x i32> pair sums -> <16 x i32> row sums (VNNI sums are per row already)."""
+    if isum.type.count == R:
+        return isum
+    return builder.add(_shuf(builder, isum, _EVEN32), _shuf(builder, isum, _ODD32))
+
+
+def _acc_update(context, builder, sig, args, isum, q4):
+    """acc[0:16] = acc + (wd*da)*f32(S) [+ (wm*da)*sa]: lane-wise float32 basic operations in the
+    order of ENGINE.md §3 (one lane per row; no fast-math flags, no fma)."""
+    f32 = ir.FloatType()
+    sf = builder.sitofp(_rows(builder, isum), _vec(f32, R))
+    pa = _ptr(context, builder, sig.args[0], args[0], ir.Constant(ir.IntType(64), 0), _vec(f32, R))
+    wd = _load(builder, _ptr(context, builder, sig.args[5], args[5], args[7], _vec(f32, R)), None)
+    da = _splat(builder, args[9], f32, R)
+    t = builder.fmul(builder.fmul(wd, da), sf)
+    if q4:
+        wm = _load(builder, _ptr(context, builder, sig.args[6], args[6], args[8], _vec(f32, R)),
+                   None)
+        t = builder.fadd(t, builder.fmul(builder.fmul(wm, da), _splat(builder, args[10], f32, R)))
+    builder.store(builder.fadd(builder.load(pa, align=4), t), pa, align=4)
+
+
+def _load4(context, builder, aryty, ary, off, k):
+    off = builder.add(off, ir.Constant(off.type, k))
+    return _load(builder, _ptr(context, builder, aryty, ary, off, _vec(_i8, 4)), None)
+
+
+def _chunk(context, builder, aryty, ary, off, k):
+    off = builder.add(off, ir.Constant(off.type, 64 * k))
+    return _load(builder, _ptr(context, builder, aryty, ary, off, _vec(_i8, 64)), None)
+
+
+@intrinsic
+def blk16_q4(typingctx, acc, w, wo, x, xo, wd, wm, so, mo, da, sa):
+    """One Q4_1 block (256 interleaved bytes at flat offset wo of w) of 16 rows times int8
+    activations x[xo:xo+32] (flat offsets): acc[r] = acc[r] + ((wd[so+r]*da)*f32(S_r) +
+    (wm[mo+r]*da)*sa), S_r exact int32 (|S_r| <= 32*15*127 < 2^16)."""
+    sig = types.void(acc, w, wo, x, xo, wd, wm, so, mo, da, sa)
+
+    def codegen(context, builder, sig, args):
+        vnni = _vnni()
+        isum = ir.Constant(_vec(_i32, R if vnni else 32), [0] * (R if vnni else 32))
+        for k in range(4):
+            v = _chunk(context, builder, sig.args[1], args[1], args[2], k)
+            lo = builder.and_(v, ir.Constant(_vec(_i8, 64), [15] * 64))
+            hi = builder.lshr(v, ir.Constant(_vec(_i8, 64), [4] * 64))
+            for nib, xoff in ((lo, 4 * k), (hi, 16 + 4 * k)):
+                xq = _load4(context, builder, sig.args[3], args[3], args[4], xoff)
+                if vnni:                                   # nibbles are unsigned: direct
+                    isum = _dpbusd(builder, isum, nib, _shuf(builder, xq, _QUAD64))
+                else:
+                    isum = builder.add(isum, _quad_dot(builder, builder.zext(nib, _vec(_i16, 64)),
+                                                       xq))
+        _acc_update(context, builder, sig, args, isum, True)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def blk16_q8(typingctx, acc, w, wo, x, xo, wd, wm, so, mo, da, sa):
+    """One Q8_0 block (512 interleaved int8 codes w[wo:]) of 16 rows times int8 activations
+    x[xo:xo+32]: acc[r] = acc[r] + (wd[so+r]*da)*f32(S_r), S_r exact int32 (|S_r| <= 2^19);
+    wm, mo and sa are unused (same signature as blk16_q4)."""
+    sig = types.void(acc, w, wo, x, xo, wd, wm, so, mo, da, sa)
+
+    def codegen(context, builder, sig, args):
+        vnni = _vnni()
+        isum = ir.Constant(_vec(_i32, R if vnni else 32), [0] * (R if vnni else 32))
+        xs = ir.Constant(_i32, 0)
+        for k in range(8):
+            v = _chunk(context, builder, sig.args[1], args[1], args[2], k)
+            xq = _load4(context, builder, sig.args[3], args[3], args[4], 4 * k)
+            if vnni:
+                # (w + 128) is unsigned: sum (w + 128) x = sum w x + 128 sum x, exactly
+                u = builder.xor(v, ir.Constant(_vec(_i8, 64), [-128] * 64))
+                isum = _dpbusd(builder, isum, u, _shuf(builder, xq, _QUAD64))
+                xs = builder.add(xs, _reduce_add(builder, builder.sext(xq, _vec(_i32, 4)), 4))
+            else:
+                isum = builder.add(isum, _quad_dot(builder, builder.sext(v, _vec(_i16, 64)), xq))
+        if vnni:
+            isum = builder.sub(isum, _splat(builder, builder.shl(xs, ir.Constant(_i32, 7)),
+                                            _i32, R))
+        _acc_update(context, builder, sig, args, isum, False)
+        return context.get_dummy_value()
+
+    return sig, codegen
