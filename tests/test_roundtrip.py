@@ -64,13 +64,14 @@ def archives(tmp_path_factory):
 
 
 def test_text_goes_neural_binary_falls_back(archives):
-    fp = F.fingerprint_hash(api.get_engine(models.resolve(None), api.normalized()).fingerprint)
+    from nacrith.portable import ENGINE_VERSION
     for name in TEXTUAL:
         data, blob, _ = archives[name]
         layout, desc, segs, _ = F.scan_bytes(blob)
         assert layout == F.L_NEURAL and len(segs) == 1, name
-        # the default model is registered preset 1: no SHA-256, no parameters in the archive
-        assert desc == F.Descriptor(1, F.E_LLAMA, fp, {}), name
+        # the default model is registered preset 1: no SHA-256, no parameters in the archive;
+        # its default engine is the portable one
+        assert desc == F.Descriptor(1, F.E_PORTABLE, ENGINE_VERSION, {}), name
         assert models.registered(1)[1] == models.sha256(models.resolve(None))
     assert F.scan_bytes(archives["kennedy_xls"][1])[0] == F.L_ZSTD
     # a tar stream: the members' contents are coded neurally, headers and padding with zstd
@@ -188,27 +189,37 @@ LICENSE_300 = (b"Permission is hereby granted, free of charge, to any person obt
                b"modify, merge, publish, distribute, sublicense, and/or sell copies.\n")[:300]
 
 
-def test_compact_frame_field_by_field():
-    """A default archive of a 300-byte text: 4-byte header, 3-byte descriptor (model id 1,
-    llama.cpp engine, 16-bit build hash, no parameters), varint length, escape count, the coded
-    stream, content check, archive check: 18 bytes around the stream (<= 20 for any size below
-    2^28), and at most half of zstd -19's size (the CLI's frame: magic, size, checksum)."""
+@pytest.mark.parametrize("backend", ["auto", "llama"])
+def test_compact_frame_field_by_field(backend):
+    """A default archive of a 300-byte text: 4-byte header, descriptor (model id 1, engine, no
+    parameters: the portable engine (the default for SmolLM2) + its version varint, 2 bytes;
+    llama.cpp + its 16-bit build hash, 3 bytes), varint length, escape count, the coded stream,
+    content check, archive check: 17 (portable) / 18 (llama.cpp) bytes around the stream (<= 20
+    for any size below 2^28), and at most half of zstd -19's size (the CLI's frame: magic,
+    size, checksum)."""
     import struct
     import xxhash
     import zstandard
+    from nacrith.portable import ENGINE_VERSION
     data = LICENSE_300
     assert len(data) == 300
-    blob = nacrith.compress(data)
-    engine = api.get_engine(models.resolve(None), api.normalized())
+    blob = nacrith.compress(data, backend=backend)
     assert blob[:4] == b"NAC\x24"                      # layout 2 (neural), version 4
-    assert blob[4] == 1 << 3 | F.E_LLAMA << 1           # model 1, engine 1, no parameters
-    assert blob[5:7] == struct.pack("<H", F.fingerprint_hash(engine.fingerprint))
-    assert blob[7:9] == bytes([300 & 0x7F | 0x80, 300 >> 7])
-    assert blob[9] == 0                                 # no escapes
-    stream = blob[10:-8]
+    if backend == "auto":
+        assert blob[4] == 1 << 3 | F.E_PORTABLE << 1    # model 1, engine 2, no parameters
+        assert blob[5] == ENGINE_VERSION == 1
+        p = 6
+    else:
+        engine = api.get_engine(models.resolve(None), api.normalized(backend="llama"))
+        assert blob[4] == 1 << 3 | F.E_LLAMA << 1       # model 1, engine 1, no parameters
+        assert blob[5:7] == struct.pack("<H", F.fingerprint_hash(engine.fingerprint))
+        p = 7
+    assert blob[p:p + 2] == bytes([300 & 0x7F | 0x80, 300 >> 7])
+    assert blob[p + 2] == 0                             # no escapes
+    stream = blob[p + 3:-8]
     assert blob[-8:-4] == struct.pack("<I", xxhash.xxh3_64_intdigest(data) & 0xFFFFFFFF)
     assert blob[-4:] == struct.pack("<I", xxhash.xxh32_intdigest(blob[:-4]))
-    assert len(blob) - len(stream) == 18
+    assert len(blob) - len(stream) == (17 if backend == "auto" else 18)
     z = zstandard.ZstdCompressor(level=19, write_checksum=True).compress(data)
     assert len(blob) <= len(z) / 2, (len(blob), len(z))
     assert nacrith.decompress(blob) == data
