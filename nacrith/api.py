@@ -49,7 +49,7 @@ class Options:
     zstd_level: int = 19
     ignore_backend: bool = False                # decode even if the backend profile differs
     backend: str = "llama"                      # "llama" (llama.cpp) | "portable" (ENGINE.md)
-    # ensemble mixer (nacrith/mixer.py); None = the tuned default (mixer.DEFAULTS).  mixer=False
+    # ensemble mixer (nacrith/mixer/); None = the tuned default (mixer.DEFAULTS).  mixer=False
     # codes with the LLM alone (a version-1 archive); a component is off when its switch is 0.
     mixer: bool = True
     ngram: int | None = None                    # highest n-gram order (0 = off)
