@@ -52,8 +52,9 @@ MODE_FLAGS = {"-z": "compress", "--compress": "compress", "-d": "decompress",
               "--test": "test", "-l": "info", "--list": "info"}
 SHORT_FLAGS = set("cdfklqrtvzhV")           # single-letter flags that take no value
 SHORT_VALUE = set("o")                     # single-letter options that take a value
+LEVEL_FLAGS = {"--fast": "1", "--best": "9"}  # and -1 .. -9: all become --level N
 VALUE_OPTS = {"-o", "--output", "--model", "--threads", "--ctx", "--lanes", "--gpu-layers",
-              "--skip",
+              "--skip", "--level",
               "--workers", "--devices", "--engine", "--address", "--manifest", "--segment-size",
               "--file"}
 USAGE = f"Usage: {PROG} [compress|decompress|info|test|bench] [OPTIONS] [FILE]..."
@@ -294,14 +295,20 @@ def compress(context: typer.Context, files: Optional[List[str]] = FILES,
              engine: str = ENGINE, address: Optional[str] = ADDRESS, resume: bool = RESUME,
              manifest: Optional[str] = MANIFEST, segment_size: Optional[str] = SEGMENT,
              skip: Optional[float] = SKIP, backend: str = BACKEND,
+             level: Optional[int] = typer.Option(
+                 None, "--level", min=1, max=9, metavar="N",
+                 help="Level 1 (fastest; -1, --fast) .. 9 (smallest; -9, --best), default 6 "
+                      "(nacrith/levels.py); options given with it override its settings."),
              solid: bool = typer.Option(False, "--solid",
                                         help="One archive (-o OUT.nc) of every FILE and DIR: "
                                              "similar files adjacent, the model's context "
                                              "carried from file to file.")):
     """Compress FILEs to FILE.nc (default command)."""
-    opts = api.Options(model=model, ctx=ctx, threads=threads, lanes=lanes,
-                       n_gpu_layers=gpu_layers, neural=not no_neural, mixer=not no_mixer,
-                       skip=None if skip is None else round(skip * 65536), backend=backend)
+    given = dict(model=model, ctx=ctx, lanes=lanes,
+                 skip=None if skip is None else round(skip * 65536))
+    given = {k: v for k, v in given.items() if context.get_parameter_source(k).name != "DEFAULT"}
+    opts = api.at_level(level, threads=threads, n_gpu_layers=gpu_layers, neural=not no_neural,
+                        mixer=not no_mixer, backend=backend, **given)
     seg = _size(segment_size, context)
     if seg is not None:
         opts.segment_size = seg
@@ -421,7 +428,8 @@ def _usage_exit(message: str) -> None:
 
 
 def _expand_short(args: List[str]) -> List[str]:
-    """-dc -> -d -c; -kfo OUT / -kfoOUT -> -k -f -o OUT. Unknown letters: left for click."""
+    """-dc -> -d -c; -kfo OUT / -kfoOUT -> -k -f -o OUT; -9, --best -> --level 9. Unknown
+    letters: left for click."""
     out, value_next, dashdash = [], False, False
     for a in args:
         if dashdash or value_next:
@@ -432,10 +440,15 @@ def _expand_short(args: List[str]) -> List[str]:
             dashdash = True
             out.append(a)
             continue
-        if len(a) > 2 and a[0] == "-" and a[1] != "-":
+        if a in LEVEL_FLAGS:
+            out += ["--level", LEVEL_FLAGS[a]]
+            continue
+        if len(a) >= 2 and a[0] == "-" and a[1] != "-":
             parts, ok = [], True
             for i, ch in enumerate(a[1:], 1):
-                if ch in SHORT_FLAGS:
+                if ch in "123456789":
+                    parts += ["--level", ch]
+                elif ch in SHORT_FLAGS:
                     parts.append("-" + ch)
                 elif ch in SHORT_VALUE:
                     parts.append("-" + ch)
