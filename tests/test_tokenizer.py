@@ -1,5 +1,4 @@
 """Exact tokenization with the real default model: pieces + escapes reproduce every input."""
-import numpy as np
 import pytest
 
 from nacrith import models

@@ -8,7 +8,6 @@ every module of this package, so an edit of any of them recompiles all of it; th
 sparse.py / ensemble.py are plain @njit (never cached alone, so never stale).
 tests/test_mixer.py checks that no other mixer function is cached.
 """
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -16,22 +15,12 @@ from numba import njit
 
 from .. import cdf as _cdf
 from .. import coder as _coder
-from ..coder import _dec_count, _dec_update, _encode_range, _find_symbol
+from ..coder import _dec_count, _decode_symbol, _encode_symbol, _source_stamp
 from .ensemble import _apm_init, _predict, _update
 from .sparse import _learn_sparse, _skip_conf, _skip_predict
 
 
-def _stamp() -> int:
-    h = hashlib.sha256()
-    for f in [Path(_cdf.__file__), Path(_coder.__file__)] + sorted(Path(__file__).parent.glob("*.py")):
-        try:
-            h.update(f.read_bytes())
-        except OSError:
-            pass
-    return int.from_bytes(h.digest()[:7], "little")
-
-
-STAMP = _stamp()
+STAMP = _source_stamp(_cdf, _coder, *sorted(Path(__file__).parent.glob("*.py")))
 
 
 def _make_kernels(stamp):
@@ -39,10 +28,7 @@ def _make_kernels(stamp):
     def enc_kernel(st, buf, logits, sym, freqs, S):
         _ = stamp                               # part of the cache key (module docstring)
         _predict(logits, S, freqs)
-        c_lo = 0
-        for i in range(sym):
-            c_lo += freqs[i]
-        buf = _encode_range(st, buf, c_lo, c_lo + freqs[sym])
+        buf = _encode_symbol(st, buf, freqs, sym)
         _update(S, sym, np.float64(logits[sym]))
         return buf
 
@@ -51,8 +37,7 @@ def _make_kernels(stamp):
         _ = stamp
         count = _dec_count(st)
         _predict(logits, S, freqs)
-        s, c_lo = _find_symbol(freqs, count)
-        _dec_update(st, data, c_lo, c_lo + freqs[s])
+        s = _decode_symbol(st, data, freqs, count)
         _update(S, s, np.float64(logits[s]))
         return s
 
@@ -71,10 +56,7 @@ def _make_kernels(stamp):
     def enc_skip_kernel(st, buf, sym, freqs, S):
         _ = stamp
         _skip_predict(S, freqs)
-        c_lo = 0
-        for i in range(sym):
-            c_lo += freqs[i]
-        buf = _encode_range(st, buf, c_lo, c_lo + freqs[sym])
+        buf = _encode_symbol(st, buf, freqs, sym)
         _learn_sparse(S, sym)
         return buf
 
@@ -83,8 +65,7 @@ def _make_kernels(stamp):
         _ = stamp
         count = _dec_count(st)
         _skip_predict(S, freqs)
-        s, c_lo = _find_symbol(freqs, count)
-        _dec_update(st, data, c_lo, c_lo + freqs[s])
+        s = _decode_symbol(st, data, freqs, count)
         _learn_sparse(S, s)
         return s
 
