@@ -44,3 +44,13 @@ def test_suite_collects_without_the_corpus():
             "sys.exit(pytest.main(['-q', '--collect-only', '-p', 'no:cacheprovider', 'tests']))")
     r = fresh_python(code, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr).decode()[-3000:]
+
+
+def test_every_subpackage_is_shipped():
+    # pyproject lists packages explicitly: a new subpackage missing there would be absent from
+    # a wheel while every test run from the source tree still passes
+    import tomllib
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "nacrith").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
