@@ -22,7 +22,7 @@ import zstandard
 from . import container as C
 from . import engine as engines
 from . import frames as F
-from . import models
+from . import levels, models
 from .errors import BadOption, ModelMismatch, NacritError
 from .fileio import write_all
 
@@ -50,7 +50,7 @@ class Options:
     ignore_backend: bool = False                # decode even if the backend profile differs
     backend: str = "auto"                       # "llama" (llama.cpp) | "portable" (ENGINE.md) |
                                                 # "auto": portable for SmolLM2 on the CPU, else llama
-    # ensemble mixer (nacrith/mixer.py); None = the tuned default (mixer.DEFAULTS).  mixer=False
+    # ensemble mixer (nacrith/mixer/); None = the tuned default (mixer.DEFAULTS).  mixer=False
     # codes with the LLM alone (a version-1 archive); a component is off when its switch is 0.
     mixer: bool = True
     ngram: int | None = None                    # highest n-gram order (0 = off)
@@ -68,6 +68,9 @@ class Options:
     boost_lr: int | None = None                 # / 2^20 (0 = boost off)
     skip: int | None = None                     # confidence skip threshold / 2^16 (0 = off)
     skip_cap: int | None = None                 # most tokens waiting for the LLM per lane
+    # compression level 1..9 (nacrith.levels): sets the fields above that are left at their
+    # defaults (a keyword, or a field of an Options that differs from the default, wins)
+    level: int | None = None
 
     def mix_params(self):
         """The ensemble hyperparameters these options select (all zero: LLM only)."""
@@ -140,8 +143,32 @@ def normalized(opts: Options | None = None, **kw) -> Options:
     return _options(opts, kw)
 
 
+def at_level(level: int | None, **kw) -> Options:
+    """Options of compression level `level` (None: the defaults) with the keywords kw on top."""
+    o = _replace(None, kw)
+    for k, v in _level_settings(level).items():
+        if k not in kw:
+            setattr(o, k, v)
+    o.level = None
+    return o
+
+
+def _level_settings(level) -> dict:
+    if level is None:
+        return {}
+    try:
+        return levels.settings(level)
+    except ValueError as e:
+        raise BadOption(str(e)) from None
+
+
 def _options(opts: Options | None, kw) -> Options:
     o = _replace(opts, kw)
+    if o.level is not None:
+        base = Options()
+        for k, v in _level_settings(o.level).items():
+            if k not in kw and (opts is None or getattr(opts, k) == getattr(base, k)):
+                setattr(o, k, v)
     for name in ("ctx", "slide", "n_keep", "threads", "lanes", "segment_size", "zstd_level",
                  "n_gpu_layers", "main_gpu"):
         v = getattr(o, name)

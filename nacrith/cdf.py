@@ -178,13 +178,3 @@ def quantize(logits, freqs):
     bit for bit)."""
     p = np.empty(logits.shape[0], dtype=np.float64)
     return quantize_into(logits, freqs, p)
-
-
-def quantize_np(logits: np.ndarray) -> np.ndarray:
-    """Convenience: return a fresh int64 frequency array for logits (Python level)."""
-    logits = np.ascontiguousarray(logits)
-    if logits.dtype not in (np.float32, np.float64):
-        logits = logits.astype(np.float64)
-    freqs = np.empty(logits.shape[0], dtype=np.int64)
-    quantize(logits, freqs)
-    return freqs

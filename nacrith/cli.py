@@ -7,29 +7,20 @@
     nacrith compress -r [--workers N] DIR...    every file -> FILE.nc, manifest, --resume
     nacrith bench [--devices 0,1] [--file F]    throughput per worker/device
 
-Invariants:
-- an output file only ever appears complete: data goes to a temp file in the output's directory
-  (`.NAME.XXXXXX.tmp`), which is flushed, fsynced, given the input's mode and times, then renamed
-  to its final name; on any error, Ctrl-C or SIGTERM the temp file is removed;
-- an existing output is never replaced without -f (the final link is no-clobber when possible);
-- `--rm` deletes an input only after its output has been committed (never when the output is a
-  device or FIFO such as /dev/null);
-- inputs are handled like gzip: a symbolic link is followed only with -f or when writing to
-  stdout (-c) or nothing (test); FIFOs and devices are read only with -f or when writing to
-  stdout; an existing output that is a character device or FIFO is written in place, never
-  replaced by a regular file;
-- strings taken from an archive (model name, backend) are printed with control characters
-  escaped, so an archive cannot drive the terminal;
-- every failure the user can cause (NacritError, OSError) is one stderr line
-  `nacrith: NAME: reason`, the remaining files are still processed, and the exit status is 1;
-  usage errors exit 2, Ctrl-C 130, SIGTERM 143 (128 + signal number);
+Invariants (the per-file ones - atomic outputs, no clobbering without -f, --rm only after a
+commit, gzip-like input policy, escaped archive strings, one line per failure - are
+nacrith/runner.py's; the checks before any file are nacrith/invocation.py's):
+- every failure the user can cause is one stderr line `nacrith: NAME: reason`, the remaining
+  files are still processed, and the exit status is 1; usage errors exit 2, Ctrl-C 130,
+  SIGTERM 143 (128 + signal number);
 - compressed data is never written to a terminal or read from one unless -f;
+- a level (-1..-9, --fast, --best; nacrith/levels.py) only fills settings not given explicitly;
 - with --workers / --engine ray, segments go to worker processes (nacrith/workers.py,
-  nacrith/ray_engine.py) and up to N files are handled at once, one thread each, every file
-  keeping the guarantees above; -r (nacrith/batch.py) adds the walk, manifest and resume. On a
-  signal the workers are killed first, so every thread unwinds and removes its temp file.
+  nacrith/ray_engine.py) and up to N files are handled at once; -r (nacrith/batch.py) adds the
+  walk, manifest and resume. On a signal the workers are killed first, so every thread unwinds
+  and removes its temp file.
 """
-import json
+import importlib
 import os
 import signal
 import sys
@@ -40,23 +31,13 @@ import typer.main
 
 from . import __version__, api
 from . import container as C
+from . import invocation as I
 from . import runner as R
 from ._signals import SIGNALS, blocked
+from .argv import shim
 from .errors import NacritError
 
 PROG = R.PROG
-COMMANDS = ("compress", "decompress", "info", "test", "bench")
-# zstd-style mode flags that select a subcommand when none is named (removed from argv).
-MODE_FLAGS = {"-z": "compress", "--compress": "compress", "-d": "decompress",
-              "--decompress": "decompress", "--uncompress": "decompress", "-t": "test",
-              "--test": "test", "-l": "info", "--list": "info"}
-SHORT_FLAGS = set("cdfklqrtvzhV")           # single-letter flags that take no value
-SHORT_VALUE = set("o")                     # single-letter options that take a value
-VALUE_OPTS = {"-o", "--output", "--model", "--threads", "--ctx", "--lanes", "--gpu-layers",
-              "--skip",
-              "--workers", "--devices", "--engine", "--address", "--manifest", "--segment-size",
-              "--file"}
-USAGE = f"Usage: {PROG} [compress|decompress|info|test|bench] [OPTIONS] [FILE]..."
 
 
 def _click_class(name: str):
@@ -68,66 +49,11 @@ UsageError = _click_class("UsageError")
 ClickException = _click_class("ClickException")
 
 
-
-
 def _run(job: R.Job, files: Optional[List[str]], ctx=None) -> int:
-    """Check the invocation (usage errors exit 2; bad options, manifest and pool failures are
-    one line, exit 1), before any pool starts or any file is touched; then run the files."""
+    """Usage errors exit 2 here; the rest of the invocation is nacrith.invocation.run."""
     files = list(files or []) or ["-"]
     _check_usage(job, files, ctx)
-    writes_stdout = job.mode in ("compress", "decompress") and (
-        job.stdout or job.output == "-" or (job.output is None and "-" in files))
-    if job.mode == "compress" and writes_stdout and not job.force and R.isatty(sys.stdout):
-        R.err("stdout is a terminal; refusing to write compressed data (use -f to force)")
-        return 1
-    if job.mode != "compress" and "-" in files and not job.force and R.isatty(sys.stdin):
-        R.err("stdin is a terminal; refusing to read compressed data"
-              + (" (use -f to force)" if job.mode == "decompress" else ""))
-        return 1
-    if job.rm and (job.stdout or job.output == "-") and not job.quiet:
-        R.err("--rm ignored when writing to standard output")
-    try:
-        _check_options(job)
-        if job.recursive and not job.solid:
-            from .batch import Batch
-            job.batch = Batch(job, files)
-        if job.mode != "info" and (job.workers or job.engine == "ray"):
-            job.pool = R.start_pool(job)
-    except (_Refusal, NacritError, OSError) as e:
-        if job.batch is not None:
-            job.batch.abandon()
-        R.err(_setup_error(e))
-        return 1
-    try:
-        if job.solid:
-            failed = R.guarded(job, job.output, lambda _: R.solid_compress(job, files)) is not None
-        else:
-            failed = job.batch.run() if job.batch is not None else R.run_files(job, files)
-    except BaseException:
-        if job.pool is not None:
-            job.pool.terminate()
-        if R.received:       # typer would turn a KeyboardInterrupt into a silent exit 130
-            raise R.stop_for_signal() from None
-        raise
-    R.close_pool(job)
-    return 1 if failed else 0
-
-
-def _setup_error(e: Exception) -> str:
-    """The one line for a failure before any file: the option, manifest or pool, and why."""
-    if isinstance(e, _Refusal):
-        return e.line
-    if isinstance(e, OSError):
-        return f"{e.filename}: {R.strerror(e)}" if e.filename else R.strerror(e)
-    return R.oneline(e)
-
-
-class _Refusal(Exception):
-    """An invocation refused before any file: `line` is the message after `nacrith: `."""
-
-    def __init__(self, line: str):
-        super().__init__(line)
-        self.line = line
+    return I.run(job, files)
 
 
 def _check_usage(job: R.Job, files: List[str], ctx) -> None:
@@ -149,17 +75,6 @@ def _check_usage(job: R.Job, files: List[str], ctx) -> None:
         raise UsageError("--resume needs compress -r", ctx=ctx)
     if job.address is not None and job.engine != "ray":
         raise UsageError("--address needs --engine ray", ctx=ctx)
-
-
-def _check_options(job: R.Job) -> None:
-    """The coding options, checked here in the parent (workers would each fail on them)."""
-    try:
-        if job.mode == "compress":
-            api.normalized(job.opts)
-        elif job.mode != "info":
-            api.decode_options(job.opts)
-    except NacritError as e:
-        raise _Refusal(f"bad option: {R.oneline(e)}") from None
 
 
 # ---------------------------------------------------------------- typer commands
@@ -243,27 +158,11 @@ SEGMENT = typer.Option(None, "--segment-size", metavar="BYTES",
 
 
 def _size(text: Optional[str], ctx) -> Optional[int]:
-    if text is None:
-        return None
-    t = text.strip().upper().rstrip("B").rstrip("I")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
-    try:
-        n = int(t[:-1] if mult > 1 else t) * mult
-    except ValueError:
-        n = 0
-    if n < 1:
+    n = None if text is None else I.size(text)
+    if text is not None and n is None:
         raise typer.BadParameter(f"not a size in bytes: {text!r}", ctx=ctx,
                                  param_hint="'--segment-size'")
     return n
-
-
-def _ray_address(a: str) -> bool:
-    """A Ray address Ray can use: auto, or [ray://]HOST:PORT with a port 1..65535 (checked
-    here, so a typo fails at once instead of Ray retrying a connection for minutes)."""
-    if a == "auto":
-        return True
-    host, _, port = a.removeprefix("ray://").rpartition(":")
-    return bool(host) and port.isdigit() and 1 <= int(port) <= 65535
 
 
 def _scale(job: R.Job, ctx, recursive, workers, devices, engine, address) -> R.Job:
@@ -277,7 +176,7 @@ def _scale(job: R.Job, ctx, recursive, workers, devices, engine, address) -> R.J
         raise typer.BadParameter(str(e), ctx=ctx, param_hint="'--devices'") from None
     if job.devices and workers is None and engine == "local":
         workers = len(job.devices)
-    if address is not None and not _ray_address(address):
+    if address is not None and not I.ray_address(address):
         raise typer.BadParameter(f"expected HOST:PORT, ray://HOST:PORT or auto (got {address!r})",
                                  ctx=ctx, param_hint="'--address'")
     job.recursive, job.workers, job.engine, job.address = recursive, workers, engine, address
@@ -295,14 +194,20 @@ def compress(context: typer.Context, files: Optional[List[str]] = FILES,
              engine: str = ENGINE, address: Optional[str] = ADDRESS, resume: bool = RESUME,
              manifest: Optional[str] = MANIFEST, segment_size: Optional[str] = SEGMENT,
              skip: Optional[float] = SKIP, backend: str = BACKEND,
+             level: Optional[int] = typer.Option(
+                 None, "--level", min=1, max=9, metavar="N",
+                 help="Level 1 (fastest; -1, --fast) .. 9 (smallest; -9, --best), default 6 "
+                      "(nacrith/levels.py); options given with it override its settings."),
              solid: bool = typer.Option(False, "--solid",
                                         help="One archive (-o OUT.nc) of every FILE and DIR: "
                                              "similar files adjacent, the model's context "
                                              "carried from file to file.")):
     """Compress FILEs to FILE.nc (default command)."""
-    opts = api.Options(model=model, ctx=ctx, threads=threads, lanes=lanes,
-                       n_gpu_layers=gpu_layers, neural=not no_neural, mixer=not no_mixer,
-                       skip=None if skip is None else round(skip * 65536), backend=backend)
+    given = dict(model=model, ctx=ctx, lanes=lanes,
+                 skip=None if skip is None else round(skip * 65536))
+    given = {k: v for k, v in given.items() if context.get_parameter_source(k).name != "DEFAULT"}
+    opts = api.at_level(level, threads=threads, n_gpu_layers=gpu_layers, neural=not no_neural,
+                        mixer=not no_mixer, backend=backend, **given)
     seg = _size(segment_size, context)
     if seg is not None:
         opts.segment_size = seg
@@ -367,123 +272,11 @@ def bench_(context: typer.Context, devices: Optional[str] = DEVICES,
            as_json: bool = typer.Option(False, "--json", help="The report as one JSON object.")):
     """Throughput per device: one worker per device (or --workers N, round-robin), each loading
     the model, then all coding the same text at once."""
-    from . import workers as W
     opts = api.Options(model=model, threads=threads, n_gpu_layers=gpu_layers)
     job = _scale(R.Job("compress", verbose=verbose, opts=opts), context, False, workers, devices,
                  "local", None)
     job.workers = job.workers or 1
-    name = file or "<built-in text>"
-    try:
-        if file is None:
-            data = W.BENCH_TEXT
-        else:
-            with open(file, "rb") as f:
-                data = f.read(opts.segment_size)
-    except OSError as e:
-        R.err(f"{file}: {R.strerror(e)}")
-        return 1
-    try:
-        _check_options(job)
-        job.pool = R.start_pool(job)
-        report = W.bench(job.pool, data)
-    except (_Refusal, NacritError, OSError) as e:
-        R.err(e.line if isinstance(e, _Refusal) else f"{name}: "
-              + (R.strerror(e) if isinstance(e, OSError) else R.oneline(e)))
-        if job.pool is not None:
-            job.pool.terminate()
-        return 1
-    except BaseException:
-        if job.pool is not None:
-            job.pool.terminate()
-        if R.received:
-            raise R.stop_for_signal() from None
-        raise
-    R.close_pool(job)
-    if as_json:
-        R.say(json.dumps({"text": name, **report}))
-        return 0
-    rows = [(str(r["worker"]), r["device"] if r["device"] == "cpu" else f"cuda:{r['device']}",
-             str(r["cuda_visible_devices"]), r) for r in report["workers"]]
-    rows.append(("total", f"{len(rows)} workers", "", report["total"]))
-    R.say(f"{name}: {report['bytes']} bytes per worker")
-    R.say(f"{'worker':<7} {'device':<10} {'CUDA_VISIBLE_DEVICES':<20} {'tokens':>7} "
-           f"{'seconds':>8} {'tokens/s':>9} {'bytes/s':>9} {'peak RSS':>9}")
-    for w, dev, cvd, r in rows:
-        R.say(f"{w:<7} {dev:<10} {cvd:<20} {r['tokens']:>7} {r['seconds']:>8.2f} "
-               f"{r['tokens_per_s']:>9.1f} {r['bytes_per_s']:>9.1f} "
-               f"{r['peak_rss'] / 2**20:>5.0f} MiB")
-    return 0
-
-
-# ---------------------------------------------------------------- argv shim
-def _usage_exit(message: str) -> None:
-    sys.stderr.write(f"{USAGE}\nTry '{PROG} -h' for help.\n\nError: {message}\n")
-    raise R.Stop(2)
-
-
-def _expand_short(args: List[str]) -> List[str]:
-    """-dc -> -d -c; -kfo OUT / -kfoOUT -> -k -f -o OUT. Unknown letters: left for click."""
-    out, value_next, dashdash = [], False, False
-    for a in args:
-        if dashdash or value_next:
-            out.append(a)
-            value_next = False
-            continue
-        if a == "--":
-            dashdash = True
-            out.append(a)
-            continue
-        if len(a) > 2 and a[0] == "-" and a[1] != "-":
-            parts, ok = [], True
-            for i, ch in enumerate(a[1:], 1):
-                if ch in SHORT_FLAGS:
-                    parts.append("-" + ch)
-                elif ch in SHORT_VALUE:
-                    parts.append("-" + ch)
-                    if a[i + 1:]:
-                        parts.append(a[i + 1:])
-                    else:
-                        value_next = True
-                    break
-                else:
-                    ok = False
-                    break
-            if ok:
-                out += parts
-                continue
-            value_next = False
-        out.append(a)
-        value_next = a in VALUE_OPTS
-    return out
-
-
-def shim(argv: List[str]) -> List[str]:
-    """Turn zstd-style argv (no command, mode flags) into typer's `COMMAND [OPTIONS] [FILE]...`."""
-    args = list(argv)
-    if not args:
-        if R.isatty(sys.stdin):
-            _usage_exit("no input FILE and standard input is a terminal")
-        return ["compress"]
-    if args[0] in COMMANDS:
-        return [args[0]] + _expand_short(args[1:])
-    if args[0] in ("-h", "--help", "-V", "--version"):
-        return args
-    modes, rest, value_next, dashdash = [], [], False, False
-    for a in _expand_short(args):
-        if dashdash or value_next:
-            rest.append(a)
-            value_next = False
-            continue
-        if a == "--":
-            dashdash = True
-        elif a in MODE_FLAGS:
-            modes.append(MODE_FLAGS[a])
-            continue
-        value_next = a in VALUE_OPTS
-        rest.append(a)
-    if len(set(modes)) > 1:
-        _usage_exit("conflicting modes: " + ", ".join(dict.fromkeys(modes)))
-    return [modes[0] if modes else "compress"] + rest
+    return I.bench(job, file, as_json)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -495,7 +288,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         except (OSError, ValueError):           # not the main thread
             pass
     with blocked():
-        import numpy  # noqa: F401  (its BLAS threads start here, blind to our signals)
+        importlib.import_module("numpy")     # its BLAS threads start here, blind to our signals
     code = 0
     try:
         args = shim(sys.argv[1:] if argv is None else argv)
@@ -534,6 +327,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                 pass
         os._exit(code)
     sys.exit(code)
+
 
 if __name__ == "__main__":
     main()

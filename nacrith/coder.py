@@ -257,9 +257,7 @@ def _dec_freqs_kernel(st, data, freqs):
     if not _freqs_valid(freqs):
         st[D_ERR] = 1
         return -1
-    s, c_lo = _find_symbol(freqs, _dec_count(st))
-    _dec_update(st, data, c_lo, c_lo + freqs[s])
-    return s
+    return _decode_symbol(st, data, freqs, _dec_count(st))
 
 
 @njit(cache=True)
@@ -279,12 +277,33 @@ def _dec_uniform_kernel(st, data, nbits):
 # other.  The fused kernels are therefore closures over a hash of cdf.py: numba includes closure
 # values in its cache key, so any change to cdf.py recompiles them.
 
-def _source_stamp(module) -> int:
-    try:
-        with open(module.__file__, "rb") as fh:
-            return int.from_bytes(hashlib.sha256(fh.read()).digest()[:7], "little")
-    except (OSError, TypeError):
-        return 0
+def _source_stamp(*sources) -> int:
+    """A hash of the source files of these modules (or paths); an unreadable one counts as empty."""
+    h = hashlib.sha256()
+    for src in sources:
+        try:
+            with open(getattr(src, "__file__", src), "rb") as fh:
+                h.update(fh.read())
+        except (OSError, TypeError):
+            pass
+    return int.from_bytes(h.digest()[:7], "little")
+
+
+@njit(cache=True)
+def _encode_symbol(st, buf, freqs, sym):
+    """Code symbol sym of the frequency table freqs (total TOTAL)."""
+    c_lo = 0
+    for i in range(sym):
+        c_lo += freqs[i]
+    return _encode_range(st, buf, c_lo, c_lo + freqs[sym])
+
+
+@njit(cache=True)
+def _decode_symbol(st, data, freqs, count):
+    """The symbol of freqs whose range holds count (from _dec_count), consumed."""
+    s, c_lo = _find_symbol(freqs, count)
+    _dec_update(st, data, c_lo, c_lo + freqs[s])
+    return s
 
 
 def _make_fused_kernels(cdf_stamp):
@@ -293,10 +312,7 @@ def _make_fused_kernels(cdf_stamp):
         """Fused: quantize logits into the scratch freqs, then code sym."""
         _ = cdf_stamp                           # part of the cache key (see above)
         quantize_into(logits, freqs, p)
-        c_lo = 0
-        for i in range(sym):
-            c_lo += freqs[i]
-        return _encode_range(st, buf, c_lo, c_lo + freqs[sym])
+        return _encode_symbol(st, buf, freqs, sym)
 
     @njit(cache=True)
     def dec_logits_kernel(st, data, logits, freqs, p):
@@ -304,9 +320,7 @@ def _make_fused_kernels(cdf_stamp):
         _ = cdf_stamp                           # part of the cache key (see above)
         count = _dec_count(st)
         quantize_into(logits, freqs, p)
-        s, c_lo = _find_symbol(freqs, count)
-        _dec_update(st, data, c_lo, c_lo + freqs[s])
-        return s
+        return _decode_symbol(st, data, freqs, count)
 
     return enc_logits_kernel, dec_logits_kernel
 
@@ -435,8 +449,3 @@ class Decoder:
         if not 0 <= nbits <= PRECISION_BITS:
             raise ValueError("decode_uniform: need 0 <= nbits <= 24")
         return int(_dec_uniform_kernel(self._st, self._data, nbits))
-
-    @property
-    def bits_read(self) -> int:
-        """Bits consumed so far including the 32-bit look-ahead (may exceed 8 * len(data))."""
-        return int(self._st[D_BITPOS])

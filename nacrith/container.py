@@ -48,7 +48,7 @@ PARAM_KEYS = {
     5: "lanes",        # sequences in the llama.cpp context (n_seq_max)
     6: "bos",          # token fed first in every lane
     7: "cdf_bits",     # CDF precision (24)
-    # version 2: ensemble mixer (nacrith/mixer.py); an absent key takes its mix_preset value
+    # version 2: ensemble mixer (nacrith/mixer/); an absent key takes its mix_preset value
     # (0 = component off when there is no mix_preset, e.g. in every version-1 archive)
     8: "ngram",        # highest token n-gram order (orders 1..ngram)
     9: "ngram_bits",   # log2 buckets per n-gram order table

@@ -141,7 +141,8 @@ class _Unwrapped:
         try:
             return self.f.result()
         except Exception as e:          # noqa: BLE001
-            cause = getattr(e, "cause", None) or getattr(e, "as_instanceof_cause", lambda: e)()
+            unwrap = getattr(e, "as_instanceof_cause", None)
+            cause = getattr(e, "cause", None) or (unwrap() if unwrap else e)
             if isinstance(cause, (NacritError, OSError)):
                 raise cause from None
             for base in type(e).__mro__:

@@ -15,7 +15,8 @@ Invariants (the CLI's, for every file however it is reached: one file, many, -r,
 - with a pool (workers, Ray) up to N files are handled at once, one thread each, every file
   keeping the guarantees above; on a signal the pool is terminated first, so every thread
   unwinds and removes its temp file.
-Imports go down only: cli -> batch -> runner -> fileio / api.
+Imports go down only: cli -> invocation -> batch -> runner -> pools (workers, ray_engine) /
+fileio / api.
 """
 from __future__ import annotations
 

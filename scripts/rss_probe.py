@@ -19,7 +19,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import nacrith  # noqa: E402
 from nacrith import api  # noqa: E402
 
 

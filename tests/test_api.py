@@ -119,8 +119,10 @@ def test_file_helpers_are_atomic_and_leave_nothing_on_error(tmp_path):
     assert blob == nacrith.compress(TEXT, neural=False)
     with pytest.raises(nacrith.BadOption, match="ctx must be a multiple of 256"):
         nacrith.compress_file(a, tmp_path / "bad.nc", ctx=1000)
-    with pytest.raises(nacrith.BadOption, match="unknown option 'level'"):
-        nacrith.compress_file(a, tmp_path / "bad.nc", level=9)
+    with pytest.raises(nacrith.BadOption, match="unknown option 'preset'"):
+        nacrith.compress_file(a, tmp_path / "bad.nc", preset=9)
+    with pytest.raises(nacrith.BadOption, match="level must be an integer 1..9"):
+        nacrith.compress_file(a, tmp_path / "bad.nc", level=10)
     (tmp_path / "broken.nc").write_bytes(blob[:-3] + b"\0\0\0")
     (tmp_path / "keep.txt").write_bytes(b"precious")
     with pytest.raises(nacrith.CorruptArchive):

@@ -9,26 +9,18 @@ import re
 import shutil
 import signal
 import stat
-import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import xxhash
+
+from helpers import corpus
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO.parent / "shared" / "corpus"          # ../shared/corpus beside the repository
 ENV = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 ENV.pop("NACRITH_DEBUG", None)
-
-
-def corpus(name: str) -> bytes:
-    p = CORPUS / name
-    if not p.is_file():
-        pytest.skip(f"corpus file {p} not found (expected ../shared/corpus beside the repository)")
-    return p.read_bytes()
 
 
 def run(*args, cwd, input=b"", timeout=120, **kw) -> subprocess.CompletedProcess:

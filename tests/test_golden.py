@@ -75,3 +75,20 @@ def test_golden_solid_restores(tmp_path, sha, size, name, methods):
     order = sorted(got)
     assert got == {p: ({"t/sub/b.c": 0o755, "t/sub/empty.txt": 0o600}.get(p, 0o644),
                        1700000000 + (i * 3) // 2) for i, p in enumerate(order)}
+
+
+# v4 archives that today's encoder writes byte for byte (the current defaults and the main
+# options): a refactor of the coder, the mixer or the framing must keep these bytes
+REENCODE = ["v4-neural", "v4-neural-llm", "v4-neural-custom", "v4-skip-2lanes", "v4-zstd"]
+
+
+@pytest.mark.parametrize("name", REENCODE)
+def test_golden_encode_is_byte_exact(name):
+    import sys
+    sys.path.insert(0, str(GOLDEN.parents[1] / "scripts"))
+    import make_golden
+    if not (make_golden.CORPUS / "alice29.txt").is_file():
+        pytest.skip("corpus not found (expected ../shared/corpus beside the repo)")
+    data, opts = next((d, o) for n, d, o in make_golden.cases() if n == name)
+    opts = {"backend": "llama", **opts}         # made before the portable engine was the default
+    assert nacrith.compress(data, **opts) == (GOLDEN / f"{name}.nc").read_bytes()

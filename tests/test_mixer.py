@@ -300,3 +300,36 @@ def test_lane_refuses_more_tokens_than_it_was_made_for():
         lm.encode(enc, logits[t], int(toks[t]))
     with pytest.raises(ValueError, match="more tokens coded than the lane was created for"):
         lm.encode(enc, logits[5], int(toks[5]))
+
+
+def test_every_cached_mixer_kernel_is_inside_the_source_stamp():
+    # numba keys its disk cache on the defining file only: a cached helper would keep an old
+    # copy of cdf/coder or of another mixer module compiled in. Only the stamped closures of
+    # mixer/kernels.py may be cached; the helpers are compiled into them.
+    import importlib
+    import pkgutil
+    from numba.core.caching import NullCache
+    from numba.core.registry import CPUDispatcher
+    from nacrith.mixer import kernels
+    cached, helpers = [], []
+    for m in pkgutil.iter_modules(mixer.__path__):
+        mod = importlib.import_module(f"nacrith.mixer.{m.name}")
+        for name, f in vars(mod).items():
+            if isinstance(f, CPUDispatcher) and f.__module__ == mod.__name__:
+                (helpers if isinstance(f._cache, NullCache) else cached).append((m.name, name))
+                if not isinstance(f._cache, NullCache):
+                    cells = [c.cell_contents for c in f.py_func.__closure__ or ()]
+                    assert kernels.STAMP in cells, name
+    assert {n for _, n in cached} == {"enc_kernel", "dec_kernel", "cost_kernel", "enc_skip_kernel",
+                                      "dec_skip_kernel", "cost_skip_kernel", "skip_conf_kernel",
+                                      "init_kernel"}
+    assert {m for m, _ in cached} == {"kernels"}
+    assert {"_predict", "_update", "_set_weights", "_exp_signed", "_apm_init", "_skip_predict",
+            "_lookup_sparse", "_learn_sparse"} <= {n for _, n in helpers}
+
+
+def test_state_fields_are_named():
+    # the kernels take named tuples: two same-typed arrays can no longer be swapped by position
+    lm = lane(DEFAULTS, 64, 10)
+    assert type(lm.S).__name__ == "State" and lm.S.cfg.K == 1 + DEFAULTS.ngram + 1
+    assert lm.S.mix.z.shape[1] == lm.S.cfg.K and lm.S.ng.bkt.shape == (mixer.MAX_ORDER,)

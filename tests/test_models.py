@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from helpers import REPO, corpus
+from helpers import corpus
 from nacrith import models
 from nacrith.errors import NacritError
 

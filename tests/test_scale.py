@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from nacrith import workers
 from nacrith.errors import NacritError
 
 from helpers import corpus, fresh_python
-from test_cli import ENV, REPO, listing, one_error, popen, put, run
+from test_cli import ENV, listing, one_error, popen, put, run
 
 SEG = "400"                                 # small segments: one file -> several parallel tasks
 NEURAL = ("--threads", "1", "--segment-size", SEG)
