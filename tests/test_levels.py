@@ -35,7 +35,8 @@ def test_each_level_maps_to_its_options(level):
     for k, v in levels.LEVELS[level].items():
         assert getattr(o, k) == v
     assert o.slide == o.ctx // 4 and o.skip_cap == (api.DEFAULT_SKIP_CAP if o.skip else None)
-    derived = {"level", "slide", "skip_cap"}
+    assert o.backend == api.auto_backend(o.model)       # portable for SmolLM2, else llama.cpp
+    derived = {"level", "slide", "skip_cap", "backend"}
     rest = {k for k in vars(api.Options()) if k not in levels.LEVELS[level]} - derived
     assert {k: getattr(o, k) for k in rest} == {k: getattr(api.normalized(), k) for k in rest}
 

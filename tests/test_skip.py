@@ -16,6 +16,7 @@ from helpers import corpus, fresh_python
 from test_mixer import lane
 
 SKIP = dict(skip=62259, skip_cap=16)          # p >= 0.95
+LLAMA = dict(SKIP, backend="llama")           # the recorder wraps llama.cpp's Backend.feed
 
 
 def _synthetic(V=300, seed=3):
@@ -118,11 +119,11 @@ def test_skip_roundtrip_fresh_process(tmp_path, monkeypatch, lanes):
     rec = _Recorder(monkeypatch)
     parts = [corpus("alice29.txt", 3000)[i * 600:(i + 1) * 600] for i in range(lanes)]
     data = b"".join(p + p for p in parts)           # every lane holds a repeat
-    blob = nacrith.compress(data, threads=1, lanes=lanes, **SKIP)
+    blob = nacrith.compress(data, threads=1, lanes=lanes, **LLAMA)
     layout, desc, segs, _ = F.scan_bytes(blob)
     assert layout == F.L_NEURAL
     assert (desc.params["skip"], desc.params["skip_cap"]) == (62259, 16)
-    engine = api.get_engine(models.resolve(None), api.normalized(threads=1, lanes=lanes, **SKIP),
+    engine = api.get_engine(models.resolve(None), api.normalized(threads=1, lanes=lanes, **LLAMA),
                             api.normalized(**SKIP).mix_params())
     counts = [len(engine.tokenizer.tokenize(p + p)[0]) for p in parts]
     fed = [len(g) for _, groups in rec.calls for g in groups]
@@ -141,7 +142,7 @@ def test_skip_roundtrip_fresh_process(tmp_path, monkeypatch, lanes):
 
 def test_decoder_replays_encoder_calls(monkeypatch, repeat, data):
     rec = _Recorder(monkeypatch)
-    blob = nacrith.compress(repeat * 4 + data, threads=1, lanes=2, **SKIP)
+    blob = nacrith.compress(repeat * 4 + data, threads=1, lanes=2, **LLAMA)
     enc_calls = list(rec.calls)
     rec.calls.clear()
     assert nacrith.decompress(blob, threads=1) == repeat * 4 + data

@@ -32,6 +32,23 @@ def fingerprint() -> str:
     return f"portable-{ENGINE_VERSION}"
 
 
+@numba.njit(parallel=True, cache=True)
+def _touch(n):
+    out = np.zeros(n, np.int64)
+    for i in numba.prange(n):
+        out[i] = i
+    return out
+
+
+def _start_threads() -> None:
+    """Start Numba's worker threads (they start at the first parallel region) with SIGINT,
+    SIGTERM and SIGHUP blocked, so they inherit the mask and never take a signal meant for the
+    main thread (the CLI's signal handling; _signals.py)."""
+    from .._signals import blocked
+    with blocked():
+        _touch(2 * numba.config.NUMBA_NUM_THREADS)
+
+
 class PortableBackend:
     def __init__(self, path: str, *, ctx: int, lanes: int, threads: int, slide: int, n_keep: int,
                  group: int = 1, **ignored):
@@ -57,6 +74,7 @@ class PortableBackend:
         self.off = np.zeros(lanes, dtype=np.int64)
         self._tok = None
         self.reset()
+        _start_threads()
 
     def fingerprint(self) -> str:
         return fingerprint()
