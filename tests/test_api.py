@@ -51,8 +51,6 @@ def test_four_threads_compress_and_decompress_at_once(texts):
     assert blobs == single
     back = run_threads(nacrith.decompress, single)
     assert back == texts
-    both = run_threads(lambda it: nacrith.decompress(nacrith.compress(it, threads=1)), texts)
-    assert both == texts
 
 
 def test_engine_pool_leases_one_engine_per_thread_and_bounds_idle():

@@ -158,12 +158,12 @@ def test_wrong_model_is_refused(tmp_path, archives):
 
 
 def test_every_lane_count_decodes_in_fresh_process(tmp_path):
-    # K = 1..16 lanes (one llama.cpp sequence each, lockstep) with the default ensemble, on
+    # K = 1..5, 8, 16 lanes (one sequence each, lockstep) with the default ensemble, on
     # 400 + 30 K bytes of text (neural beats zstd plus the model frame; 10+ tokens per lane);
-    # one fresh interpreter decodes all 16 archives
+    # one fresh interpreter decodes all the archives
     text = PROSE.replace(b"\n", b"\r\n") + corpus("fields.c", 300)
     datas, paths = [], []
-    for k in range(1, 17):
+    for k in (1, 2, 3, 4, 5, 8, 16):
         data = text[:400 + 30 * k]
         blob = nacrith.compress(data, threads=1, lanes=k, ctx=256, slide=64)
         layout, desc, segs, _ = F.scan_bytes(blob)
