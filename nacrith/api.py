@@ -742,8 +742,7 @@ class Scan:
     total_len: int
     total_hash: int | None              # xxh3-64 of the original (None: single layout)
     check: int | None = None            # single layout: low 32 bits of that xxh3-64
-    index: bytes | None = None          # solid layout: the raw file index (solid.py)
-    index_compact: bool = True          # its packing (frame 05; False: frame 06)
+    index: "F.Index | None" = None      # solid layout: the file index (solid.py parses it)
 
     def matches(self, length: int, xxh3: int) -> bool:
         """Whether an original of this length and xxh3-64 is the archive's content."""
@@ -787,8 +786,7 @@ def scan(src) -> Scan:
     if layout in F.SINGLE_LAYOUTS and not end.total_len:
         out = []
     return Scan(F.VERSION, layout_name, model, out, end.total_len, end.total_hash, end.check,
-                end.index.raw if end.index is not None else None,
-                end.index is None or end.index.compact)
+                end.index)
 
 
 def info(src) -> dict:

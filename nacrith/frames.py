@@ -379,7 +379,7 @@ def read_frame(f, index: int, n_segments: int):
         if hash32(head + z) != struct.unpack("<I", fixed(4))[0]:
             raise NacritError(f"corrupt {what} (index checksum mismatch)")
         if not zipped:
-            return Index(z)
+            return Index(z, True)
         import zstandard
         try:
             with zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS).stream_reader(z) as r:

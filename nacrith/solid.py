@@ -227,7 +227,7 @@ def read_index(src) -> tuple[int, list[Entry], api.Scan]:
     s = api.scan(src)
     if s.index is None:
         raise NacritError("not a solid archive (no file index)")
-    block, entries = parse_index(s.index, s.index_compact)
+    block, entries = parse_index(s.index.raw, s.index.compact)
     if sum(e.size for e in entries) != s.total_len:
         raise NacritError("corrupt file index (sizes do not add up to the archive's total)")
     sizes = [seg["original"] for seg in s.segments]
@@ -336,7 +336,7 @@ def extract(path: str, target: str, opts: api.Options | None = None, *, only: st
             stream_pos = 0
             nxt = 0                         # next entry (in `picked` order) to write
             pending = picked
-            whole = xxhash.xxh3_64()        # of the whole stream, when every block is decoded
+            whole = xxhash.xxh3_64()        # of the whole stream (full restore only)
             for task in api._tasks4(f, first, state, solid=True):
                 seg, _, desc, k, offset = task
                 if k not in need:
@@ -346,7 +346,8 @@ def extract(path: str, target: str, opts: api.Options | None = None, *, only: st
                 if not stream:
                     stream_pos = offset
                 chunk = api.decode_segment(*task, o, progress, cache)
-                whole.update(chunk)
+                if only is None:
+                    whole.update(chunk)
                 stream += chunk
                 decoded_blocks += 1
                 while nxt < len(pending):
