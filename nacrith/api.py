@@ -68,6 +68,7 @@ class Options:
     boost_lr: int | None = None                 # / 2^20 (0 = boost off)
     skip: int | None = None                     # confidence skip threshold / 2^16 (0 = off)
     skip_cap: int | None = None                 # most tokens waiting for the LLM per lane
+    guard: int | None = None                    # ensemble-vs-bare-LLM switch rate / 2^16 (0 = off)
     # compression level 1..9 (nacrith.levels): sets the fields above that are left at their
     # defaults (a keyword, or a field of an Options that differs from the default, wins)
     level: int | None = None
@@ -488,7 +489,7 @@ def _peek_header(src) -> tuple[str, bytes]:
         if version > F.VERSION:
             raise NacritError(f"archive format version {version} is newer than this nacrith "
                               f"supports (<= {F.VERSION}); upgrade nacrith")
-        if version < F.VERSION:
+        if version not in F.READ_VERSIONS:
             raise NacritError("corrupt file header (bad version byte)")
         return "v4", first
     return "legacy", first
@@ -546,9 +547,9 @@ def _segment_tasks(src, state: dict):
 def _tasks4(src, first: bytes, state: dict, solid: bool = False):
     """Decode tasks of a version-4 archive. A solid archive (a file tree) is refused unless
     `solid` (solid.py extracts it); its index is then in state["index"]."""
-    layout = first[3] >> 4
+    layout, version = first[3] >> 4, first[3] & 15
     if layout in F.SINGLE_LAYOUTS:
-        desc, seg = F.read_single(src, layout, F.SINGLE_LIMIT)
+        desc, seg = F.read_single(src, layout, F.SINGLE_LIMIT, version)
         if desc is not None:
             check_descriptor(desc)
         state["end"], state["segments"] = F.End(seg.orig_len, None, seg.check), 1
@@ -561,7 +562,7 @@ def _tasks4(src, first: bytes, state: dict, solid: bool = False):
         raise NacritError(f"archive uses unknown layout {layout}; upgrade nacrith")
     desc, n_frames, n_segs, total = None, 0, 0, 0
     while True:
-        frame = F.read_frame(src, n_frames, n_segs)
+        frame = F.read_frame(src, n_frames, n_segs, version)
         n_frames += 1
         if isinstance(frame, F.Index):
             if layout != F.L_SOLID or n_frames != 1:
@@ -785,7 +786,7 @@ def scan(src) -> Scan:
     layout_name = {F.L_FRAMED: "framed", F.L_SOLID: "solid"}.get(layout) or F.METHOD_NAMES[layout]
     if layout in F.SINGLE_LAYOUTS and not end.total_len:
         out = []
-    return Scan(F.VERSION, layout_name, model, out, end.total_len, end.total_hash, end.check,
+    return Scan(first[3] & 15, layout_name, model, out, end.total_len, end.total_hash, end.check,
                 end.index)
 
 

@@ -63,8 +63,9 @@ PARAM_KEYS = {
     18: "mix_lr",      # mixer weight learning rate, / 2^20
     19: "mix_floor",   # mixer weight floor, / 2^16
     20: "boost_lr",    # log-linear candidate boost learning rate, / 2^20
-    21: "mix_preset",  # base values of keys 8..20 and preset-only fields (0/absent: all 0;
-                       # 1, 2: mixer.PRESETS)
+    21: "mix_preset",  # base values of keys 8..20, 22 and preset-only fields (0/absent: all 0;
+                       # 1..4: mixer.PRESETS)
+    22: "guard",       # fixed-share rate / 2^16 of the ensemble-vs-bare-LLM switch (preset 4)
     # confidence skip (nacrith/neural.py lockstep); absent = off (no mix_preset sets it)
     32: "skip",        # skip a lane's LLM step when the match probability >= skip / 2^16
     33: "skip_cap",    # most tokens waiting for the LLM per lane (catch-up batch <= cap + 1)

@@ -1,8 +1,11 @@
-"""Container format v4, the compact frame (spec: formats/FORMAT.md, "Version 4").
+"""Container formats v4 and v5, the compact frame (spec: formats/FORMAT.md).
 
 Invariants:
-- a version-4 archive starts with "NAC" and one byte (layout << 4) | 4; "NACR" (0x52 = layout 5,
-  version 2, never a version-4 value) starts every version 1-3 archive (container.py reads those);
+- a version-4/5 archive starts with "NAC" and one byte (layout << 4) | version; "NACR" (0x52 =
+  layout 5, version 2, never a version-4/5 value) starts every version 1-3 archive (container.py
+  reads those); the encoder writes version 5; the two differ only in the descriptor's defaults
+  (DEFAULTS_OF: an absent mix_preset is 3 in version 4, 4 in version 5) and in the keys a
+  version-4 descriptor may not have (NEW_IN_5), so every reader takes the archive's version;
 - single layouts (stored, zstd, neural, hybrid: the whole input is one segment) carry no lengths
   that the file's own length implies, and end with a trailer: the low 32 bits of the xxh3-64 of
   the original (content check) and the xxh32 of every archive byte before it (archive check).
@@ -29,7 +32,8 @@ from .container import PARAM_IDS, PARAM_KEYS, Reader, hash32, put_varint
 from .errors import NacritError
 
 MAGIC = b"NAC"
-VERSION = 4
+VERSION = 5                      # written; versions 4 and 5 are read (FORMAT.md, "Version 5")
+READ_VERSIONS = (4, 5)
 LEGACY_BYTE = 0x52               # "NACR": versions 1-3 (container.py)
 
 # layouts (high nibble of header byte 3)
@@ -47,7 +51,10 @@ ENGINE_NAMES = {E_LLAMA: "llama", E_PORTABLE: "portable"}
 
 # Parameters a version-4 archive takes when its descriptor does not list them. Never change a
 # value here: archives rely on it (a new default needs a new key or a new version).
-DEFAULTS = {"ctx": 2048, "n_keep": 1, "lanes": 1, "mix_preset": 3}    # absent slide: ctx / 4
+DEFAULTS_OF = {4: {"ctx": 2048, "n_keep": 1, "lanes": 1, "mix_preset": 3},   # absent slide:
+               5: {"ctx": 2048, "n_keep": 1, "lanes": 1, "mix_preset": 4}}   # ctx / 4
+DEFAULTS = DEFAULTS_OF[VERSION]
+NEW_IN_5 = ("guard",)            # parameters a version-4 archive cannot have
 V4_PARAMS = tuple(k for k in PARAM_IDS if k not in ("threads", "cdf_bits", "bos")) + ("bos",)
 TRAILER = 8
 MAX_RUNS = 1 << 20
@@ -73,9 +80,10 @@ class Descriptor:
     sha256: bytes = b""             # custom model only
     n_vocab: int = 0                # custom model only
     name: str = ""                  # custom model only (informative)
+    version: int = VERSION          # the archive's format version (its DEFAULTS)
 
     def full_params(self) -> dict:
-        p = dict(DEFAULTS)
+        p = dict(DEFAULTS_OF[self.version])
         p.update(self.params)
         p.setdefault("slide", p["ctx"] // 4)
         return p
@@ -101,12 +109,12 @@ class Descriptor:
         return bytes(b)
 
 
-def read_descriptor(r: Reader) -> Descriptor:
+def read_descriptor(r: Reader, version: int = VERSION) -> Descriptor:
     head = r.varint(1 << 20)
     model_id, engine, has_params = head >> 3, head >> 1 & 3, head & 1
     if engine not in ENGINE_NAMES:
         raise NacritError(f"corrupt {r.what} (unknown engine {engine})")
-    d = Descriptor(model_id, engine, 0, {})
+    d = Descriptor(model_id, engine, 0, {}, version=version)
     if model_id == 0:
         d.sha256 = r.take(32)
         d.n_vocab = r.varint(1 << 23)
@@ -122,7 +130,8 @@ def read_descriptor(r: Reader) -> Descriptor:
             name = PARAM_KEYS.get(key)
             if name is None:
                 raise NacritError(f"archive uses unknown model parameter {key}; upgrade nacrith")
-            if name in ("threads", "cdf_bits") or name in d.params:
+            if (name in ("threads", "cdf_bits") or name in d.params
+                    or version < 5 and name in NEW_IN_5):
                 raise NacritError(f"corrupt {r.what} (parameter {name} not allowed or repeated)")
             d.params[name] = value
     return d
@@ -232,13 +241,13 @@ class Segment:
         return len(self.body)
 
 
-def header(layout: int) -> bytes:
-    return MAGIC + bytes([layout << 4 | VERSION])
+def header(layout: int, version: int = VERSION) -> bytes:
+    return MAGIC + bytes([layout << 4 | version])
 
 
 def pack_single(seg: Segment, desc: Descriptor | None) -> bytes:
     """A whole single-layout archive: header, descriptor (neural/hybrid), length, body, trailer."""
-    b = bytearray(header(seg.method))
+    b = bytearray(header(seg.method, desc.version if desc is not None else VERSION))
     if seg.method in (L_NEURAL, L_HYBRID):
         b += desc.pack()
     put_varint(b, seg.orig_len)
@@ -327,20 +336,20 @@ class End:
     index: "Index | None" = None    # solid layout: the file index (set by scan)
 
 
-def read_single(f, layout: int, limit: int):
+def read_single(f, layout: int, limit: int, version: int = VERSION):
     """Rest of a single-layout archive (after its 4 header bytes): (Descriptor | None, Segment).
 
     Reads at most `limit` bytes beyond the header; more is refused as trailing data."""
     rest = C.read_upto(f, limit + 1)
     if len(rest) > limit:
         raise NacritError("corrupt archive (longer than its declared original allows)")
-    blob = header(layout) + rest
+    blob = header(layout, version) + rest
     if len(blob) < 4 + 1 + TRAILER:
-        raise NacritError("truncated archive (in version-4 archive)")
+        raise NacritError(f"truncated archive (in version-{version} archive)")
     if hash32(blob[:-4]) != struct.unpack("<I", blob[-4:])[0]:
         raise NacritError("corrupt archive (archive checksum mismatch)")
     r = Reader(blob[4:-TRAILER], "archive header")
-    desc = read_descriptor(r) if layout in (L_NEURAL, L_HYBRID) else None
+    desc = read_descriptor(r, version) if layout in (L_NEURAL, L_HYBRID) else None
     orig_len = r.varint(C.MAX_SEGMENT)
     check = struct.unpack("<I", blob[-TRAILER:-4])[0]
     seg = Segment(layout, orig_len, blob[4 + r.pos:-TRAILER], check)
@@ -348,7 +357,7 @@ def read_single(f, layout: int, limit: int):
     return desc, seg
 
 
-def read_frame(f, index: int, n_segments: int):
+def read_frame(f, index: int, n_segments: int, version: int = VERSION):
     """Next frame of a framed archive: a Descriptor, a Segment (payload read and checked) or End."""
     what = f"frame {index}"
     t, kind = C.open_frame(f)
@@ -363,7 +372,7 @@ def read_frame(f, index: int, n_segments: int):
         if hash32(body) != struct.unpack("<I", fixed(4))[0]:
             raise NacritError(f"corrupt {what} (model frame checksum mismatch)")
         r = Reader(raw, f"{what} (model frame)")
-        d = read_descriptor(r)
+        d = read_descriptor(r, version)
         r.done()
         return d
     if kind in (T_INDEX, T_INDEX2):
@@ -433,15 +442,15 @@ def scan(f, first4: bytes):
     """Validate a whole version-4 archive without decoding (after its first 4 bytes were read).
 
     Returns (layout, Descriptor | None, [Segment], End)."""
-    layout = first4[3] >> 4
+    layout, version = first4[3] >> 4, first4[3] & 15
     if layout in SINGLE_LAYOUTS:
-        desc, seg = read_single(f, layout, SINGLE_LIMIT)
+        desc, seg = read_single(f, layout, SINGLE_LIMIT, version)
         return layout, desc, [seg], End(seg.orig_len, None, seg.check)
     if layout not in (L_FRAMED, L_SOLID):
         raise NacritError(f"archive uses unknown layout {layout}; upgrade nacrith")
     desc, segs, index, solid = None, [], 0, None
     while True:
-        frame = read_frame(f, index, len(segs))
+        frame = read_frame(f, index, len(segs), version)
         index += 1
         if isinstance(frame, Index):
             if layout != L_SOLID or index != 1:

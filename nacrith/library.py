@@ -65,6 +65,7 @@ class OptionArgs(TypedDict, total=False):
     boost_lr: Optional[int]
     skip: Optional[int]
     skip_cap: Optional[int]
+    guard: Optional[int]
     level: Optional[int]
 
 

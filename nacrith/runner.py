@@ -283,7 +283,8 @@ def is_solid(name: str) -> bool:
     except OSError:
         return False
     from . import frames as F
-    return len(head) == 4 and head[:3] == F.MAGIC and head[3] == (F.L_SOLID << 4 | F.VERSION)
+    return (len(head) == 4 and head[:3] == F.MAGIC and head[3] >> 4 == F.L_SOLID
+            and head[3] & 15 in F.READ_VERSIONS)
 
 
 def solid_compress(job: Job, paths: List[str]) -> None:

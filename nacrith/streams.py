@@ -119,7 +119,8 @@ class Decompressor:
         self._index = 0
         self._total = 0
         self._hash = xxhash.xxh3_64()
-        self._layout = None             # version 4: the layout; None: a version 1-3 archive
+        self._layout = None             # version 4+: the layout; None: a version 1-3 archive
+        self._version = 0               # version 4+: the format version of the header
         self.eof = False
         self.unused_data = b""
         self.segments = 0
@@ -158,7 +159,7 @@ class Decompressor:
             if self._layout is not None and self._layout in F.SINGLE_LAYOUTS:
                 # the 4 header bytes were consumed by _step: the buffer holds the rest
                 desc, seg = F.read_single(io.BytesIO(bytes(self._buf)), self._layout,
-                                          F.SINGLE_LIMIT)
+                                          F.SINGLE_LIMIT, self._version)
                 if desc is not None:
                     api.check_descriptor(desc)
                 data = api.decode_segment(seg, None, desc, 0, 0, self._o, None, {})
@@ -176,7 +177,7 @@ class Decompressor:
                 first = r.read(4)
                 if first[:3] == F.MAGIC and first[3] != F.LEGACY_BYTE:
                     api._peek_header(io.BytesIO(first))       # version checks
-                    self._layout = first[3] >> 4
+                    self._layout, self._version = first[3] >> 4, first[3] & 15
                     if self._layout == F.L_SOLID:
                         raise CorruptArchive("this is a solid archive of a file tree: restore "
                                              "it with `nacrith decompress ARCHIVE -o DIR`")
@@ -192,7 +193,7 @@ class Decompressor:
             if self._layout is not None:
                 if self._layout in F.SINGLE_LAYOUTS:
                     return None                 # ends with the input: see flush()
-                frame = F.read_frame(r, self._index, self.segments)
+                frame = F.read_frame(r, self._index, self.segments, self._version)
                 payload = None
             else:
                 frame = C.read_frame(r, self._index)

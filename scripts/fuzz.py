@@ -121,7 +121,7 @@ def parse_sections4(blob: bytes) -> list[Section]:
         pos = 4
         if layout in (F.L_NEURAL, F.L_HYBRID):
             r = C.Reader(blob[4:], "x")
-            F.read_descriptor(r)
+            F.read_descriptor(r, blob[3] & 15)
             out.append(Section("model", 4, 4 + r.pos, 4 + r.pos, list(range(5, 4 + r.pos))))
             pos = 4 + r.pos
         head_end = _varint_end(blob, pos)
@@ -436,7 +436,7 @@ def m_crafted4(rng, seeds, seed):
     blob = seed.blob
     layout = blob[3] >> 4
     if layout != F.L_FRAMED:
-        desc, segm = F.read_single(io.BytesIO(blob[4:]), layout, F.SINGLE_LIMIT)
+        desc, segm = F.read_single(io.BytesIO(blob[4:]), layout, F.SINGLE_LIMIT, blob[3] & 15)
         choice = rng.randrange(5)
         method, body, check, orig = layout, segm.body, segm.check, segm.orig_len
         what = ""
@@ -452,7 +452,7 @@ def m_crafted4(rng, seeds, seed):
             method, body, what = _crafted_body(rng, method, body)
         if method in (F.L_NEURAL, F.L_HYBRID) and desc is None:
             desc = F.Descriptor(1, F.E_LLAMA, 0, {})
-        b = bytearray(b"NAC" + bytes([(method & 15) << 4 | 4]))
+        b = bytearray(b"NAC" + bytes([(method & 15) << 4 | blob[3] & 15]))
         if method in (F.L_NEURAL, F.L_HYBRID):
             b += desc.pack()
         C.put_varint(b, orig)
@@ -464,7 +464,7 @@ def m_crafted4(rng, seeds, seed):
     index = sum(1 for x in seed.sections[1:] if x.kind == "segment" and x.start < s.start)
     if s.kind == "segment":
         f = io.BytesIO(blob[s.start:s.end])
-        seg = F.read_frame(f, 0, index)
+        seg = F.read_frame(f, 0, index, blob[3] & 15)
         method, body, what = _crafted_body(rng, seg.method, seg.body)
         orig = seg.orig_len if rng.random() < 0.7 else _rand_len(rng) % (1 << 40)
         b = bytearray([(method + 1) & 255])
@@ -474,7 +474,7 @@ def m_crafted4(rng, seeds, seed):
         frame = bytes(b) + struct.pack("<I", __import__("xxhash").xxh32_intdigest(bytes(b),
                                                                                  seed=index))
     elif s.kind == "model":
-        d = F.read_frame(io.BytesIO(blob[s.start:s.end]), 0, 0)
+        d = F.read_frame(io.BytesIO(blob[s.start:s.end]), 0, 0, blob[3] & 15)
         what = _crafted_desc(rng, d)
         frame = F.pack_model_frame(d)
     else:

@@ -72,6 +72,18 @@ def cases():
                                                           "lanes": 2, "ctx": 256}
     yield "v4-hybrid", tar_of({"a.txt": alice[13000:13700], "b.c": fields[5000:5600]}), \
         {"threads": 1}
+    # version 5: an absent mix_preset means preset 4 (the guard: a fixed-share switch between the
+    # ensemble and the bare LLM); the default backend (portable for SmolLM2), so these decode on
+    # any machine
+    yield "v5-zstd", (CORPUS / "kennedy.xls").read_bytes()[:20000], {}
+    yield "v5-neural", alice[11000:11300], {"threads": 1}
+    yield "v5-neural-llm", alice[2000:2600], {"threads": 1, "mixer": False}
+    yield "v5-guard-custom", fields[2200:3000] * 2, {"threads": 1, "ngram": 2, "match": 4,
+                                                     "bias_lr": 0, "mix_floor": 500,
+                                                     "guard": 20000}
+    yield "v5-guard-off", alice[17000:17600], {"threads": 1, "guard": 0}
+    yield "v5-skip-2lanes", alice[8000:8400] * 2 + fields[4000:4400] * 2, \
+        {"threads": 1, "lanes": 2, "skip": 62259, "skip_cap": 8}
 
 
 def solid_cases():

@@ -250,7 +250,7 @@ def test_open_for_writing_leaves_nothing_when_the_block_fails(tmp_path):
         with nacrith.open(buf, "wb", neural=False, segment_size=256) as f:
             f.write(TEXT)
             raise KeyError("boom")
-    assert buf.getvalue()[:4] == b"NAC\x84"
+    assert buf.getvalue()[:4] == b"NAC\x85"
     with pytest.raises(nacrith.CorruptArchive, match="truncated"):
         nacrith.decompress(buf.getvalue())         # no end frame: never a valid partial archive
     with pytest.raises(nacrith.CorruptArchive, match="truncated"):

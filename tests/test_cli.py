@@ -236,13 +236,13 @@ def _flip(blob: bytes, pos: int, bit: int = 0) -> bytes:
     return bytes(b)
 
 
-# a version-4 single-layout archive: every byte after the header is covered by the archive
+# a version-5 single-layout archive: every byte after the header is covered by the archive
 # check, so truncation and damage both show as its mismatch (lengths are implied)
 CHECK = "corrupt archive (archive checksum mismatch)"
 DAMAGE = {
     "truncated_half": (lambda b: b[:len(b) // 2], CHECK),
     "truncated_trailer": (lambda b: b[:-1], CHECK),
-    "truncated_header": (lambda b: b[:7], "truncated archive (in version-4 archive)"),
+    "truncated_header": (lambda b: b[:7], "truncated archive (in version-5 archive)"),
     "empty": (lambda b: b"", "not a nacrith archive (bad magic)"),
     "flip_length": (lambda b: _flip(b, 5), CHECK),
     "flip_check": (lambda b: _flip(b, -2, 3), CHECK),
@@ -453,7 +453,7 @@ def test_refuses_to_write_compressed_data_to_terminal(tmp_path):
         rc, out, err = _run_pty(["--no-neural"], tmp_path, stdin=f)
     assert (rc, out, err) == (1, b"", msg)
     rc, out, err = _run_pty(["-cf", "--no-neural", "a.txt"], tmp_path)
-    assert (rc, err) == (0, b"") and out.startswith(b"NAC\x14")
+    assert (rc, err) == (0, b"") and out.startswith(b"NAC\x15")
     put(tmp_path, "a.txt.nc", run("--no-neural", "-c", "a.txt", cwd=tmp_path).stdout)
     rc, out, err = _run_pty(["-dc", "a.txt.nc"], tmp_path)     # decompressed text is fine
     assert (rc, err) == (0, b"") and out.replace(b"\r\n", b"\n") == b"hello terminal\n" * 10

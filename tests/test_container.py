@@ -32,7 +32,7 @@ def trailer(head_and_body: bytes, original: bytes) -> bytes:
 
 def test_empty_archive_exact_bytes():
     blob = fallback(b"")
-    assert blob == trailer(b"NAC\x04" + b"\x00", b"")
+    assert blob == trailer(b"NAC\x05" + b"\x00", b"")
     assert len(blob) == 13
     assert nacrith.decompress(blob) == b""
 
@@ -43,21 +43,21 @@ def test_incompressible_is_stored_with_exact_overhead(n):
     blob = fallback(data)
     length = bytearray()
     C.put_varint(length, n)
-    assert blob == trailer(b"NAC\x04" + bytes(length) + data, data)
+    assert blob == trailer(b"NAC\x05" + bytes(length) + data, data)
     assert len(blob) <= n + HEADER_BOUND
     assert nacrith.decompress(blob) == data
 
 
 def test_zstd_single_layout_fields():
     blob = fallback(DATA)
-    assert blob[:4] == b"NAC\x14" and blob[4:6] == bytes([len(DATA) & 0x7F | 0x80, len(DATA) >> 7])
+    assert blob[:4] == b"NAC\x15" and blob[4:6] == bytes([len(DATA) & 0x7F | 0x80, len(DATA) >> 7])
     body = blob[6:-8]                 # magicless zstd frame: no magic, size or checksum
     z = zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS)
     assert z.decompressobj().decompress(body) == DATA
     assert body[:4] != b"\x28\xb5\x2f\xfd"
     assert blob == trailer(blob[:-8], DATA)
     s = api.scan(io.BytesIO(blob))
-    assert (s.version, s.layout, s.model, s.total_len) == (4, "zstd", None, len(DATA))
+    assert (s.version, s.layout, s.model, s.total_len) == (5, "zstd", None, len(DATA))
     assert s.matches(len(DATA), xxhash.xxh3_64_intdigest(DATA))
     assert nacrith.decompress(blob) == DATA
 
@@ -65,7 +65,7 @@ def test_zstd_single_layout_fields():
 def test_framed_layout_and_all_byte_values():
     data = bytes(range(256)) * 50 + os.urandom(3000)
     blob = nacrith.compress(data, neural=False, segment_size=4000)
-    assert blob[:4] == b"NAC\x84"
+    assert blob[:4] == b"NAC\x85"
     s = api.scan(io.BytesIO(blob))
     assert [x["original"] for x in s.segments] == [4000] * 3 + [len(data) - 12000]
     assert s.total_hash == xxhash.xxh3_64_intdigest(data)
@@ -84,7 +84,7 @@ def test_framed_layout_and_all_byte_values():
 
 def test_info_never_loads_a_model():
     d = nacrith.info(io.BytesIO(fallback(DATA)))
-    assert d["original_size"] == len(DATA) and d["version"] == 4 and d["layout"] == "zstd"
+    assert d["original_size"] == len(DATA) and d["version"] == 5 and d["layout"] == "zstd"
     assert d["segments"][0]["method"] == "zstd"
     assert "model" not in d
 
@@ -97,19 +97,19 @@ def _recheck(b: bytes) -> bytes:
 @pytest.mark.parametrize("mutate, message", [
     (lambda b: b[:2], "not a nacrith archive (bad magic)"),
     (lambda b: b"XAC" + b[3:], "not a nacrith archive (bad magic)"),
-    (lambda b: b[:3] + b"\x15" + b[4:],
-     "archive format version 5 is newer than this nacrith supports (<= 4); upgrade nacrith"),
+    (lambda b: b[:3] + b"\x16" + b[4:],
+     "archive format version 6 is newer than this nacrith supports (<= 5); upgrade nacrith"),
     (lambda b: b[:3] + b"\x13" + b[4:], "corrupt file header (bad version byte)"),
-    (lambda b: _recheck(b[:3] + b"\x44" + b[4:]), "archive uses unknown layout 4; upgrade nacrith"),
+    (lambda b: _recheck(b[:3] + b"\x45" + b[4:]), "archive uses unknown layout 4; upgrade nacrith"),
     (lambda b: b[:-1], "corrupt archive (archive checksum mismatch)"),
-    (lambda b: b[:6], "truncated archive (in version-4 archive)"),
+    (lambda b: b[:6], "truncated archive (in version-5 archive)"),
     (lambda b: b + b"x", "corrupt archive (archive checksum mismatch)"),
     (lambda b: b[:20] + bytes([b[20] ^ 0x10]) + b[21:], "corrupt archive (archive checksum mismatch)"),
     (lambda b: _recheck(b[:-8] + bytes([b[-8] ^ 1]) + b[-7:]),
      "segment 0 (at byte offset 0) does not match its checksum"),
     (lambda b: _recheck(b[:4] + b"\xe4\x00" + b[6:]),
      "corrupt zstd data in segment 0 (longer than its original)"),
-    (lambda b: _recheck(b[:3] + b"\x04" + b[4:]), "corrupt archive (stored length mismatch)"),
+    (lambda b: _recheck(b[:3] + b"\x05" + b[4:]), "corrupt archive (stored length mismatch)"),
 ])
 def test_damage_is_a_clear_error(mutate, message):
     blob = fallback(DATA)
@@ -148,14 +148,14 @@ def test_framed_damage_is_a_clear_error(edit, message):
     frames = _frames(nacrith.compress(data, neural=False, segment_size=4000))
     assert len(frames) == 5
     with pytest.raises(nacrith.NacritError) as e:
-        nacrith.decompress(b"NAC\x84" + b"".join(edit(frames)))
+        nacrith.decompress(b"NAC\x85" + b"".join(edit(frames)))
     assert str(e.value) == message
 
 
 @pytest.mark.parametrize("framed", [False, True])
 def test_every_truncation_fails_cleanly(framed):
     blob = nacrith.compress(DATA, neural=False, segment_size=700 if framed else 1 << 22)
-    assert blob[3] == (0x84 if framed else 0x14)
+    assert blob[3] == (0x85 if framed else 0x15)
     for n in range(len(blob)):
         with pytest.raises(nacrith.NacritError):
             nacrith.decompress(blob[:n])

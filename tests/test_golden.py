@@ -33,6 +33,8 @@ def test_every_feature_is_covered():
                     "framed-neural", "hybrid", "portable", "portable-2lanes-slide", "solid-index1",
                     "solid"]:
         assert f"v4-{feature}.nc" in names
+    for feature in ["zstd", "neural", "neural-llm", "guard-custom", "guard-off", "skip-2lanes"]:
+        assert f"v5-{feature}.nc" in names
 
 
 def test_mixer_presets_of_the_golden_archives():
@@ -43,6 +45,15 @@ def test_mixer_presets_of_the_golden_archives():
             params = C.scan_bytes((GOLDEN / name).read_bytes())[1].params
             want = int(name[9]) if name.startswith("v2-preset") else 1
             assert params["mix_preset"] == want, name
+    # v4 archives without mix_preset mean preset 3, v5 ones preset 4 (the guard)
+    from nacrith import frames as F
+    from nacrith.mixer import PRESETS, MixParams
+    for name, want in (("v4-neural.nc", 3), ("v5-neural.nc", 4)):
+        d = F.scan_bytes((GOLDEN / name).read_bytes())[1]
+        assert "mix_preset" not in d.params and d.version == int(name[1])
+        assert MixParams.from_params(d.full_params()) == PRESETS[want]
+    d = F.scan_bytes((GOLDEN / "v5-guard-custom.nc").read_bytes())[1]
+    assert d.params["guard"] == 20000 and d.version == 5
 
 
 @pytest.mark.parametrize("sha, size, name, methods", ENTRIES, ids=[e[2] for e in ENTRIES])
@@ -77,9 +88,10 @@ def test_golden_solid_restores(tmp_path, sha, size, name, methods):
                        1700000000 + (i * 3) // 2) for i, p in enumerate(order)}
 
 
-# v4 archives that today's encoder writes byte for byte (the current defaults and the main
-# options): a refactor of the coder, the mixer or the framing must keep these bytes
-REENCODE = ["v4-neural", "v4-neural-llm", "v4-neural-custom", "v4-skip-2lanes", "v4-zstd"]
+# v5 archives that today's encoder writes byte for byte (the current defaults and the main
+# options): a refactor of the coder, the mixer or the framing must keep these bytes (the v4
+# ones cannot be re-encoded: today's encoder writes version 5)
+REENCODE = ["v5-neural", "v5-neural-llm", "v5-guard-custom", "v5-skip-2lanes", "v5-zstd"]
 
 
 @pytest.mark.parametrize("name", REENCODE)
@@ -90,5 +102,4 @@ def test_golden_encode_is_byte_exact(name):
     if not (make_golden.CORPUS / "alice29.txt").is_file():
         pytest.skip("corpus not found (expected ../shared/corpus beside the repo)")
     data, opts = next((d, o) for n, d, o in make_golden.cases() if n == name)
-    opts = {"backend": "llama", **opts}         # made before the portable engine was the default
     assert nacrith.compress(data, **opts) == (GOLDEN / f"{name}.nc").read_bytes()

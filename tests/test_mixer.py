@@ -60,6 +60,8 @@ CONFIGS = {
     "apm_no_mixer_inputs": replace(DEFAULTS, ngram=0, match=0),
     "new_nondefault": replace(DEFAULTS, ngram=5, ngram_bits=9, ngram_limit=9, match=2,
                               match_bits=7, **NEW_ODD),
+    "guard_off": PRESETS[3],
+    "guard_small": replace(DEFAULTS, guard=700),
 }
 
 
@@ -81,6 +83,44 @@ def test_kernel_roundtrip_synthetic(name):
     f = lane(mp, V, len(toks)).costs(logits, toks)
     bits = 24 * len(f) - np.log2(f.astype(np.float64)).sum()
     assert abs(8 * len(blob) - bits) < 40
+
+
+def test_guard_is_preset3_when_off_and_bounds_the_loss_to_the_bare_llm():
+    toks, logits = _synthetic()
+    V = logits.shape[1]
+
+    def bits(mp):
+        f = lane(mp, V, len(toks)).costs(logits, toks)
+        return float(24 * len(f) - np.log2(f.astype(np.float64)).sum())
+    assert np.array_equal(lane(replace(DEFAULTS, guard=0), V, len(toks)).costs(logits, toks),
+                          lane(PRESETS[3], V, len(toks)).costs(logits, toks))
+    # the coded distribution is w P + (1 - w) R (P: the ensemble without the guard, R: the bare
+    # LLM, both as the coder sees them), w the Bayes / fixed-share weight of the ensemble
+    from nacrith.mixer.state import S_GW
+    g, e, b = (lane(mp, V, len(toks)) for mp in (DEFAULTS, PRESETS[3], MixParams()))
+    a0 = DEFAULTS.guard / 65536
+    w = 0.5
+    encs = [Encoder() for _ in range(3)]
+    for t, y in enumerate(toks[:300]):
+        # (from the 24-bit frequencies here, the kernel's float probabilities there)
+        assert g.S.lane.fst[S_GW] == pytest.approx(w, rel=2e-2)
+        w = float(g.S.lane.fst[S_GW])
+        for lm, enc in zip((g, e, b), encs):
+            lm.encode(enc, logits[t], int(y))
+        want = w * e.freqs + (1 - w) * b.freqs
+        diff = np.abs(g.freqs - want)
+        # floor rounding moves each entry by < 2; the three rounding remainders (< V each) sit
+        # on one token per distribution
+        assert (diff > 2).sum() <= 3 and diff.max() < V
+        pe, pl = e.freqs[y] / 2.0 ** 24, b.freqs[y] / 2.0 ** 24
+        w = w * pe / (w * pe + (1 - w) * pl)
+        a = a0 / (1 + t * a0)                   # = 1 / (t + 2) for a0 = 1/2
+        w = (1 - a) * w + a / 2
+    # over the stream the guard costs at most the fixed-share bound more than the better of the
+    # two (1 bit of prior, -log2(1 - a_t/2) at token t, 24-bit rounding)
+    best = min(bits(MixParams()), bits(PRESETS[3]))
+    share = -np.log2(1 - 0.5 / (np.arange(len(toks)) + 2)).sum()
+    assert bits(DEFAULTS) <= best + 1 + share + 0.01 * len(toks)
 
 
 def test_new_components_change_the_coding_synthetic():
@@ -147,12 +187,15 @@ def test_params_roundtrip_and_absent_keys_mean_off():
         replace(DEFAULTS, ngram=99).validate()
     with pytest.raises(NacritError):
         replace(DEFAULTS, mix_floor=30000).validate()
-    # the defaults cost one key (mix_preset = 3); a change costs that key only; 0 turns off
-    assert DEFAULTS == PRESETS[3]
-    assert DEFAULTS.params() == {"mix_preset": 3}
-    assert replace(DEFAULTS, match=0).params() == {"mix_preset": 3, "match": 0}
-    assert MixParams.from_params({"mix_preset": 3, "match": 0}) == replace(DEFAULTS, match=0)
-    assert replace(DEFAULTS, col_lr=0).params() == {"mix_preset": 2}
+    # the defaults cost one key (mix_preset = 4); a change costs that key only; 0 turns off
+    assert DEFAULTS == PRESETS[4] and DEFAULTS.guard == 32768
+    assert DEFAULTS.params() == {"mix_preset": 4}
+    assert replace(DEFAULTS, match=0).params() == {"mix_preset": 4, "match": 0}
+    assert MixParams.from_params({"mix_preset": 4, "match": 0}) == replace(DEFAULTS, match=0)
+    # preset 3 (version-4 archives' default) keeps its meaning: no guard
+    assert MixParams.from_params({"mix_preset": 3}) == replace(DEFAULTS, guard=0) == PRESETS[3]
+    assert replace(DEFAULTS, guard=0).params() == {"mix_preset": 4, "guard": 0}
+    assert replace(DEFAULTS, col_lr=0).params() == {"mix_preset": 2, "guard": 32768}
     assert MixParams.from_params({"mix_preset": 2}) == PRESETS[2] and PRESETS[2].col_lr == 0
     with pytest.raises(NacritError, match="unknown mixer preset 9"):
         MixParams.from_params({"mix_preset": 9})
@@ -163,13 +206,15 @@ def test_params_roundtrip_and_absent_keys_mean_off():
     assert replace(DEFAULTS, **NEW_OFF).params() == dict(
         {"mix_preset": 1}, **{k: getattr(DEFAULTS, k) for k in MixParams.KEYS
                               if getattr(DEFAULTS, k) != getattr(PRESETS[1], k)})
-    assert set(replace(DEFAULTS, **NEW_OFF).params()) == {"mix_preset", "bias_lr", "boost_lr"}
+    assert set(replace(DEFAULTS, **NEW_OFF).params()) == {"mix_preset", "bias_lr", "boost_lr",
+                                                           "guard"}
     assert PRESETS[1].params() == {"mix_preset": 1}
     # preset-only values of no preset cannot be written
     with pytest.raises(ValueError, match="match no preset"):
         CONFIGS["new_nondefault"].params()
     for bad in (dict(ngram_slots=17), dict(apm_w=70000), dict(apm_lr=1 << 21),
-                dict(slot_lr=-1), dict(bias_g0=1 << 25), dict(col_lr=1 << 21)):
+                dict(slot_lr=-1), dict(bias_g0=1 << 25), dict(col_lr=1 << 21),
+                dict(guard=-1), dict(guard=32769)):
         with pytest.raises(NacritError):
             replace(DEFAULTS, **bad).validate()
 
@@ -186,6 +231,8 @@ ARCHIVES = {
     "nondefault": dict(ngram=3, ngram_bits=9, ngram_limit=5, ngram_esc=20000, match=3,
                        match_bits=7, match_limit=31, bias_lr=700000, bias_ada=1, temp_lr=4000,
                        mix_lr=900000, mix_floor=1000, boost_lr=300000),
+    "guard_off": dict(guard=0),
+    "guard_nondefault": dict(guard=30000),
 }
 
 
@@ -221,7 +268,7 @@ def _desc(blob):
 
 
 def test_archive_fields(archives):
-    # version 4: the LLM alone is mix_preset 0; the default ensemble (preset 3) writes nothing
+    # version 5: the LLM alone is mix_preset 0; the default ensemble (preset 4) writes nothing
     assert _desc(archives["llm_only"][1]).params == {"mix_preset": 0}
     assert _desc(archives["full_default"][1]).params == {}
     assert MixParams.from_params(_desc(archives["full_default"][1]).full_params()) == DEFAULTS
@@ -235,6 +282,10 @@ def test_archive_fields(archives):
     d = _desc(archives["match"][1])
     assert d.params["ngram"] == 0 and "match" not in d.params
     assert MixParams.from_params(d.full_params()) == replace(DEFAULTS, **ARCHIVES["match"])
+    # the guard: one key when it differs from preset 4's, and it changes the coding
+    assert _desc(archives["guard_off"][1]).params == {"guard": 0}
+    assert _desc(archives["guard_nondefault"][1]).params == {"guard": 30000}
+    assert len({archives[n][1][-40:] for n in ("full_default", "guard_off", "guard_nondefault")}) == 3
 
 
 def test_decode_all_in_fresh_process(archives):

@@ -294,7 +294,7 @@ def _v4_golden_with(name: str, **params) -> bytes:
     removed), every check recomputed."""
     from nacrith import frames as F
     blob = (GOLDEN / name).read_bytes()
-    desc, seg = F.read_single(io.BytesIO(blob[4:]), blob[3] >> 4, F.SINGLE_LIMIT)
+    desc, seg = F.read_single(io.BytesIO(blob[4:]), blob[3] >> 4, F.SINGLE_LIMIT, blob[3] & 15)
     for k, v in params.items():
         if v is None:
             desc.params.pop(k, None)
@@ -329,6 +329,18 @@ def test_v4_hostile_parameters_refused_before_engine(no_model, params):
 def test_v4_descriptor_refuses_version3_only_keys(no_model, key):
     msg = _refused_before_engine(_v4_golden_with("v4-neural.nc", **{key: 1}), no_model)
     assert msg == f"corrupt archive header (parameter {key} not allowed or repeated)"
+
+
+def test_v4_descriptor_refuses_version5_keys_and_v5_takes_them(no_model):
+    # key 22 (guard) exists from version 5 on; the same descriptor in a v5 archive is fine
+    msg = _refused_before_engine(_v4_golden_with("v4-neural.nc", guard=1311), no_model)
+    assert msg == "corrupt archive header (parameter guard not allowed or repeated)"
+    from nacrith import frames as F
+    desc, seg = F.read_single(io.BytesIO((GOLDEN / "v5-neural.nc").read_bytes()[4:]), F.L_NEURAL,
+                              F.SINGLE_LIMIT, 5)
+    desc.params["guard"] = 0
+    with pytest.raises(_Built):
+        nacrith.decompress(F.pack_single(seg, desc))
 
 
 # ---------------------------------------------------------------- determinism guards

@@ -204,7 +204,7 @@ def test_compact_frame_field_by_field(backend):
     data = LICENSE_300
     assert len(data) == 300
     blob = nacrith.compress(data, backend=backend)
-    assert blob[:4] == b"NAC\x24"                      # layout 2 (neural), version 4
+    assert blob[:4] == b"NAC\x25"                      # layout 2 (neural), version 5
     if backend == "auto":
         assert blob[4] == 1 << 3 | F.E_PORTABLE << 1    # model 1, engine 2, no parameters
         assert blob[5] == ENGINE_VERSION == 1

@@ -51,7 +51,7 @@ def test_tree_round_trip_with_modes_and_mtimes(tmp_path):
     src, arc, stats = build(tmp_path)
     assert stats["files"] == 5
     blob = arc.read_bytes()
-    assert blob[:4] == b"NAC\x94"                           # solid layout, version 4
+    assert blob[:4] == b"NAC\x95"                           # solid layout, version 5
     assert blob[4] == 5                                     # the compact index frame
     # similar files adjacent: by extension, then path
     assert [e.path for e in solid.listing(io.BytesIO(blob))] == [

@@ -1,6 +1,7 @@
 """The ensemble proper: bias head and temperature, mixer weight sets, log-linear boost, SSE of the
-top token and column bias over the LLM distribution, quantized to 24-bit frequencies (_predict),
-and their online learning (_update).
+top token and column bias over the LLM distribution, the guard (a fixed-share mixture of that
+ensemble with the bare LLM), quantized to 24-bit frequencies (_predict), and their online
+learning (_update).
 
 Invariants: plain @njit (compiled into the stamped kernels of kernels.py, never cached alone);
 every float that reaches the coder comes from IEEE basic operations in a fixed order without
@@ -14,8 +15,9 @@ from ..cdf import TOTAL, _exp_nonpos, _max_ignoring_nan
 from .params import (APM_DS, APM_N, APM_PMAX, APM_PMIN, APM_S0, BIAS_MAX, BOOST_MAX, COL_MAX,
                      COL_NB, MIX_LLM_BUCKETS, MIX_MATCH_BUCKETS, SB_MAX, TAU_MAX, TAU_MIN)
 from .sparse import _learn_sparse, _lookup_sparse
-from .state import (I_APMI, I_APMT, I_COL, I_HAVEP, I_MPRED, I_NCAND, I_SET, I_SET2, I_Y,
-                    S_A, S_APMP, S_APMR, S_EL, S_INVS, S_IZ, S_TAU)
+from .state import (I_APMI, I_APMT, I_COL, I_GT, I_HAVEP, I_MPRED, I_NCAND, I_SET, I_SET2, I_Y,
+                    S_A, S_APMP, S_APMR, S_EL, S_GW, S_INVS, S_IZ, S_PN, S_RINVS,
+                    S_SO, S_TAU)
 
 @njit
 def _add_cand(cand_tok, cand_x, n, tok, x):
@@ -323,6 +325,16 @@ def _predict(logits, S, freqs):
         else:
             T = -1
 
+    fst[S_SO] = so
+    fst[S_PN] = pn
+
+    # ---- guard: the coded distribution is w P + (1 - w) R, R = the bare LLM's softmax (same
+    # exp and sums as passes 2-3), w the ensemble's weight of a fixed-share two-expert mixture
+    if cfg.guard != 0:
+        _guard_row(logits, S.guard.r, fst, n)
+        _quantize_guarded(S, freqs, arg, aqi, iz, so, pn, T, ncand, n)
+        return
+
     # ---- pass 4: quantize P_i = A q_i / Z (candidates: P'_c), times so except T
     scale = np.float64(TOTAL - n)
     aq = aqi * iz * scale
@@ -360,6 +372,100 @@ def _predict(logits, S, freqs):
 
 
 @njit
+def _guard_row(logits, r, fst, n):
+    """r = exp(l - max l) of the bare LLM row (uniform if degenerate); fst[S_RINVS] = 1 / sum."""
+    m = _max_ignoring_nan(logits)
+    if m == -np.inf or m == np.inf:
+        for i in range(n):
+            r[i] = 1.0
+    else:
+        mm = np.float64(m)
+        for i in range(n):
+            r[i] = _exp_nonpos(np.float64(logits[i]) - mm)
+    fst[S_RINVS] = 1.0 / _sum8(r, n)
+
+
+@njit
+def _quantize_guarded(S, freqs, arg, aqi, iz, so, pn, T, ncand, n):
+    """Pass 4 with the guard: f_i = 1 + floor((w P_i + (1 - w) R_i) (2^24 - V)), the rounding
+    remainder to the most probable token (as pass 4 does)."""
+    p, r, fst = S.lane.p, S.guard.r, S.lane.fst
+    cand_tok, cand_g = S.cands.tok, S.cands.g
+    wg = fst[S_GW]
+    scale = np.float64(TOTAL - n)
+    aq = aqi * iz * scale
+    if T >= 0:
+        aq = aq * so
+    aq = aq * wg
+    gq = (1.0 - wg) * fst[S_RINVS] * scale
+    tot = 0
+    for i in range(n):
+        f = 1 + np.int64(p[i] * aq + r[i] * gq)
+        freqs[i] = f
+        tot += f
+    for j in range(ncand):
+        c = cand_tok[j]
+        if T < 0:
+            v = cand_g[j] * scale
+        elif c == T:
+            v = pn * scale
+        else:
+            v = cand_g[j] * so * scale
+        f = 1 + np.int64(wg * v + r[c] * gq)
+        tot += f - freqs[c]
+        freqs[c] = f
+    if T == arg:
+        f = 1 + np.int64(wg * (pn * scale) + r[arg] * gq)
+        tot += f - freqs[arg]
+        freqs[arg] = f
+    fbest = freqs[arg]
+    ibest = arg
+    for j in range(ncand):
+        c = cand_tok[j]
+        if freqs[c] > fbest or (freqs[c] == fbest and c < ibest):
+            fbest = freqs[c]
+            ibest = c
+    for i in range(n):
+        if freqs[i] > fbest:
+            fbest = freqs[i]
+            ibest = i
+    freqs[ibest] += TOTAL - tot
+
+
+@njit
+def _p_ens(S, y):
+    """The ensemble's probability of y in the last prediction (before the guard)."""
+    fst, ist = S.lane.fst, S.lane.ist
+    T = ist[I_APMT]
+    if T >= 0 and y == T:
+        return fst[S_PN]
+    so = fst[S_SO] if T >= 0 else 1.0
+    cand_tok, cand_g = S.cands.tok, S.cands.g
+    for j in range(ist[I_NCAND]):
+        if cand_tok[j] == y:
+            return cand_g[j] * so
+    return S.lane.p[y] * (fst[S_A] * fst[S_INVS]) * fst[S_IZ] * so
+
+
+@njit
+def _guard_update(S, y):
+    """Bayes step of the two-expert weight, then the fixed share toward 1/2 at the decaying
+    rate a_t = a0 / (1 + t a0) (t = the lane's guarded tokens before this one; a0 = 1/2 gives
+    1 / (t + 2): switching costs O(log n) bits over n tokens, not O(n))."""
+    fst, ist = S.lane.fst, S.lane.ist
+    wg = fst[S_GW]
+    pe = _p_ens(S, y)
+    pr = S.guard.r[y] * fst[S_RINVS]
+    pm = wg * pe + (1.0 - wg) * pr
+    if pm > 0.0:
+        wg = wg * pe / pm
+    a0 = S.cfg.guard_a
+    a = a0 / (1.0 + np.float64(ist[I_GT]) * a0)
+    ist[I_GT] += 1
+    fst[S_GW] = (1.0 - a) * wg + a * 0.5
+
+
+@njit
 def _update(S, y, ly):
     """Learn from the coded token y, whose LLM logit is ly (after coding, on both sides)."""
     cfg, ist, fst, p = S.cfg, S.lane.ist, S.lane.fst, S.lane.p
@@ -368,6 +474,8 @@ def _update(S, y, ly):
     mk_c, mk_n, mk_e, mk_s = S.preds.c, S.preds.n, S.preds.e, S.preds.s
     cand_tok, cand_g, apm, tcol = S.cands.tok, S.cands.g, S.sse.t, S.col.tcol
     K = cfg.K           # (_learn_sparse, called last, checks the lane's token count)
+    if cfg.guard != 0:
+        _guard_update(S, y)
     invs = fst[S_INVS]
     qy = p[y] * invs
 

@@ -17,9 +17,10 @@ from .params import (APM_N, BIAS_G0, COL_NB, FRAC_SCALE, LR_SCALE, MAX_ORDER, MI
 
 # Lane.ist slots (ints of the lane state)
 I_T, I_MPTR, I_MLEN, I_SET, I_MPRED, I_NCAND, I_HAVEP, I_Y, I_APMT, I_APMI, I_SET2, I_COL, \
-    I_N = range(13)
+    I_GT, I_N = range(14)
 # Lane.fst slots (floats of the lane state)
-S_TAU, S_INVS, S_A, S_EL, S_MC, S_IZ, S_APMR, S_APMP, S_N = range(9)
+S_TAU, S_INVS, S_A, S_EL, S_MC, S_IZ, S_APMR, S_APMP, S_SO, S_PN, S_GW, S_RINVS, \
+    S_N = range(13)
 
 MIX_Z0 = 4.0           # initial z of the LLM input (the others start at 0)
 
@@ -51,6 +52,8 @@ class Config(NamedTuple):
     apm_w: float
     sb_lr: float
     col_lr: float
+    guard: int          # 1: final ensemble-vs-bare-LLM switch
+    guard_a: float      # its first fixed-share rate a0 (token t: a0 / (1 + t a0))
 
 
 class Lane(NamedTuple):
@@ -113,6 +116,10 @@ class Col(NamedTuple):
     tcol: np.ndarray    # int32[3, V]: column_table of the model ((3, 1) when off)
 
 
+class Guard(NamedTuple):
+    r: np.ndarray       # float64[V]: exp(l - max l) of the bare LLM's last row ([1] when off)
+
+
 class State(NamedTuple):
     cfg: Config
     lane: Lane
@@ -124,6 +131,7 @@ class State(NamedTuple):
     cands: Cands
     sse: Sse
     col: Col
+    guard: Guard
 
 
 def column_table(pieces) -> np.ndarray:
@@ -156,7 +164,8 @@ def config(mp: MixParams) -> Config:
         mix_lr=mp.mix_lr / LR_SCALE, floor=mp.mix_floor / FRAC_SCALE,
         ng_esc=mp.ngram_esc / FRAC_SCALE, boost_lr=mp.boost_lr / LR_SCALE,
         apm_lr=mp.apm_lr / LR_SCALE, apm_w=mp.apm_w / FRAC_SCALE, sb_lr=mp.slot_lr / LR_SCALE,
-        col_lr=mp.col_lr / LR_SCALE)
+        col_lr=mp.col_lr / LR_SCALE, guard=1 if mp.guard else 0,
+        guard_a=mp.guard / FRAC_SCALE)
 
 
 def new_state(mp: MixParams, V: int, n_tokens: int, tcol=None) -> State:
@@ -169,6 +178,7 @@ def new_state(mp: MixParams, V: int, n_tokens: int, tcol=None) -> State:
     g0 = mp.bias_g0 / FRAC_SCALE if mp.bias_g0 else BIAS_G0
     fst = np.zeros(S_N, dtype=np.float64)
     fst[S_TAU] = 1.0
+    fst[S_GW] = 0.5                 # guard: prior weight of the ensemble
     z = np.zeros((nsets + nsets2, K), dtype=np.float64)
     z[:, 0] = MIX_Z0
     ncol = 2 * COL_NB if mp.col_lr else 1
@@ -197,4 +207,5 @@ def new_state(mp: MixParams, V: int, n_tokens: int, tcol=None) -> State:
         sse=Sse(t=np.zeros((N + 1) * MIX_MATCH_BUCKETS * 4 * APM_N if mp.apm_lr else APM_N),
                 nodes=np.zeros(APM_N)),
         col=Col(b=np.zeros(ncol), g=np.ones(ncol), q=np.zeros(ncol),
-                tcol=tcol if mp.col_lr else np.zeros((3, 1), dtype=np.int32)))
+                tcol=tcol if mp.col_lr else np.zeros((3, 1), dtype=np.int32)),
+        guard=Guard(r=np.zeros(V if mp.guard else 1, dtype=np.float64)))

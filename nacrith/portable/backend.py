@@ -73,6 +73,8 @@ class PortableBackend:
         self.pos = np.zeros(lanes, dtype=np.int64)
         self.off = np.zeros(lanes, dtype=np.int64)
         self._tok = None
+        self.keep_hidden = False    # True: feed() also leaves the final hidden states in .hidden
+        self.hidden = None
         self.reset()
         _start_threads()
 
@@ -127,6 +129,9 @@ class PortableBackend:
         out = np.empty((len(sel), self.n_vocab), np.float32)
         h = m.out
         K.head(x, sel, m.out_norm, m.eps, h.kind, h.q, h.d, h.m, out)
+        if self.keep_hidden:
+            self.hidden = np.empty((len(sel), m.d_model), np.float32)
+            K.final_hidden(x, sel, m.out_norm, m.eps, self.hidden)
         return out
 
     def _plan(self, lanes, groups):

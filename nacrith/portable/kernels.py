@@ -310,6 +310,14 @@ def head(x, sel, norm_w, eps, kind, W, Wd, Wm, out):
                 out[i, g * R + j] = fixed_logit(acc[j])
 
 
+@njit(parallel=True, cache=True)
+def final_hidden(x, sel, norm_w, eps, out):
+    """out[i] = the final RMSNorm of x[sel[i]] (the vector head() quantises): float32, the
+    same operations as head's, so as deterministic as the logits."""
+    for i in prange(sel.shape[0]):
+        rmsnorm(x[sel[i]], norm_w, eps, out[i])
+
+
 @njit(cache=True)
 def fixed_logit(y):
     v = math.floor(np.float64(y) * LOGIT_SCALE + 0.5)
