@@ -388,7 +388,7 @@ def _guard_row(logits, r, fst, n):
 @njit
 def _quantize_guarded(S, freqs, arg, aqi, iz, so, pn, T, ncand, n):
     """Pass 4 with the guard: f_i = 1 + floor((w P_i + (1 - w) R_i) (2^24 - V)), the rounding
-    remainder to the most probable token (as pass 4 does)."""
+    remainder to the largest f of arg and the candidates (as pass 4 does)."""
     p, r, fst = S.lane.p, S.guard.r, S.lane.fst
     cand_tok, cand_g = S.cands.tok, S.cands.g
     wg = fst[S_GW]
@@ -425,10 +425,8 @@ def _quantize_guarded(S, freqs, arg, aqi, iz, so, pn, T, ncand, n):
         if freqs[c] > fbest or (freqs[c] == fbest and c < ibest):
             fbest = freqs[c]
             ibest = c
-    for i in range(n):
-        if freqs[i] > fbest:
-            fbest = freqs[i]
-            ibest = i
+    if freqs[arg] > fbest or (freqs[arg] == fbest and arg < ibest):
+        ibest = arg
     freqs[ibest] += TOTAL - tot
 
 
