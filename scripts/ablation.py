@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Ablation of the ensemble mixer: bpb per file for LLM only, each component alone on top of the
-LLM, and the full ensemble; plus the per-token cost of the non-LLM part.
+LLM, and the full ensemble, on each text's first 2 KB and 8 KB and the whole slice (the short
+rows are prefixes of the same run: coding is causal); plus the per-token cost of the non-LLM
+part.
 
 The LLM is the slow part, so its logits are cached: the first run over a file slice writes
 <cache>/<file>-<bytes>.logits.npy (float32, 196 KB per token for SmolLM2: ~200 MB per 1000
@@ -45,9 +47,11 @@ def configs(full: MixParams) -> dict:
         "LLM only": MixParams(),
         "preset 1": PRESETS[1],
         "preset 2": PRESETS[2],
+        "preset 3": PRESETS[3],
         "+n-gram": replace(full, **dict(OFF, ngram=full.ngram, boost_lr=full.boost_lr)),
         "+match": replace(full, **dict(OFF, match=full.match, boost_lr=full.boost_lr)),
         "+bias": replace(full, **dict(OFF, bias_lr=full.bias_lr, temp_lr=full.temp_lr)),
+        "no guard": replace(full, guard=0),
         "full": full,
     }
 
@@ -60,16 +64,22 @@ def cached(name: str, data: bytes, cache: Path, opts: api.Options):
     """(logits memmap [n, V] float32, tokens int64[n]) for data, computing them once."""
     global _engine
     stem = cache / f"{name}-{len(data)}"
-    lp, tp, mp, np_ = (Path(f"{stem}.{x}") for x in ("logits.npy", "tokens.npy", "json", "lens.npy"))
-    if not (lp.is_file() and tp.is_file() and mp.is_file()):
+    lp, tp, mp, np_, hp = (Path(f"{stem}.{x}") for x in ("logits.npy", "tokens.npy", "json",
+                                                         "lens.npy", "hidden.npy"))
+    if not (lp.is_file() and tp.is_file() and mp.is_file() and hp.is_file()):
         if _engine is None:
             _engine = api.get_engine(models.resolve(opts.model), opts)
         toks, _ = _engine.tokenizer.tokenize(data)
         n, V = len(toks), _engine.backend.n_vocab
         mm = np.lib.format.open_memmap(lp, mode="w+", dtype=np.float32, shape=(max(n, 1), V))
+        be = _engine.backend
+        be.keep_hidden = True               # the portable engine's final hidden states
+        hid = np.zeros((max(n, 1), getattr(getattr(be, "m", None), "d_model", 1)), np.float32)
 
         def code(lane, t, row):
             mm[t] = row
+            if be.hidden is not None:
+                hid[t] = be.hidden[0]
             return int(toks[t])
 
         t0 = time.perf_counter()
@@ -77,6 +87,7 @@ def cached(name: str, data: bytes, cache: Path, opts: api.Options):
         mm.flush()
         del mm
         np.save(tp, np.asarray(toks, dtype=np.int64))
+        np.save(hp, hid)
         np.save(np_, np.array([len(_engine.tokenizer.pieces[t]) for t in toks], dtype=np.int64))
         mp.write_text(json.dumps({"bytes": len(data), "tokens": n,
                                   "llm_tok_s": n / max(time.perf_counter() - t0, 1e-9)}))
@@ -91,9 +102,13 @@ def lane(mp: MixParams, V: int, n: int) -> LaneModel:
     return LaneModel(mp, V, n, _engine.column_table if mp.col_lr else None)
 
 
-def bits_of(mp: MixParams, logits, toks) -> float:
+def bits_of(mp: MixParams, logits, toks) -> np.ndarray:
+    """Cost in bits of each token."""
     f = lane(mp, logits.shape[1], len(toks)).costs(logits, toks)
-    return float(24 * len(f) - np.log2(f.astype(np.float64)).sum())
+    return 24 - np.log2(f.astype(np.float64))
+
+
+PREFIXES = (2048, 8192)     # bytes: the short-file rows
 
 
 def per_token_ms(mp: MixParams | None, logits, toks, reps: int = 3) -> float:
@@ -135,7 +150,7 @@ def main() -> None:
     full.validate()
     cfgs = configs(full)
     print(f"full ensemble: {full}")
-    print(f"{'file':14s} {'bytes':>7s} {'tokens':>6s} " + " ".join(f"{c:>9s}" for c in cfgs)
+    print(f"{'file':18s} {'bytes':>7s} {'tokens':>6s} " + " ".join(f"{c:>9s}" for c in cfgs)
           + "   full vs LLM")
     timing = None
     for name in filter(None, a.files.split(",")):
@@ -143,10 +158,15 @@ def main() -> None:
         if a.bytes:
             data = data[:a.bytes]
         logits, toks = cached(name, data, cache, opts)
-        row = {c: bits_of(mp, logits, toks) / len(data) for c, mp in cfgs.items()}
-        print(f"{name:14s} {len(data):7d} {len(toks):6d} "
-              + " ".join(f"{row[c]:9.4f}" for c in cfgs)
-              + f"   {100 * (row['full'] / row['LLM only'] - 1):+6.2f}%", flush=True)
+        costs = {c: bits_of(mp, logits, toks) for c, mp in cfgs.items()}
+        ends = np.cumsum(np.load(cache / f"{name}-{len(data)}.lens.npy"))
+        for lim in [p for p in PREFIXES if p < len(data)] + [len(data)]:
+            k = ends <= lim          # the tokens that end within the first lim bytes
+            row = {c: b[k].sum() / lim for c, b in costs.items()}
+            label = name if lim == len(data) else f"{name}[:{lim // 1024}K]"
+            print(f"{label:18s} {lim:7d} {int(k.sum()):6d} "
+                  + " ".join(f"{row[c]:9.4f}" for c in cfgs)
+                  + f"   {100 * (row['full'] / row['LLM only'] - 1):+6.2f}%", flush=True)
         if timing is None and len(toks) >= 200:
             n = min(len(toks), a.timing_tokens)
             timing = (np.ascontiguousarray(logits[:n]), toks[:n])
