@@ -287,7 +287,7 @@ def test_info_prints_methods_and_sizes(tmp_path, archive):
     r = run("info", "a.txt.nc", cwd=tmp_path)
     assert (r.returncode, r.stderr) == (0, b"")
     out = r.stdout.decode()
-    assert out.startswith("a.txt.nc:\n  format       nacrith v4\n  layout       zstd\n")
+    assert out.startswith("a.txt.nc:\n  format       nacrith v5\n  layout       zstd\n")
     assert "  model        none (no neural segments)\n" in out
     assert "  segments     1\n" in out
     assert re.search(rf"^ +0  zstd +20000 +{payload}  {payload * 8 / 20000:.3f}$", out, re.M), out
@@ -592,7 +592,7 @@ def test_neural_roundtrip_small_text(tmp_path):
     assert re.search(r"^ +0  neural +1500 +\d+  [\d.]+$", out, re.M), out
     assert re.search(r"^  model        SmolLM2-135M-Instruct.Q4_1.gguf$", out, re.M), out
     assert re.search(r"^  sha256       [0-9a-f]{64}$", out, re.M), out
-    assert "  params       ctx=2048 slide=512 n_keep=1 lanes=1 mix_preset=3" in out
+    assert "  params       ctx=2048 slide=512 n_keep=1 lanes=1 mix_preset=4" in out
     r = run("-d", "-q", "-o", "back.txt", "alice.txt.nc", cwd=tmp_path, timeout=600)
     assert (r.returncode, r.stderr) == (0, b"")
     assert (tmp_path / "back.txt").read_bytes() == data

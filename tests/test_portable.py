@@ -114,11 +114,16 @@ b = PortableBackend(str(models.resolve(None)), ctx=T.CTX, lanes=lanes, threads=t
 hashes = T.run_hashes(b, toks)
 lane0 = T.run_hashes(b, toks, lane=0, lanes_used=lanes) if lanes > 1 else hashes
 mathx.exp_nonpos_f32(np.float32(-1.0)); mathx.sigmoid_f32(np.float32(1.0))
-ir = T.check_all_ir() if sys.argv[4] == "ir" else {}
 import hashlib, numba, nacrith
+b.keep_hidden = True                        # the final hidden states (scripts/hidden_probe.py)
+b.reset()
+hidden = [hashlib.sha256(b.feed([0], [[t]]).tobytes() + b.hidden.tobytes()).hexdigest()
+          for t in [b.bos] + toks[:20]]
+ir = T.check_all_ir() if sys.argv[4] == "ir" else {}
 decoded = [hashlib.sha256(nacrith.decompress(open(p, "rb").read(), threads=1)).hexdigest()
            for p in sys.argv[6:]]
 print(json.dumps({"hashes": hashes, "lane0": lane0, "ir": ir, "cpu": numba.config.CPU_NAME,
+                  "hidden": hidden,
                   "threads": numba.get_num_threads(), "decoded": decoded}))
 """
 
@@ -336,6 +341,7 @@ def test_fresh_processes_host_vs_generic_cpu_and_threads(children):
     assert host["hashes"] == generic["hashes"]
     assert host["lane0"] == host["hashes"]          # lane 0 of a 4-lane batch = the lane alone
     assert host["ir"] == {}, host["ir"]
+    assert len(host["hidden"]) == 21 and host["hidden"] == generic["hidden"]
 
 
 CUDA_CHILD = r"""

@@ -76,7 +76,7 @@ def test_skip_kernels_roundtrip_and_offline_cost():
 def test_skip_params_validated():
     assert DEFAULTS.skip == 0 and "skip" not in DEFAULTS.params()      # off by default
     p = replace(DEFAULTS, **SKIP).params()
-    assert p == {"mix_preset": 3, "skip": 62259, "skip_cap": 16}
+    assert p == {"mix_preset": 4, "skip": 62259, "skip_cap": 16}
     assert {C.PARAM_IDS["skip"], C.PARAM_IDS["skip_cap"]} == {32, 33}
     with pytest.raises(NacritError, match="needs the match model"):
         replace(DEFAULTS, skip=1000, skip_cap=4, match=0).validate()
