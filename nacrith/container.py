@@ -68,7 +68,11 @@ PARAM_KEYS = {
     # confidence skip (nacrith/neural.py lockstep); absent = off (no mix_preset sets it)
     32: "skip",        # skip a lane's LLM step when the match probability >= skip / 2^16
     33: "skip_cap",    # most tokens waiting for the LLM per lane (catch-up batch <= cap + 1)
+    # version 4 only (a version 1-3 model frame never has it: refused there as unknown)
+    34: "swa_full",    # llama.cpp swa_full: 0 = small cache for the sliding-window layers
+                       # (Gemma-3); absent = 1, llama.cpp's default (full-size)
 }
+V4_ONLY_KEYS = frozenset({34})
 PARAM_IDS = {name: key for key, name in PARAM_KEYS.items()}
 
 
@@ -336,7 +340,7 @@ def read_frame(f, index: int):
         for _ in range(fixed(1)[0]):
             key = fixed(1)[0]           # every value is a varint: unknown keys can be skipped
             value = _read_varint_stream(t, what, 1 << 32)
-            if key in PARAM_KEYS:
+            if key in PARAM_KEYS and key not in V4_ONLY_KEYS:
                 params[PARAM_KEYS[key]] = value
             else:
                 unknown.append(key)
@@ -372,6 +376,8 @@ def check_model_params(m: "ModelDescriptor", what: str = "model frame") -> None:
                           f"(limit {MAX_KV_TOKENS} tokens)")
     if not 1 <= n_keep < ctx or not 1 <= slide <= ctx - n_keep:
         raise NacritError(f"corrupt {what} (window ctx={ctx} slide={slide} n_keep={n_keep})")
+    if p.get("swa_full", 1) not in (0, 1):
+        raise NacritError(f"corrupt {what} (swa_full {p['swa_full']})")
     if "threads" in p and not 1 <= p["threads"] <= MAX_THREADS:
         raise NacritError(f"corrupt {what} (threads {p['threads']}, limit {MAX_THREADS})")
     if not 2 <= m.n_vocab <= (1 << 23):     # 24-bit CDFs give every token a frequency >= 1
