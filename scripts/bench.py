@@ -8,6 +8,8 @@ model's cross-entropy in bpb from that raw loop, and gzip -9 / bzip2 -9 / xz -9e
 
     python scripts/bench.py                       # alice29.txt whole + 16 KB of the other texts
     python scripts/bench.py --files alice29.txt --ctx-chart 1024,2048,4096,8192
+    python scripts/bench.py --model gemma3 --files alice29.txt --alice-bytes 49152 \
+        --ctx-chart 2048,8192,32768 --swa-full on,off      # each ctx with both SWA caches
 
 --backends llama,portable compares the inference backends in one run, same settings: per text
 slice (--bytes, default 8 KB here; 0 = whole files) the LLM-only bpb (cross-entropy of the
@@ -136,19 +138,27 @@ def steady_tps(engine, ctx: int, slide: int, probes: int = 4, steps: int = 32) -
     return 1.0 / (sum(per_tok) / len(per_tok))
 
 
-def ctx_chart(opts: api.Options, files, load, ctxs) -> None:
-    """bpb (LLM only and the default ensemble) and steady single-sequence speed per ctx."""
-    print("\n| ctx | slide | file | bytes | tokens | LLM bpb | ensemble bpb | steady raw tok/s |"
-          "\n|---|---|---|---|---|---|---|---|")
+def ctx_chart(opts: api.Options, files, load, ctxs, swas=(None,)) -> None:
+    """bpb (LLM only and the default ensemble) and steady single-sequence speed per ctx, and per
+    swa_full setting within each ctx (llama.cpp backend; "-" when the model has no SWA)."""
+    print("\n| ctx | slide | swa_full | file | bytes | tokens | LLM bpb | ensemble bpb | "
+          "steady raw tok/s | seconds |\n|---|---|---|---|---|---|---|---|---|---|")
     for ctx in ctxs:
-        o = api._options(opts, {"ctx": ctx, "slide": max(1, ctx // 4), "n_keep": 1})
-        eng = api.get_engine(models.resolve(o.model), o)
-        tps = steady_tps(eng, o.ctx, o.slide)
-        for name in files:
-            data = load(name)
-            bits, n = window_bits(eng, data, o.ctx, o.slide, {"llm": MixParams(), "ens": DEFAULTS})
-            print(f"| {ctx} | {o.slide} | {name} | {len(data)} | {n} | {bits['llm'] / len(data):.4f} "
-                  f"| {bits['ens'] / len(data):.4f} | {tps:.1f} |", flush=True)
+        for swa in swas:
+            t0 = time.perf_counter()
+            o = api._options(opts, {"ctx": ctx, "slide": max(1, ctx // 4), "n_keep": 1,
+                                    "swa_full": swa})
+            eng = api.get_engine(models.resolve(o.model), o)
+            shown = {None: "-", True: "on", False: "off"}[getattr(eng.backend, "swa_full", None)]
+            tps = steady_tps(eng, o.ctx, o.slide)
+            for name in files:
+                data = load(name)
+                bits, n = window_bits(eng, data, o.ctx, o.slide,
+                                      {"llm": MixParams(), "ens": DEFAULTS})
+                print(f"| {ctx} | {o.slide} | {shown} | {name} | {len(data)} | {n} | "
+                      f"{bits['llm'] / len(data):.4f} | {bits['ens'] / len(data):.4f} | "
+                      f"{tps:.1f} | {time.perf_counter() - t0:.0f} |", flush=True)
+            eng.backend.close()         # one window's KV cache at a time (ctx 32768: ~600 MB)
 
 
 def cli(*args: str, stdin=None) -> bytes:
@@ -321,6 +331,9 @@ def main() -> None:
     ap.add_argument("--no-decompress", action="store_true")
     ap.add_argument("--ctx-chart", default="", help="comma list of ctx values (slide ctx/4): bpb "
                     "of the LLM and the ensemble, and steady single-sequence tok/s, per ctx")
+    ap.add_argument("--swa-full", default="", help="on, off or on,off: llama.cpp's full-size "
+                    "cache for sliding-window layers (Gemma-3; default: llama.cpp's, on); a "
+                    "list runs --ctx-chart with each")
     ap.add_argument("--keep-sweep", default="", help="comma list of n_keep values (raw LLM loop)")
     ap.add_argument("--lanes-sweep", default="", help="comma list of lane counts: raw lockstep "
                     "llama.cpp throughput vs nacrith compress/decompress throughput and bpb")
@@ -339,12 +352,15 @@ def main() -> None:
         return
     if args.backends and "--bytes" not in sys.argv:
         args.bytes = args.alice_bytes = 8192
+    swas = [{"on": True, "off": False}[v] for v in args.swa_full.split(",") if v] or [None]
     opts = api._options(None, dict(model=args.model, ctx=args.ctx, slide=args.slide,
-                                   n_keep=args.n_keep, threads=args.threads, lanes=args.lanes))
+                                   n_keep=args.n_keep, threads=args.threads, lanes=args.lanes,
+                                   swa_full=swas[0]))
     print(f"# machine: {platform.machine()}, {platform.processor() or '?'}, "
           f"{__import__('os').cpu_count()} cpus; python {platform.python_version()}")
     print(f"# model: {models.resolve(opts.model).name}; ctx {opts.ctx}, slide {opts.slide}, "
-          f"n_keep {opts.n_keep}, threads {opts.threads}, lanes {opts.lanes}")
+          f"n_keep {opts.n_keep}, threads {opts.threads}, lanes {opts.lanes}, "
+          f"swa_full {args.swa_full or 'default (on)'}")
     files = [f for f in args.files.split(",") if f]
 
     def load(name):
@@ -358,7 +374,7 @@ def main() -> None:
         return
 
     if args.ctx_chart:
-        ctx_chart(opts, files, load, [int(c) for c in args.ctx_chart.split(",")])
+        ctx_chart(opts, files, load, [int(c) for c in args.ctx_chart.split(",")], swas)
         return
 
     if args.keep_sweep:
