@@ -10,6 +10,7 @@ model's cross-entropy in bpb from that raw loop, and gzip -9 / bzip2 -9 / xz -9e
     python scripts/bench.py --files alice29.txt --ctx-chart 1024,2048,4096,8192
     python scripts/bench.py --model gemma3 --files alice29.txt --alice-bytes 49152 \
         --ctx-chart 2048,8192,32768 --swa-full on,off      # each ctx with both SWA caches
+    python scripts/bench.py --model gemma3 --threads 2 --step-probe 8192:on,32768:off
 
 --backends llama,portable compares the inference backends in one run, same settings: per text
 slice (--bytes, default 8 KB here; 0 = whole files) the LLM-only bpb (cross-entropy of the
@@ -159,6 +160,36 @@ def ctx_chart(opts: api.Options, files, load, ctxs, swas=(None,)) -> None:
                       f"{bits['llm'] / len(data):.4f} | {bits['ens'] / len(data):.4f} | "
                       f"{tps:.1f} | {time.perf_counter() - t0:.0f} |", flush=True)
             eng.backend.close()         # one window's KV cache at a time (ctx 32768: ~600 MB)
+
+
+def step_probe(opts: api.Options, configs, steps: int = 16, rounds: int = 12) -> None:
+    """Single-token tok/s of several llama.cpp contexts at once (ctx, swa_full): each filled to
+    ctx - slide/2 by batched prefill, then rounds of `steps` decodes rotate over them, so every
+    context sees the same machine load; median and best round per context."""
+    import statistics
+    from nacrith.backend import Backend
+    path, bs = str(models.resolve(opts.model)), {}
+    for ctx, swa in configs:
+        slide = max(1, ctx // 4)
+        B = Backend(path, ctx=ctx, lanes=1, threads=opts.threads, slide=slide, n_keep=1,
+                    swa_full=swa)
+        t0, fill = time.perf_counter(), ctx - slide // 2
+        while B.pos[0] < fill:
+            B.feed([0], [[B.bos] * min(B.n_batch, fill - int(B.pos[0]))])
+        print(f"# ctx {ctx} swa_full {'on' if swa else 'off'}: prefill of {fill} tokens "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+        bs[ctx, swa] = B
+    keys, per = list(bs), {k: [] for k in bs}
+    for r in range(rounds):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                bs[k].step([0], [bs[k].bos])
+            per[k].append(steps / (time.perf_counter() - t0))
+    print("\n| ctx | swa_full | median tok/s | best round tok/s |\n|---|---|---|---|")
+    for (ctx, swa), v in per.items():
+        print(f"| {ctx} | {'on' if swa else 'off'} | {statistics.median(v):.1f} | "
+              f"{max(v):.1f} |")
 
 
 def cli(*args: str, stdin=None) -> bytes:
@@ -334,6 +365,9 @@ def main() -> None:
     ap.add_argument("--swa-full", default="", help="on, off or on,off: llama.cpp's full-size "
                     "cache for sliding-window layers (Gemma-3; default: llama.cpp's, on); a "
                     "list runs --ctx-chart with each")
+    ap.add_argument("--step-probe", default="", help="comma list of CTX:on|off (swa_full): "
+                    "single-token tok/s of those llama.cpp contexts at a full window, timed in "
+                    "rounds that rotate over them (same load for each)")
     ap.add_argument("--keep-sweep", default="", help="comma list of n_keep values (raw LLM loop)")
     ap.add_argument("--lanes-sweep", default="", help="comma list of lane counts: raw lockstep "
                     "llama.cpp throughput vs nacrith compress/decompress throughput and bpb")
@@ -375,6 +409,11 @@ def main() -> None:
 
     if args.ctx_chart:
         ctx_chart(opts, files, load, [int(c) for c in args.ctx_chart.split(",")], swas)
+        return
+
+    if args.step_probe:
+        step_probe(opts, [(int(c), v == "on") for c, v in
+                          (x.split(":") for x in args.step_probe.split(","))])
         return
 
     if args.keep_sweep:
