@@ -50,6 +50,10 @@ class Options:
     ignore_backend: bool = False                # decode even if the backend profile differs
     backend: str = "auto"                       # "llama" (llama.cpp) | "portable" (ENGINE.md) |
                                                 # "auto": portable for SmolLM2 on the CPU, else llama
+    swa_full: bool | None = None                # llama.cpp's full-size cache for the sliding-
+                                                # window layers (Gemma-3); None = on (llama.cpp's
+                                                # default). Off: faster long windows, other
+                                                # logits (recorded). No effect without SWA
     # ensemble mixer (nacrith/mixer/); None = the tuned default (mixer.DEFAULTS).  mixer=False
     # codes with the LLM alone (a version-1 archive); a component is off when its switch is 0.
     mixer: bool = True
@@ -95,9 +99,10 @@ class Engine:
         else:
             from .backend import Backend as cls, fingerprint
             self.engine = F.E_LLAMA
+        extra = {} if opts.backend == "portable" else {"swa_full": opts.swa_full is not False}
         self.backend = cls(str(path), ctx=opts.ctx, lanes=opts.lanes, threads=opts.threads,
                            slide=opts.slide, n_keep=opts.n_keep, n_gpu_layers=opts.n_gpu_layers,
-                           main_gpu=opts.main_gpu, group=group)
+                           main_gpu=opts.main_gpu, group=group, **extra)
         self.tokenizer = ExactTokenizer(self.backend)
         self._tcol = None
         self.fingerprint = fingerprint()
@@ -106,6 +111,9 @@ class Engine:
         self.params = {"ctx": opts.ctx, "slide": opts.slide, "n_keep": opts.n_keep,
                        "threads": opts.threads, "lanes": opts.lanes, "bos": self.backend.bos,
                        "cdf_bits": 24}
+        swa = getattr(self.backend, "swa_full", None)    # None: the model has no SWA layers
+        if swa is not None:
+            self.params["swa_full"] = int(swa)
 
     @property
     def column_table(self):
@@ -121,6 +129,8 @@ class Engine:
         implied = {**F.DEFAULTS, "slide": self.params["ctx"] // 4}     # slide follows ctx
         params = {k: self.params[k] for k in ("ctx", "slide", "n_keep", "lanes")
                   if self.params[k] != implied[k]}
+        if self.params.get("swa_full", 1) != 1:     # absent: full-size SWA cache (key 34)
+            params["swa_full"] = self.params["swa_full"]
         mp = mix.params() or {"mix_preset": 0}  # LLM only: preset 0, every component off
         params.update({k: v for k, v in mp.items()
                        if k != "mix_preset" or v != F.DEFAULTS["mix_preset"]})
@@ -135,7 +145,8 @@ def get_engine(path: Path, opts: Options, mix=None) -> Engine:
     llama.cpp context. `mix` (MixParams) sizes the batch for catch-ups."""
     group = mix.skip_cap + 1 if mix is not None and mix.skip else 1
     key = (str(path), opts.backend, opts.ctx, opts.slide, opts.n_keep, opts.threads, opts.lanes,
-           opts.n_gpu_layers, opts.main_gpu, group)
+           opts.n_gpu_layers, opts.main_gpu, group,
+           opts.backend == "portable" or opts.swa_full is not False)
     return engines.POOL.get(key, lambda: Engine(path, opts, group))
 
 
@@ -175,6 +186,8 @@ def _options(opts: Options | None, kw) -> Options:
         v = getattr(o, name)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
             raise BadOption(f"{name} must be an integer (got {v!r})")
+    if o.swa_full is not None and not isinstance(o.swa_full, bool):
+        raise BadOption(f"swa_full must be True, False or None (got {o.swa_full!r})")
     if o.threads is None:
         o.threads = default_threads()
     if o.slide is None:
@@ -419,7 +432,8 @@ def _decode_engine(m: C.ModelDescriptor, o: Options):
     mix = MixParams.from_params(p)      # absent keys (version 1): component off
     mix.validate()
     dopts = replace(o, ctx=p["ctx"], slide=p["slide"], n_keep=p["n_keep"], lanes=p["lanes"],
-                    threads=o.threads or min(p.get("threads", 1), default_threads()))
+                    threads=o.threads or min(p.get("threads", 1), default_threads()),
+                    swa_full=None)      # versions 1-3 predate key 34: llama.cpp's default
     engine = get_engine(path, dopts, mix)
     if engine.backend.n_vocab != m.n_vocab or engine.backend.bos != p["bos"]:
         raise ModelMismatch("model vocabulary does not match the archive")
@@ -465,7 +479,8 @@ def _decode_engine4(d: F.Descriptor, o: Options):
     path = models.find_by_sha(sha, name, o.model)
     dopts = replace(o, ctx=p["ctx"], slide=p["slide"], n_keep=p["n_keep"], lanes=p["lanes"],
                     threads=o.threads or default_threads(),
-                    backend="portable" if d.engine == F.E_PORTABLE else "llama")
+                    backend="portable" if d.engine == F.E_PORTABLE else "llama",
+                    swa_full=bool(p.get("swa_full", 1)))
     engine = get_engine(path, dopts, mix)
     if engine.backend.n_vocab != n_vocab or engine.backend.bos != p.get("bos", engine.backend.bos):
         raise ModelMismatch("model vocabulary does not match the archive")

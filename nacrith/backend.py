@@ -1,15 +1,27 @@
 """LLM backend: one llama.cpp context, K sequences ("lanes"), logits for exactly the fed positions.
 
 Invariants (the decoder can only reproduce logits from the identical sequence of calls):
-- one context per (model, ctx, lanes, threads, device); n_threads == n_threads_batch; flash
-  attention off; non-unified KV so each lane owns `ctx` cells;
+- one context per (model, ctx, lanes, threads, device, swa_full); n_threads == n_threads_batch;
+  flash attention off; non-unified KV so each lane owns `ctx` cells;
+- swa_full (llama.cpp's own default: on) gives the sliding-window layers of a model with SWA
+  (Gemma-3) a full `ctx`-cell cache; off, they get ~n_swa + n_batch cells, cells that fell out
+  of the window are reused, and the logits differ (another KV layout), so the setting is part of
+  the archive (key 34). A model without SWA has one plain cache either way (`self.swa_full` is
+  then None: the setting does not apply and is never recorded);
 - every lane starts with the BOS token at position 0; `feed` gives each listed lane its list of
   tokens at that lane's next positions, lanes in the given order, in ONE llama_decode call, and
   requests logits for the last token of each list (and nothing else); `step` is one token per lane;
 - when a lane's window cannot take its tokens, `feed` first slides it natively (as often as
   needed): positions [n_keep, n_keep+slide) are removed and later positions shifted down by
   `slide` (llama_memory_seq_rm + seq_add), so the first n_keep positions (the BOS attention sink)
-  are never dropped and nothing is re-evaluated;
+  are never dropped and nothing is re-evaluated. With swa_full off the slide works the same way
+  (llama.cpp's llama_kv_cache_iswa applies seq_rm and seq_add to both of its caches and K-shifts
+  each; llama_memory_can_shift says no only because cells the small SWA cache already dropped
+  are not restored): the only cells a slide brings nearer to later queries are the n_keep
+  prefix, which the SWA layers of the full-size cache mask anyway once the window is past
+  n_swa, so the two modes attend to the same positions whenever ctx - slide >= n_swa + n_keep
+  + group (with the default slide, every ctx >= 768); either way encoder and decoder make the same
+  calls, so the result is deterministic;
 - native threads (model load, decode) start with SIGINT/SIGTERM/SIGHUP blocked (_signals.py);
 - `reset` clears all lanes; encoder and decoder call it before every segment.
 """
@@ -123,7 +135,8 @@ def describe_difference(theirs: str, ours: str) -> str:
 
 class Backend:
     def __init__(self, path: str, *, ctx: int, lanes: int, threads: int, slide: int, n_keep: int,
-                 n_gpu_layers: int = 0, main_gpu: int = 0, batch: int = 512, group: int = 1):
+                 n_gpu_layers: int = 0, main_gpu: int = 0, batch: int = 512, group: int = 1,
+                 swa_full: bool = True):
         L = self.L = _llama()
         if not 1 <= n_keep < ctx or not 1 <= slide <= ctx - n_keep:
             raise BadOption(f"bad window settings (ctx={ctx}, slide={slide}, n_keep={n_keep})")
@@ -140,6 +153,8 @@ class Backend:
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
         bos = L.llama_vocab_bos(self.vocab)
         self.bos = bos if bos >= 0 else L.llama_vocab_eos(self.vocab)
+        self.n_swa = L.llama_model_n_swa(self.model)
+        self.swa_full = bool(swa_full) if self.n_swa > 0 else None
         cp = L.llama_context_default_params()
         self.n_batch = max(batch, lanes * group)      # group: most tokens fed to a lane at once
         cp.n_ctx = ctx * lanes
@@ -148,6 +163,7 @@ class Backend:
         cp.n_threads = cp.n_threads_batch = threads
         cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cp.kv_unified = False
+        cp.swa_full = bool(swa_full)
         cp.embeddings = False
         cp.no_perf = True
         with blocked():

@@ -133,6 +133,11 @@ NO_MIXER = typer.Option(False, "--no-mixer", help="LLM only: no n-gram/match/bia
 SKIP = typer.Option(None, "--skip", min=0.0, max=0.99998, metavar="P",
                     help="Confidence skip: code a token without the LLM when the match model "
                          "gives it probability >= P (e.g. 0.95; faster on repetitive text).")
+SWA_FULL = typer.Option(None, "--swa-full/--no-swa-full",
+                        help="llama.cpp's full-size KV cache for sliding-window attention "
+                             "layers (Gemma-3; default: on, llama.cpp's default; --best: off). "
+                             "Off: long --ctx much faster, other logits (recorded in the "
+                             "archive). No effect on models without SWA (SmolLM2).")
 JSON = typer.Option(False, "--json", help="One JSON object per archive.")
 RECURSIVE = typer.Option(False, "-r", "--recursive",
                          help="Walk DIRs: one archive per file, beside it (FILE.nc); decompress/"
@@ -194,6 +199,7 @@ def compress(context: typer.Context, files: Optional[List[str]] = FILES,
              engine: str = ENGINE, address: Optional[str] = ADDRESS, resume: bool = RESUME,
              manifest: Optional[str] = MANIFEST, segment_size: Optional[str] = SEGMENT,
              skip: Optional[float] = SKIP, backend: str = BACKEND,
+             swa_full: Optional[bool] = SWA_FULL,
              level: Optional[int] = typer.Option(
                  None, "--level", min=1, max=9, metavar="N",
                  help="Level 1 (fastest; -1, --fast) .. 9 (smallest; -9, --best), default 6 "
@@ -203,7 +209,7 @@ def compress(context: typer.Context, files: Optional[List[str]] = FILES,
                                              "similar files adjacent, the model's context "
                                              "carried from file to file.")):
     """Compress FILEs to FILE.nc (default command)."""
-    given = dict(model=model, ctx=ctx, lanes=lanes,
+    given = dict(model=model, ctx=ctx, lanes=lanes, swa_full=swa_full,
                  skip=None if skip is None else round(skip * 65536))
     given = {k: v for k, v in given.items() if context.get_parameter_source(k).name != "DEFAULT"}
     opts = api.at_level(level, threads=threads, n_gpu_layers=gpu_layers, neural=not no_neural,

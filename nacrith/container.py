@@ -65,11 +65,16 @@ PARAM_KEYS = {
     20: "boost_lr",    # log-linear candidate boost learning rate, / 2^20
     21: "mix_preset",  # base values of keys 8..20, 22 and preset-only fields (0/absent: all 0;
                        # 1..4: mixer.PRESETS)
-    22: "guard",       # fixed-share rate / 2^16 of the ensemble-vs-bare-LLM switch (preset 4)
+    22: "guard",       # first fixed-share rate / 2^16 of the ensemble-vs-bare-LLM switch
+                       # (preset 4; version 5 only: refused in a version 1-3 model frame)
     # confidence skip (nacrith/neural.py lockstep); absent = off (no mix_preset sets it)
     32: "skip",        # skip a lane's LLM step when the match probability >= skip / 2^16
     33: "skip_cap",    # most tokens waiting for the LLM per lane (catch-up batch <= cap + 1)
+    # version 5 only (a version 1-3 model frame never has it: refused there as unknown)
+    34: "swa_full",    # llama.cpp swa_full: 0 = small cache for the sliding-window layers
+                       # (Gemma-3); absent = 1, llama.cpp's default (full-size)
 }
+V4_ONLY_KEYS = frozenset({22, 34})   # keys of version 5 descriptors (never in v1-3)
 PARAM_IDS = {name: key for key, name in PARAM_KEYS.items()}
 
 
@@ -337,7 +342,7 @@ def read_frame(f, index: int):
         for _ in range(fixed(1)[0]):
             key = fixed(1)[0]           # every value is a varint: unknown keys can be skipped
             value = _read_varint_stream(t, what, 1 << 32)
-            if key in PARAM_KEYS:
+            if key in PARAM_KEYS and key not in V4_ONLY_KEYS:
                 params[PARAM_KEYS[key]] = value
             else:
                 unknown.append(key)
@@ -373,6 +378,8 @@ def check_model_params(m: "ModelDescriptor", what: str = "model frame") -> None:
                           f"(limit {MAX_KV_TOKENS} tokens)")
     if not 1 <= n_keep < ctx or not 1 <= slide <= ctx - n_keep:
         raise NacritError(f"corrupt {what} (window ctx={ctx} slide={slide} n_keep={n_keep})")
+    if p.get("swa_full", 1) not in (0, 1):
+        raise NacritError(f"corrupt {what} (swa_full {p['swa_full']})")
     if "threads" in p and not 1 <= p["threads"] <= MAX_THREADS:
         raise NacritError(f"corrupt {what} (threads {p['threads']}, limit {MAX_THREADS})")
     if not 2 <= m.n_vocab <= (1 << 23):     # 24-bit CDFs give every token a frequency >= 1

@@ -54,7 +54,7 @@ ENGINE_NAMES = {E_LLAMA: "llama", E_PORTABLE: "portable"}
 DEFAULTS_OF = {4: {"ctx": 2048, "n_keep": 1, "lanes": 1, "mix_preset": 3},   # absent slide:
                5: {"ctx": 2048, "n_keep": 1, "lanes": 1, "mix_preset": 4}}   # ctx / 4
 DEFAULTS = DEFAULTS_OF[VERSION]
-NEW_IN_5 = ("guard",)            # parameters a version-4 archive cannot have
+NEW_IN_5 = ("guard", "swa_full")  # parameters a version-4 archive cannot have
 V4_PARAMS = tuple(k for k in PARAM_IDS if k not in ("threads", "cdf_bits", "bos")) + ("bos",)
 TRAILER = 8
 MAX_RUNS = 1 << 20

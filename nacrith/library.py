@@ -49,6 +49,7 @@ class OptionArgs(TypedDict, total=False):
     zstd_level: int
     ignore_backend: bool
     backend: str
+    swa_full: Optional[bool]
     mixer: bool
     ngram: Optional[int]
     ngram_bits: Optional[int]

@@ -8,6 +8,9 @@ model's cross-entropy in bpb from that raw loop, and gzip -9 / bzip2 -9 / xz -9e
 
     python scripts/bench.py                       # alice29.txt whole + 16 KB of the other texts
     python scripts/bench.py --files alice29.txt --ctx-chart 1024,2048,4096,8192
+    python scripts/bench.py --model gemma3 --files alice29.txt --alice-bytes 49152 \
+        --ctx-chart 2048,8192,32768 --swa-full on,off      # each ctx with both SWA caches
+    python scripts/bench.py --model gemma3 --threads 2 --step-probe 8192:on,32768:off
 
 --backends llama,portable compares the inference backends in one run, same settings: per text
 slice (--bytes, default 8 KB here; 0 = whole files) the LLM-only bpb (cross-entropy of the
@@ -136,19 +139,57 @@ def steady_tps(engine, ctx: int, slide: int, probes: int = 4, steps: int = 32) -
     return 1.0 / (sum(per_tok) / len(per_tok))
 
 
-def ctx_chart(opts: api.Options, files, load, ctxs) -> None:
-    """bpb (LLM only and the default ensemble) and steady single-sequence speed per ctx."""
-    print("\n| ctx | slide | file | bytes | tokens | LLM bpb | ensemble bpb | steady raw tok/s |"
-          "\n|---|---|---|---|---|---|---|---|")
+def ctx_chart(opts: api.Options, files, load, ctxs, swas=(None,)) -> None:
+    """bpb (LLM only and the default ensemble) and steady single-sequence speed per ctx, and per
+    swa_full setting within each ctx (llama.cpp backend; "-" when the model has no SWA)."""
+    print("\n| ctx | slide | swa_full | file | bytes | tokens | LLM bpb | ensemble bpb | "
+          "steady raw tok/s | seconds |\n|---|---|---|---|---|---|---|---|---|---|")
     for ctx in ctxs:
-        o = api._options(opts, {"ctx": ctx, "slide": max(1, ctx // 4), "n_keep": 1})
-        eng = api.get_engine(models.resolve(o.model), o)
-        tps = steady_tps(eng, o.ctx, o.slide)
-        for name in files:
-            data = load(name)
-            bits, n = window_bits(eng, data, o.ctx, o.slide, {"llm": MixParams(), "ens": DEFAULTS})
-            print(f"| {ctx} | {o.slide} | {name} | {len(data)} | {n} | {bits['llm'] / len(data):.4f} "
-                  f"| {bits['ens'] / len(data):.4f} | {tps:.1f} |", flush=True)
+        for swa in swas:
+            t0 = time.perf_counter()
+            o = api._options(opts, {"ctx": ctx, "slide": max(1, ctx // 4), "n_keep": 1,
+                                    "swa_full": swa})
+            eng = api.get_engine(models.resolve(o.model), o)
+            shown = {None: "-", True: "on", False: "off"}[getattr(eng.backend, "swa_full", None)]
+            tps = steady_tps(eng, o.ctx, o.slide)
+            for name in files:
+                data = load(name)
+                bits, n = window_bits(eng, data, o.ctx, o.slide,
+                                      {"llm": MixParams(), "ens": DEFAULTS})
+                print(f"| {ctx} | {o.slide} | {shown} | {name} | {len(data)} | {n} | "
+                      f"{bits['llm'] / len(data):.4f} | {bits['ens'] / len(data):.4f} | "
+                      f"{tps:.1f} | {time.perf_counter() - t0:.0f} |", flush=True)
+            eng.backend.close()         # one window's KV cache at a time (ctx 32768: ~600 MB)
+
+
+def step_probe(opts: api.Options, configs, steps: int = 16, rounds: int = 12) -> None:
+    """Single-token tok/s of several llama.cpp contexts at once (ctx, swa_full): each filled to
+    ctx - slide/2 by batched prefill, then rounds of `steps` decodes rotate over them, so every
+    context sees the same machine load; median and best round per context."""
+    import statistics
+    from nacrith.backend import Backend
+    path, bs = str(models.resolve(opts.model)), {}
+    for ctx, swa in configs:
+        slide = max(1, ctx // 4)
+        B = Backend(path, ctx=ctx, lanes=1, threads=opts.threads, slide=slide, n_keep=1,
+                    swa_full=swa)
+        t0, fill = time.perf_counter(), ctx - slide // 2
+        while B.pos[0] < fill:
+            B.feed([0], [[B.bos] * min(B.n_batch, fill - int(B.pos[0]))])
+        print(f"# ctx {ctx} swa_full {'on' if swa else 'off'}: prefill of {fill} tokens "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+        bs[ctx, swa] = B
+    keys, per = list(bs), {k: [] for k in bs}
+    for r in range(rounds):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                bs[k].step([0], [bs[k].bos])
+            per[k].append(steps / (time.perf_counter() - t0))
+    print("\n| ctx | swa_full | median tok/s | best round tok/s |\n|---|---|---|---|")
+    for (ctx, swa), v in per.items():
+        print(f"| {ctx} | {'on' if swa else 'off'} | {statistics.median(v):.1f} | "
+              f"{max(v):.1f} |")
 
 
 def cli(*args: str, stdin=None) -> bytes:
@@ -321,6 +362,12 @@ def main() -> None:
     ap.add_argument("--no-decompress", action="store_true")
     ap.add_argument("--ctx-chart", default="", help="comma list of ctx values (slide ctx/4): bpb "
                     "of the LLM and the ensemble, and steady single-sequence tok/s, per ctx")
+    ap.add_argument("--swa-full", default="", help="on, off or on,off: llama.cpp's full-size "
+                    "cache for sliding-window layers (Gemma-3; default: llama.cpp's, on); a "
+                    "list runs --ctx-chart with each")
+    ap.add_argument("--step-probe", default="", help="comma list of CTX:on|off (swa_full): "
+                    "single-token tok/s of those llama.cpp contexts at a full window, timed in "
+                    "rounds that rotate over them (same load for each)")
     ap.add_argument("--keep-sweep", default="", help="comma list of n_keep values (raw LLM loop)")
     ap.add_argument("--lanes-sweep", default="", help="comma list of lane counts: raw lockstep "
                     "llama.cpp throughput vs nacrith compress/decompress throughput and bpb")
@@ -339,12 +386,15 @@ def main() -> None:
         return
     if args.backends and "--bytes" not in sys.argv:
         args.bytes = args.alice_bytes = 8192
+    swas = [{"on": True, "off": False}[v] for v in args.swa_full.split(",") if v] or [None]
     opts = api._options(None, dict(model=args.model, ctx=args.ctx, slide=args.slide,
-                                   n_keep=args.n_keep, threads=args.threads, lanes=args.lanes))
+                                   n_keep=args.n_keep, threads=args.threads, lanes=args.lanes,
+                                   swa_full=swas[0]))
     print(f"# machine: {platform.machine()}, {platform.processor() or '?'}, "
           f"{__import__('os').cpu_count()} cpus; python {platform.python_version()}")
     print(f"# model: {models.resolve(opts.model).name}; ctx {opts.ctx}, slide {opts.slide}, "
-          f"n_keep {opts.n_keep}, threads {opts.threads}, lanes {opts.lanes}")
+          f"n_keep {opts.n_keep}, threads {opts.threads}, lanes {opts.lanes}, "
+          f"swa_full {args.swa_full or 'default (on)'}")
     files = [f for f in args.files.split(",") if f]
 
     def load(name):
@@ -358,7 +408,12 @@ def main() -> None:
         return
 
     if args.ctx_chart:
-        ctx_chart(opts, files, load, [int(c) for c in args.ctx_chart.split(",")])
+        ctx_chart(opts, files, load, [int(c) for c in args.ctx_chart.split(",")], swas)
+        return
+
+    if args.step_probe:
+        step_probe(opts, [(int(c), v == "on") for c, v in
+                          (x.split(":") for x in args.step_probe.split(","))])
         return
 
     if args.keep_sweep:

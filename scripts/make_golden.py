@@ -84,6 +84,12 @@ def cases():
     yield "v5-guard-off", alice[17000:17600], {"threads": 1, "guard": 0}
     yield "v5-skip-2lanes", alice[8000:8400] * 2 + fields[4000:4400] * 2, \
         {"threads": 1, "lanes": 2, "skip": 62259, "skip_cap": 8}
+    # descriptor key 34 (swa_full 0): Gemma-3 with llama.cpp's small SWA cache (1024 cells per
+    # lane at n_batch 512); ctx 1280 > 1024, so cells are reused from position 1024 and the window
+    # slides at 1280; the repeats are coded fast by the confidence skip, the new text after them
+    # by the LLM past both points. Needs nacrith[gemma3]
+    yield "v5-gemma3-swa", alice[17000:17700] * 5 + alice[18000:19300], \
+        {"threads": 1, "model": "gemma3", "ctx": 1280, "swa_full": False, "skip": 58982}
 
 
 def solid_cases():

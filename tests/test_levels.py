@@ -26,7 +26,7 @@ def test_level_table_is_pinned():
         1: dict(lanes=4, ctx=512, skip=58982), 2: dict(lanes=4, ctx=1024, skip=62259),
         3: dict(lanes=2, ctx=1024, skip=62259), 4: dict(lanes=2, ctx=2048, skip=64225),
         5: dict(lanes=1, ctx=2048, skip=64225), 6: {}, 7: dict(ctx=4096), 8: dict(ctx=8192),
-        9: dict(ctx=8192, model="gemma3")}
+        9: dict(ctx=32768, model="gemma3", swa_full=False)}
 
 
 @pytest.mark.parametrize("level", sorted(levels.LEVELS))
@@ -87,6 +87,7 @@ def test_cli_level_recorded_and_decodes_without_it(tmp_path):
     assert r.returncode == 0, r.stderr
     m = api.info(io.BytesIO(r.stdout))["model"]
     assert (m["name"].startswith("SmolLM2"), m["ctx"], m["lanes"]) == (True, 2048, 2)
+    assert "swa_full" not in m                  # level 9's swa_full: SmolLM2 has no SWA
     assert nacrith.decompress(r.stdout) == TEXT[:200]
 
 
