@@ -100,12 +100,12 @@ def test_info_shows_swa_full_when_recorded(tmp_path):
                                     capture_output=True, cwd=REPO, timeout=120)
     r = run(_fake_archive(tmp_path, {"swa_full": 0}))
     assert r.returncode == 0, r.stderr
-    assert "  params       ctx=2048 slide=512 n_keep=1 lanes=1 mix_preset=3 swa_full=0\n" \
+    assert "  params       ctx=2048 slide=512 n_keep=1 lanes=1 mix_preset=4 swa_full=0\n" \
         in r.stdout.decode()
     r = run("--json", _fake_archive(tmp_path, {"swa_full": 0}))
     assert json.loads(r.stdout)["model"]["swa_full"] == 0
     r = run(_fake_archive(tmp_path, {}))
-    assert "  params       ctx=2048 slide=512 n_keep=1 lanes=1 mix_preset=3\n" \
+    assert "  params       ctx=2048 slide=512 n_keep=1 lanes=1 mix_preset=4\n" \
         in r.stdout.decode()
 
 
@@ -149,5 +149,5 @@ def test_gemma3_swa_off_slides_and_decodes_in_fresh_process(tmp_path):
     assert r.stdout == data
     r = subprocess.run([sys.executable, "-m", "nacrith", "info", str(p)], capture_output=True,
                        cwd=REPO, timeout=120)
-    assert "ctx=1280 slide=320 n_keep=1 lanes=1 mix_preset=3 skip=58982 skip_cap=32 swa_full=0" \
+    assert "ctx=1280 slide=320 n_keep=1 lanes=1 mix_preset=4 skip=58982 skip_cap=32 swa_full=0" \
         in r.stdout.decode()

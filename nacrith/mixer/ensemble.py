@@ -346,7 +346,6 @@ def _predict(logits, S, freqs):
         freqs[i] = f
         tot += f
     fbest = freqs[arg]
-    ibest = arg
     for j in range(ncand):
         c = cand_tok[j]
         if T < 0:
@@ -361,6 +360,15 @@ def _predict(logits, S, freqs):
         f = 1 + np.int64(pn * scale)
         tot += f - freqs[arg]
         freqs[arg] = f
+    _give_remainder(freqs, arg, cand_tok, ncand, fbest, tot)
+
+
+@njit
+def _give_remainder(freqs, arg, cand_tok, ncand, fbest, tot):
+    """freqs[i] += 2^24 - tot for the largest f (lowest index among equals) of the candidates,
+    against fbest for arg, then arg itself (pass 4's rule; fbest is arg's f before the candidates
+    were written, as pass 4 has always compared)."""
+    ibest = arg
     for j in range(ncand):
         c = cand_tok[j]
         if freqs[c] > fbest or (freqs[c] == fbest and c < ibest):
@@ -418,16 +426,7 @@ def _quantize_guarded(S, freqs, arg, aqi, iz, so, pn, T, ncand, n):
         f = 1 + np.int64(wg * (pn * scale) + r[arg] * gq)
         tot += f - freqs[arg]
         freqs[arg] = f
-    fbest = freqs[arg]
-    ibest = arg
-    for j in range(ncand):
-        c = cand_tok[j]
-        if freqs[c] > fbest or (freqs[c] == fbest and c < ibest):
-            fbest = freqs[c]
-            ibest = c
-    if freqs[arg] > fbest or (freqs[arg] == fbest and arg < ibest):
-        ibest = arg
-    freqs[ibest] += TOTAL - tot
+    _give_remainder(freqs, arg, cand_tok, ncand, freqs[arg], tot)
 
 
 @njit
