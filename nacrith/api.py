@@ -99,10 +99,10 @@ class Engine:
         else:
             from .backend import Backend as cls, fingerprint
             self.engine = F.E_LLAMA
-        extra = {} if opts.backend == "portable" else {"swa_full": opts.swa_full is not False}
         self.backend = cls(str(path), ctx=opts.ctx, lanes=opts.lanes, threads=opts.threads,
                            slide=opts.slide, n_keep=opts.n_keep, n_gpu_layers=opts.n_gpu_layers,
-                           main_gpu=opts.main_gpu, group=group, **extra)
+                           main_gpu=opts.main_gpu, group=group,
+                           swa_full=opts.swa_full is not False)     # (the portable engine: no SWA)
         self.tokenizer = ExactTokenizer(self.backend)
         self._tcol = None
         self.fingerprint = fingerprint()

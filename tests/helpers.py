@@ -24,6 +24,15 @@ def fresh_python(code: str, *args: str, timeout: int = 900) -> subprocess.Comple
                           timeout=timeout, cwd=REPO)
 
 
+def decoded_in_fresh_process(path, **options) -> bytes:
+    """nacrith.decompress of the archive file at path, with these keyword options, in a new
+    interpreter; its output (the child must exit 0)."""
+    r = fresh_python("import sys, nacrith; sys.stdout.buffer.write(nacrith.decompress("
+                     f"open(sys.argv[1], 'rb').read(), **{options!r}))", str(path))
+    assert r.returncode == 0, r.stderr.decode()
+    return r.stdout
+
+
 def det_logits(seed: int, v: int, scale: float = 25.0) -> np.ndarray:
     """Platform- and numpy-version-independent float32 logits (splitmix64 + IEEE * only)."""
     with np.errstate(over="ignore"):

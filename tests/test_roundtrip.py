@@ -10,7 +10,7 @@ import nacrith
 from nacrith import api, frames as F, models
 from nacrith.neural import lockstep
 
-from helpers import corpus, fresh_python
+from helpers import corpus, decoded_in_fresh_process, fresh_python
 
 PROSE = (b"It was a bright cold day in April, and the clocks were striking thirteen. Winston Smith,\n"
          b"his chin nuzzled into his breast in an effort to escape the vile wind, slipped quickly\n"
@@ -120,10 +120,7 @@ def test_sliding_window_nondefault_settings_fresh_process(tmp_path):
     assert F.scan_bytes(blob)[1].params == {"ctx": 256, "slide": 32, "n_keep": 4}
     p = tmp_path / "f.nc"
     p.write_bytes(blob)
-    r = fresh_python("import sys, nacrith; sys.stdout.buffer.write("
-                     "nacrith.decompress(open(sys.argv[1], 'rb').read()))", str(p))
-    assert r.returncode == 0, r.stderr.decode()
-    assert r.stdout == data
+    assert decoded_in_fresh_process(p) == data
 
 
 def test_coded_size_matches_model_cross_entropy():

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import nacrith
-from helpers import REPO, corpus, fresh_python
+from helpers import REPO, corpus, decoded_in_fresh_process
 from nacrith import api, models
 from nacrith import container as C
 from nacrith import frames as F
@@ -143,10 +143,7 @@ def test_gemma3_swa_off_slides_and_decodes_in_fresh_process(tmp_path):
     assert abs(len(body(off)) - len(body(on))) < 32                  # ... the ratio does not
     p = tmp_path / "g.nc"
     p.write_bytes(off)
-    r = fresh_python("import sys, nacrith; sys.stdout.buffer.write(nacrith.decompress("
-                     "open(sys.argv[1], 'rb').read(), threads=2))", str(p))
-    assert r.returncode == 0, r.stderr.decode()
-    assert r.stdout == data
+    assert decoded_in_fresh_process(p, threads=2) == data
     r = subprocess.run([sys.executable, "-m", "nacrith", "info", str(p)], capture_output=True,
                        cwd=REPO, timeout=120)
     assert "ctx=1280 slide=320 n_keep=1 lanes=1 mix_preset=4 skip=58982 skip_cap=32 swa_full=0" \

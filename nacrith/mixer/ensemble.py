@@ -176,13 +176,9 @@ def _predict(logits, S, freqs):
     m = _max_ignoring_nan(xbuf)
 
     # ---- pass 2: p = exp(x - m) (vectorised); degenerate rows become uniform
+    _exp_row(xbuf, m, p, n)
     arg = 0
-    if m == -np.inf or m == np.inf:
-        for i in range(n):
-            p[i] = 1.0
-    else:
-        for i in range(n):
-            p[i] = _exp_nonpos(xbuf[i] - m)
+    if m != -np.inf and m != np.inf:
         while xbuf[arg] != m:           # first index of the maximum (p == 1 there)
             arg += 1
 
@@ -380,16 +376,21 @@ def _give_remainder(freqs, arg, cand_tok, ncand, fbest, tot):
 
 
 @njit
-def _guard_row(logits, r, fst, n):
-    """r = exp(l - max l) of the bare LLM row (uniform if degenerate); fst[S_RINVS] = 1 / sum."""
-    m = _max_ignoring_nan(logits)
+def _exp_row(x, m, out, n):
+    """out_i = exp(x_i - m) for x (float32 or float64) and m its maximum ignoring NaN (float64);
+    every out_i = 1 if m is +-inf (a degenerate row becomes uniform). Passes 2 and the guard."""
     if m == -np.inf or m == np.inf:
         for i in range(n):
-            r[i] = 1.0
+            out[i] = 1.0
     else:
-        mm = np.float64(m)
         for i in range(n):
-            r[i] = _exp_nonpos(np.float64(logits[i]) - mm)
+            out[i] = _exp_nonpos(np.float64(x[i]) - m)
+
+
+@njit
+def _guard_row(logits, r, fst, n):
+    """r = exp(l - max l) of the bare LLM row (uniform if degenerate); fst[S_RINVS] = 1 / sum."""
+    _exp_row(logits, _max_ignoring_nan(logits), r, n)
     fst[S_RINVS] = 1.0 / _sum8(r, n)
 
 
