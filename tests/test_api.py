@@ -16,9 +16,9 @@ from helpers import REPO, corpus
 
 @pytest.fixture(scope="module")
 def texts():
-    """Four different short texts (a few hundred bytes each)."""
-    return [corpus("alice29.txt")[2000:2400], corpus("xargs.1")[2000:2400],
-            corpus("fields.c")[:450], corpus("alice29.txt")[9000:9500]]
+    """Four different short texts (250-300 bytes each)."""
+    return [corpus("alice29.txt")[2000:2250], corpus("xargs.1")[2000:2250],
+            corpus("fields.c")[:300], corpus("alice29.txt")[9000:9280]]
 
 
 def run_threads(fn, items):
