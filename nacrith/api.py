@@ -500,7 +500,7 @@ def _peek_header(src) -> tuple[str, bytes]:
     """("v4", first 4 bytes) or ("legacy", first bytes) of an archive."""
     first = C.read_upto(src, 4)
     if len(first) == 4 and first[:3] == F.MAGIC and first[3] != F.LEGACY_BYTE:
-        version = first[3] & 15
+        version = F.header_fields(first)[1]
         if version > F.VERSION:
             raise NacritError(f"archive format version {version} is newer than this nacrith "
                               f"supports (<= {F.VERSION}); upgrade nacrith")
@@ -562,7 +562,7 @@ def _segment_tasks(src, state: dict):
 def _tasks4(src, first: bytes, state: dict, solid: bool = False):
     """Decode tasks of a version-4 archive. A solid archive (a file tree) is refused unless
     `solid` (solid.py extracts it); its index is then in state["index"]."""
-    layout, version = first[3] >> 4, first[3] & 15
+    layout, version = F.header_fields(first)
     if layout in F.SINGLE_LAYOUTS:
         desc, seg = F.read_single(src, layout, F.SINGLE_LIMIT, version)
         if desc is not None:
@@ -801,8 +801,8 @@ def scan(src) -> Scan:
     layout_name = {F.L_FRAMED: "framed", F.L_SOLID: "solid"}.get(layout) or F.METHOD_NAMES[layout]
     if layout in F.SINGLE_LAYOUTS and not end.total_len:
         out = []
-    return Scan(first[3] & 15, layout_name, model, out, end.total_len, end.total_hash, end.check,
-                end.index)
+    return Scan(F.header_fields(first)[1], layout_name, model, out, end.total_len, end.total_hash,
+                end.check, end.index)
 
 
 def info(src) -> dict:

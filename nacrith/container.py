@@ -74,7 +74,7 @@ PARAM_KEYS = {
     34: "swa_full",    # llama.cpp swa_full: 0 = small cache for the sliding-window layers
                        # (Gemma-3); absent = 1, llama.cpp's default (full-size)
 }
-V4_ONLY_KEYS = frozenset({22, 34})   # keys of version 5 descriptors (never in v1-3)
+V5_KEYS = frozenset({22, 34})   # keys of version 5 descriptors only (never in v1-3 or v4)
 PARAM_IDS = {name: key for key, name in PARAM_KEYS.items()}
 
 
@@ -342,7 +342,7 @@ def read_frame(f, index: int):
         for _ in range(fixed(1)[0]):
             key = fixed(1)[0]           # every value is a varint: unknown keys can be skipped
             value = _read_varint_stream(t, what, 1 << 32)
-            if key in PARAM_KEYS and key not in V4_ONLY_KEYS:
+            if key in PARAM_KEYS and key not in V5_KEYS:
                 params[PARAM_KEYS[key]] = value
             else:
                 unknown.append(key)

@@ -54,7 +54,7 @@ ENGINE_NAMES = {E_LLAMA: "llama", E_PORTABLE: "portable"}
 DEFAULTS_OF = {4: {"ctx": 2048, "n_keep": 1, "lanes": 1, "mix_preset": 3},   # absent slide:
                5: {"ctx": 2048, "n_keep": 1, "lanes": 1, "mix_preset": 4}}   # ctx / 4
 DEFAULTS = DEFAULTS_OF[VERSION]
-NEW_IN_5 = ("guard", "swa_full")  # parameters a version-4 archive cannot have
+NEW_IN_5 = frozenset(PARAM_KEYS[k] for k in C.V5_KEYS)   # names a v4 archive cannot have
 V4_PARAMS = tuple(k for k in PARAM_IDS if k not in ("threads", "cdf_bits", "bos")) + ("bos",)
 TRAILER = 8
 MAX_RUNS = 1 << 20
@@ -243,6 +243,11 @@ class Segment:
 
 def header(layout: int, version: int = VERSION) -> bytes:
     return MAGIC + bytes([layout << 4 | version])
+
+
+def header_fields(first4: bytes) -> tuple[int, int]:
+    """(layout, version) of a version-4+ archive's first 4 bytes (the inverse of header)."""
+    return first4[3] >> 4, first4[3] & 15
 
 
 def pack_single(seg: Segment, desc: Descriptor | None) -> bytes:
@@ -442,7 +447,7 @@ def scan(f, first4: bytes):
     """Validate a whole version-4 archive without decoding (after its first 4 bytes were read).
 
     Returns (layout, Descriptor | None, [Segment], End)."""
-    layout, version = first4[3] >> 4, first4[3] & 15
+    layout, version = header_fields(first4)
     if layout in SINGLE_LAYOUTS:
         desc, seg = read_single(f, layout, SINGLE_LIMIT, version)
         return layout, desc, [seg], End(seg.orig_len, None, seg.check)

@@ -283,8 +283,10 @@ def is_solid(name: str) -> bool:
     except OSError:
         return False
     from . import frames as F
-    return (len(head) == 4 and head[:3] == F.MAGIC and head[3] >> 4 == F.L_SOLID
-            and head[3] & 15 in F.READ_VERSIONS)
+    if len(head) != 4 or head[:3] != F.MAGIC:
+        return False
+    layout, version = F.header_fields(head)
+    return layout == F.L_SOLID and version in F.READ_VERSIONS
 
 
 def solid_compress(job: Job, paths: List[str]) -> None:

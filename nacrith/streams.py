@@ -177,7 +177,7 @@ class Decompressor:
                 first = r.read(4)
                 if first[:3] == F.MAGIC and first[3] != F.LEGACY_BYTE:
                     api._peek_header(io.BytesIO(first))       # version checks
-                    self._layout, self._version = first[3] >> 4, first[3] & 15
+                    self._layout, self._version = F.header_fields(first)
                     if self._layout == F.L_SOLID:
                         raise CorruptArchive("this is a solid archive of a file tree: restore "
                                              "it with `nacrith decompress ARCHIVE -o DIR`")
