@@ -85,13 +85,13 @@ def raw_llm(engine, data: bytes) -> tuple[float, float, int]:
     return bits, time.perf_counter() - t0, sum(len(t) for t in toks)
 
 
-def window_bits(engine, data: bytes, ctx: int, slide: int, mixes: dict) -> tuple[dict, int]:
-    """({name: coded bits of data's tokens}, token count) for each MixParams in mixes
-    (MixParams() = the LLM alone) with the KV window (ctx, slide, n_keep 1): the tokens are fed
-    in chunks whose size divides slide, with logits for every token, each chunk after the slides
-    the coder would make before it, so every
-    token attends to exactly the positions it has in nacrith's one-token-per-step decode (the
-    logits agree to float rounding; the coder's own loop is too slow to chart several ctx)."""
+def token_bits(engine, data: bytes, ctx: int, slide: int, mixes: dict):
+    """({name: float64[n], the coded bits of each of data's n tokens}, tokens int64[n]) for each
+    MixParams in mixes (MixParams() = the LLM alone) with the KV window (ctx, slide, n_keep 1):
+    the tokens are fed in chunks whose size divides slide, with logits for every token, each
+    chunk after the slides the coder would make before it, so every token attends to exactly the
+    positions it has in nacrith's one-token-per-step decode (the logits agree to float rounding;
+    the coder's own loop is too slow to chart several ctx)."""
     B, L = engine.backend, engine.backend.L
     toks = np.asarray(engine.tokenizer.tokenize(data)[0], dtype=np.int64)
     n, V = len(toks), B.n_vocab
@@ -99,7 +99,7 @@ def window_bits(engine, data: bytes, ctx: int, slide: int, mixes: dict) -> tuple
     feed = np.concatenate([[B.bos], toks[:-1]])
     lanes = {k: LaneModel(mp, V, n, engine.column_table if mp.col_lr else None)
              for k, mp in mixes.items()}
-    bits = dict.fromkeys(mixes, 0.0)
+    bits = {k: np.zeros(n, dtype=np.float64) for k in mixes}
     B.reset()
     for i in range(0, n, chunk):
         m = min(chunk, n - i)
@@ -115,9 +115,15 @@ def window_bits(engine, data: bytes, ctx: int, slide: int, mixes: dict) -> tuple
         lg = np.ctypeslib.as_array(L.llama_get_logits(B.lctx), shape=(m, V))
         for k, lm in lanes.items():
             f = lm.costs(lg, toks[i:i + m])
-            bits[k] += 24.0 * m - float(np.log2(f.astype(np.float64)).sum())
+            bits[k][i:i + m] = 24.0 - np.log2(f.astype(np.float64))
     B.reset()
-    return bits, n
+    return bits, toks
+
+
+def window_bits(engine, data: bytes, ctx: int, slide: int, mixes: dict) -> tuple[dict, int]:
+    """({name: coded bits of data's tokens}, token count): token_bits summed."""
+    bits, toks = token_bits(engine, data, ctx, slide, mixes)
+    return {k: float(b.sum()) for k, b in bits.items()}, len(toks)
 
 
 def steady_tps(engine, ctx: int, slide: int, probes: int = 4, steps: int = 32) -> float:

@@ -13,9 +13,9 @@ use the canonical tokenization's probability (a lower bound of the marginal), so
 not bound, what a byte-level mixture would code. They are not archives: no coder runs.
 
 SmolLM2's costs come from scripts/ablation.py's logits cache (--cache-a, the portable engine at
-the default window); Gemma-3's logits are computed here with llama.cpp in batches (every
-position's logits from one decode per 512 tokens, window --ctx-b with a half-window slide) and
-fed in chunks to the same ensemble kernels; its per-token costs are cached in --cache-b.
+the default window); Gemma-3's costs come from llama.cpp with logits for every position
+(bench.token_bits: the coder's window --ctx-b, slide ctx / 4, the small SWA cache as at level 9)
+through the same ensemble kernels, and are cached in --cache-b.
 
     python scripts/two_models.py --bytes 8192 --cache-a /work/cache/c8
     python scripts/two_models.py --files alice29.txt --bytes 0 --cache-a /work/cache/cw
@@ -23,7 +23,6 @@ fed in chunks to the same ensemble kernels; its per-token costs are cached in --
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -35,8 +34,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import ablation  # noqa: E402
+import bench  # noqa: E402
 from nacrith import api, models  # noqa: E402
-from nacrith.mixer import DEFAULTS, LaneModel, MixParams  # noqa: E402
+from nacrith.mixer import DEFAULTS, MixParams  # noqa: E402
 
 ALPHAS = (0.0, 0.01, 0.1, 0.4, 0.7, 1.0)
 
@@ -57,68 +57,23 @@ def costs_a(name: str, data: bytes, cache: Path, threads: int, out: Path):
 
 
 def costs_b(name: str, data: bytes, cache: Path, threads: int, ctx: int):
-    """Gemma-3 through llama.cpp, all positions' logits per decode: same three arrays."""
-    stem = cache / f"{name}-{len(data)}-ctx{ctx}.gemma"
-    f = Path(f"{stem}.npz")
+    """Gemma-3 through llama.cpp at the coder's window (ctx, slide ctx / 4, n_keep 1), every
+    position's logits per decode (bench.token_bits): the same three arrays."""
+    f = cache / f"{name}-{len(data)}-ctx{ctx}.gemma.npz"
     if f.is_file():
         z = np.load(f)
         return z["bare"], z["full"], z["lens"]
     opts = api._options(None, {"threads": threads, "model": "gemma3", "backend": "llama",
-                               "ctx": ctx})
+                               "ctx": ctx, "slide": ctx // 4, "n_keep": 1, "swa_full": False})
     eng = api.get_engine(models.resolve("gemma3"), opts)
-    be, L = eng.backend, eng.backend.L
-    toks, esc = eng.tokenizer.tokenize(data)
-    toks = np.asarray(toks, dtype=np.int64)
-    assert not esc and toks.max() < be.n_vocab, "escapes: not measured here"
-    lens = np.array([len(eng.tokenizer.pieces[t]) for t in toks], dtype=np.int64)
-    V, n = be.n_vocab, len(toks)
-    lanes = {k: LaneModel(mp, V, n, eng.column_table if mp.col_lr else None)
-             for k, mp in (("bare", MixParams()), ("full", DEFAULTS))}
-    out = {k: np.zeros(n, dtype=np.float64) for k in lanes}
-    half = ctx // 2
+    assert not eng.tokenizer.tokenize(data)[1], "escapes: not measured here"
     t0 = time.perf_counter()
-    done = 0                                    # tokens of toks whose logits are coded
-    while done < n:
-        # window: BOS + the previous tokens (at most half a window) + up to half a window new
-        start = max(0, done - half) if done else 0
-        be.reset()
-        ctx_toks = [be.bos] + list(toks[start:done])
-        new = list(toks[done:min(n, done + (ctx - len(ctx_toks)))])
-        feed = ctx_toks + new[:-1]
-        # logits wanted at the positions that predict new[0..]: the last len(new) fed tokens
-        tt = np.asarray(new, dtype=np.int64)
-        pos, j = 0, 0                           # j: next token of `new` to cost
-        for a in range(0, len(feed), be.n_batch):
-            chunk = feed[a:a + be.n_batch]
-            m = len(chunk)
-            b = be.batch
-            for i, tk in enumerate(chunk):
-                be._tok[i] = tk
-                be._pos[i] = pos + i
-                b.seq_id[i][0] = 0
-                be._logit[i] = 1 if a + i >= len(ctx_toks) - 1 else 0
-            b.n_tokens = m
-            if L.llama_decode(be.lctx, b) != 0:
-                raise RuntimeError("llama_decode failed")
-            pos += m
-            k = int(be._logit[:m].sum())
-            if not k:
-                continue
-            lg = np.ctypeslib.as_array(L.llama_get_logits(be.lctx), shape=(k, V))
-            for c in range(0, k, 128):      # costed at once: a window's rows would not fit
-                rows = np.ascontiguousarray(lg[c:c + 128])
-                for key, lm in lanes.items():
-                    fr = lm.costs(rows, tt[j:j + len(rows)])
-                    out[key][done + j:done + j + len(fr)] = 24 - np.log2(fr.astype(np.float64))
-                j += len(rows)
-        assert j == len(new), (j, len(new))
-        done += len(new)
-        print(f"  gemma3 {name}: {done}/{n} tokens, {time.perf_counter() - t0:.0f} s",
-              file=sys.stderr, flush=True)
-    np.savez(f, bare=out["bare"], full=out["full"], lens=lens)
-    (cache / f"{stem.name}.json").write_text(json.dumps(
-        {"tokens": n, "s": time.perf_counter() - t0}))
-    return out["bare"], out["full"], lens
+    bits, toks = bench.token_bits(eng, data, ctx, ctx // 4, {"bare": MixParams(), "full": DEFAULTS})
+    lens = np.array([len(eng.tokenizer.pieces[t]) for t in toks], dtype=np.int64)
+    np.savez(f, bare=bits["bare"], full=bits["full"], lens=lens)
+    print(f"  gemma3 {name}: {len(toks)} tokens, {time.perf_counter() - t0:.0f} s",
+          file=sys.stderr, flush=True)
+    return bits["bare"], bits["full"], lens
 
 
 def segments(cost, lens, bounds):
