@@ -55,7 +55,6 @@ DEFAULTS_OF = {4: {"ctx": 2048, "n_keep": 1, "lanes": 1, "mix_preset": 3},   # a
                5: {"ctx": 2048, "n_keep": 1, "lanes": 1, "mix_preset": 4}}   # ctx / 4
 DEFAULTS = DEFAULTS_OF[VERSION]
 NEW_IN_5 = frozenset(PARAM_KEYS[k] for k in C.V5_KEYS)   # names a v4 archive cannot have
-V4_PARAMS = tuple(k for k in PARAM_IDS if k not in ("threads", "cdf_bits", "bos")) + ("bos",)
 TRAILER = 8
 MAX_RUNS = 1 << 20
 MAX_DESCRIPTOR = 1024            # bytes of a packed descriptor (a custom model's is ~ 300)
