@@ -115,13 +115,13 @@ def _varint_end(blob: bytes, pos: int) -> int:
 def parse_sections4(blob: bytes) -> list[Section]:
     """Version 4: single layouts (header, descriptor, length + body, trailer) or the framed
     layout (header, model / segment / end frames)."""
-    layout = blob[3] >> 4
+    layout, version = F.header_fields(blob)
     out = [Section("header", 0, 4, 4, [3])]
     if layout != F.L_FRAMED:
         pos = 4
         if layout in (F.L_NEURAL, F.L_HYBRID):
             r = C.Reader(blob[4:], "x")
-            F.read_descriptor(r, blob[3] & 15)
+            F.read_descriptor(r, version)
             out.append(Section("model", 4, 4 + r.pos, 4 + r.pos, list(range(5, 4 + r.pos))))
             pos = 4 + r.pos
         head_end = _varint_end(blob, pos)
@@ -434,9 +434,9 @@ def _crafted_body(rng, method: int, body: bytes) -> tuple[int, bytes, str]:
 def m_crafted4(rng, seeds, seed):
     """Version 4: change one field and recompute every check that covers it."""
     blob = seed.blob
-    layout = blob[3] >> 4
+    layout, version = F.header_fields(blob)
     if layout != F.L_FRAMED:
-        desc, segm = F.read_single(io.BytesIO(blob[4:]), layout, F.SINGLE_LIMIT, blob[3] & 15)
+        desc, segm = F.read_single(io.BytesIO(blob[4:]), layout, F.SINGLE_LIMIT, version)
         choice = rng.randrange(5)
         method, body, check, orig = layout, segm.body, segm.check, segm.orig_len
         what = ""
@@ -452,7 +452,7 @@ def m_crafted4(rng, seeds, seed):
             method, body, what = _crafted_body(rng, method, body)
         if method in (F.L_NEURAL, F.L_HYBRID) and desc is None:
             desc = F.Descriptor(1, F.E_LLAMA, 0, {})
-        b = bytearray(b"NAC" + bytes([(method & 15) << 4 | blob[3] & 15]))
+        b = bytearray(F.header(method & 15, version))
         if method in (F.L_NEURAL, F.L_HYBRID):
             b += desc.pack()
         C.put_varint(b, orig)
@@ -464,7 +464,7 @@ def m_crafted4(rng, seeds, seed):
     index = sum(1 for x in seed.sections[1:] if x.kind == "segment" and x.start < s.start)
     if s.kind == "segment":
         f = io.BytesIO(blob[s.start:s.end])
-        seg = F.read_frame(f, 0, index, blob[3] & 15)
+        seg = F.read_frame(f, 0, index, version)
         method, body, what = _crafted_body(rng, seg.method, seg.body)
         orig = seg.orig_len if rng.random() < 0.7 else _rand_len(rng) % (1 << 40)
         b = bytearray([(method + 1) & 255])
@@ -474,7 +474,7 @@ def m_crafted4(rng, seeds, seed):
         frame = bytes(b) + struct.pack("<I", __import__("xxhash").xxh32_intdigest(bytes(b),
                                                                                  seed=index))
     elif s.kind == "model":
-        d = F.read_frame(io.BytesIO(blob[s.start:s.end]), 0, 0, blob[3] & 15)
+        d = F.read_frame(io.BytesIO(blob[s.start:s.end]), 0, 0, version)
         what = _crafted_desc(rng, d)
         frame = F.pack_model_frame(d)
     else:

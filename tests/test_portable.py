@@ -390,7 +390,8 @@ def test_portable_version_mismatch_is_refused_before_decoding():
     import nacrith
     from nacrith import frames as F
     blob = (REPO / "formats" / "golden" / "v4-portable.nc").read_bytes()
-    desc, seg = F.read_single(io.BytesIO(blob[4:]), blob[3] >> 4, F.SINGLE_LIMIT, blob[3] & 15)
+    layout, version = F.header_fields(blob)
+    desc, seg = F.read_single(io.BytesIO(blob[4:]), layout, F.SINGLE_LIMIT, version)
     desc.engine_check = 2
     with pytest.raises(nacrith.ModelMismatch, match="archive needs portable engine version 2; "
                        "this nacrith implements version 1; upgrade nacrith"):

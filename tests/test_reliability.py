@@ -294,7 +294,8 @@ def _v4_golden_with(name: str, **params) -> bytes:
     removed), every check recomputed."""
     from nacrith import frames as F
     blob = (GOLDEN / name).read_bytes()
-    desc, seg = F.read_single(io.BytesIO(blob[4:]), blob[3] >> 4, F.SINGLE_LIMIT, blob[3] & 15)
+    layout, version = F.header_fields(blob)
+    desc, seg = F.read_single(io.BytesIO(blob[4:]), layout, F.SINGLE_LIMIT, version)
     for k, v in params.items():
         if v is None:
             desc.params.pop(k, None)
