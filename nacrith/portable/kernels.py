@@ -1,5 +1,9 @@
 """Numba kernels of the portable engine: every number they produce is defined by formats/ENGINE.md.
 
+The element-wise steps (quantisation, RMSNorm, RoPE, exp/SiLU, attention's float steps,
+fixed-point logits) are arith.py's family compiled for the CPU: the device kernels (device.py)
+are compiled from the same source.  Here: the vectorised integer products and the threading.
+
 Invariants (what makes the logits identical on every machine, thread count and batch shape):
 - every matrix product is an exact integer dot product per 32-block (simd.py: int8/uint4 codes x
   int8 activations summed in int32), combined with the block scales by float32 basic operations in
@@ -18,58 +22,26 @@ Invariants (what makes the logits identical on every machine, thread count and b
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from numba import njit, prange
 
-from .mathx import exp_nonpos_f32, silu_f32
+from .arith import F0, LOGIT_MAX, LOGIT_SCALE, P_MAX  # noqa: F401
+from .mathx import CPU
 from .simd import R, axpy_i8x64, blk16_q4, blk16_q8, dot_i8x32
 
 Q8_0, Q4_1 = 0, 1                # matrix kinds (codes: int8 / packed uint4 + min)
-F0 = np.float32(0.0)
-F05 = np.float32(0.5)
-F127 = np.float32(127.0)
-P_MAX = 32767                    # attention weights are integers in [0, P_MAX]
-E_ONE = np.float32(16777216.0)   # softmax normaliser: e_s as integers of 2^-24
 FLUSH = 256                      # int32 value accumulators are flushed to int64 this often
-LOGIT_SCALE = 65536.0            # logits are integers of 2^-16
-LOGIT_MAX = (1 << 24) - 1
 
-
-@njit(cache=True)
-def quant_block(x, xo, n, q, qo):
-    """Quantise x[xo:xo+n] (float32) to int8 q[qo:qo+n]; return (scale d, sum of codes as f32).
-
-    d = amax / 127, code = round-half-away(x * (127 / amax)) clamped to [-127, 127];
-    amax == 0 (or NaN only) gives d = 0 and zero codes; a NaN element gets code 0."""
-    amax = F0
-    for j in range(n):
-        a = abs(x[xo + j])
-        if a > amax:
-            amax = a
-    if amax == F0:
-        for j in range(n):
-            q[qo + j] = 0
-        return F0, F0
-    d = amax / F127
-    inv = F127 / amax
-    s = 0
-    for j in range(n):
-        v = x[xo + j] * inv
-        if v >= F0:
-            iv = np.int32(v + F05)
-        elif v < F0:
-            iv = -np.int32(F05 - v)
-        else:
-            iv = np.int32(0)                   # NaN
-        if iv > 127:
-            iv = np.int32(127)
-        elif iv < -127:
-            iv = np.int32(-127)
-        q[qo + j] = iv
-        s += iv
-    return d, np.float32(s)
+# the element-wise arithmetic (arith.py: one source for the CPU and the device kernels)
+quant_block = CPU["quant_block"]
+rmsnorm = CPU["rmsnorm"]
+rope_apply = CPU["rope_apply"]
+fixed_logit = CPU["fixed_logit"]
+swiglu = CPU["swiglu"]
+dequant = CPU["dequant"]
+att_score, att_e, att_z, att_c = CPU["att_score"], CPU["att_e"], CPU["att_z"], CPU["att_c"]
+att_gain, att_p, att_out = CPU["att_gain"], CPU["att_p"], CPU["att_out"]
 
 
 @njit(cache=True)
@@ -79,19 +51,6 @@ def quant_row(x, q, d, s):
         db, sb = quant_block(x, b * 32, 32, q, b * 32)
         d[b] = db
         s[b] = sb
-
-
-@njit(cache=True)
-def rmsnorm(x, w, eps, out):
-    """out = (x * float32(1 / sqrt(mean(x^2) + eps))) * w; mean in float64, serial, in order."""
-    n = x.shape[0]
-    ss = 0.0
-    for i in range(n):
-        v = np.float64(x[i])
-        ss += v * v                         # exact product, rounded sum
-    r = np.float32(1.0 / math.sqrt(ss / n + np.float64(eps)))
-    for i in range(n):
-        out[i] = (x[i] * r) * w[i]
 
 
 @njit(cache=True)
@@ -137,18 +96,6 @@ def pmatmul(kind, W, Wd, Wm, qa, da, sa, out, add):
 
 
 @njit(cache=True)
-def rope_apply(v, vo, n_rot, cs, tt):
-    """NORM RoPE (pairs 2i, 2i+1) in place on v[vo:vo+n_rot] with table cs[tt, i] = (cos, sin)."""
-    for i in range(n_rot // 2):
-        c = cs[tt, i, 0]
-        s = cs[tt, i, 1]
-        x0 = v[vo + 2 * i]
-        x1 = v[vo + 2 * i + 1]
-        v[vo + 2 * i] = x0 * c - x1 * s
-        v[vo + 2 * i + 1] = x0 * s + x1 * c
-
-
-@njit(cache=True)
 def attend(qq, qo, dq, kc, kd, vc, vd, n, hd, kq_scale, out, oo):
     """Attention of one query head over cache positions 0..n-1 of one KV head -> out[oo:oo+hd]."""
     sc = np.empty(n, np.float32)
@@ -157,16 +104,16 @@ def attend(qq, qo, dq, kc, kd, vc, vd, n, hd, kq_scale, out, oo):
         si = np.int32(0)
         for c in range(hd // 32):
             si += dot_i8x32(kc, s * hd + c * 32, qq, qo + c * 32)
-        x = ((dq * kd[s]) * np.float32(si)) * kq_scale
+        x = att_score(dq, kd[s], si, kq_scale)
         sc[s] = x
         if x > m:
             m = x
     z = np.int64(0)
     cmax = F0
     for s in range(n):
-        e = exp_nonpos_f32(sc[s] - m)
-        z += np.int64(e * E_ONE)
-        c = e * vd[s]
+        e = att_e(sc[s], m)
+        z += att_z(e)
+        c = att_c(e, vd[s])
         sc[s] = c
         if c > cmax:
             cmax = c
@@ -174,14 +121,12 @@ def attend(qq, qo, dq, kc, kd, vc, vd, n, hd, kq_scale, out, oo):
         for i in range(hd):
             out[oo + i] = F0
         return
-    g = np.float32(P_MAX) / cmax
+    g = att_gain(cmax)
     acc = np.zeros(hd, np.int32)
     tot = np.zeros(hd, np.int64)
     cnt = 0
     for s in range(n):
-        p = np.int32(sc[s] * g + F05)
-        if p > P_MAX:
-            p = np.int32(P_MAX)
+        p = att_p(sc[s], g)
         if p != 0:
             if hd == 64:
                 axpy_i8x64(acc, 0, p, vc, s * hd)
@@ -193,10 +138,8 @@ def attend(qq, qo, dq, kc, kd, vc, vd, n, hd, kq_scale, out, oo):
                     tot[i] += acc[i]
                     acc[i] = 0
                 cnt = 0
-    f = (np.float64(cmax) * 16777216.0) / np.float64(P_MAX)
-    zf = np.float64(z)
     for i in range(hd):
-        out[oo + i] = np.float32((np.float64(tot[i] + acc[i]) * f) / zf)
+        out[oo + i] = att_out(tot[i] + acc[i], cmax, z)
 
 
 @njit(cache=True)
@@ -282,7 +225,7 @@ def layer(x, lane_of, slot_of, cs, attn_w, ffn_w, eps, kind,
     for t in prange(T):
         act = np.empty(F, np.float32)
         for i in range(F):
-            act[i] = silu_f32(gu[t, i]) * gu[t, F + i]
+            act[i] = swiglu(gu[t, i], gu[t, F + i])
         quant_row(act, qa3[t], da3[t], sa3[t])
     pmatmul(kind, wdn, wdn_d, wdn_m, qa3, da3, sa3, x, True)
 
@@ -318,16 +261,6 @@ def final_hidden(x, sel, norm_w, eps, out):
         rmsnorm(x[sel[i]], norm_w, eps, out[i])
 
 
-@njit(cache=True)
-def fixed_logit(y):
-    v = math.floor(np.float64(y) * LOGIT_SCALE + 0.5)
-    if not (v <= LOGIT_MAX):                   # also NaN
-        v = LOGIT_MAX if v > 0 else -LOGIT_MAX
-    elif v < -LOGIT_MAX:
-        v = -LOGIT_MAX
-    return np.float32(np.float64(v) / LOGIT_SCALE)
-
-
 @njit(parallel=True, cache=True)
 def embed(tokens, kind, W, Wd, Wm, out):
     """out[t] = dequantised row tokens[t] (interleaved layout): Q8_0 d*q, Q4_1 d*q + m."""
@@ -342,12 +275,12 @@ def embed(tokens, kind, W, Wd, Wm, out):
                 m = Wm[g, b * R + r]
                 for j in range(16):
                     byte = np.int32(w[b * 256 + (j // 4) * 64 + 4 * r + j % 4])
-                    out[t, b * 32 + j] = d * np.float32(byte & 15) + m
-                    out[t, b * 32 + 16 + j] = d * np.float32(byte >> 4) + m
+                    out[t, b * 32 + j] = dequant(d, byte & 15, m, True)
+                    out[t, b * 32 + 16 + j] = dequant(d, byte >> 4, m, True)
             else:
                 for j in range(32):
-                    out[t, b * 32 + j] = d * np.float32(
-                        np.int8(w[b * 512 + (j // 4) * 64 + 4 * r + j % 4]))
+                    out[t, b * 32 + j] = dequant(
+                        d, np.int8(w[b * 512 + (j // 4) * 64 + 4 * r + j % 4]), F0, False)
 
 
 @njit(cache=True)

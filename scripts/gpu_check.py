@@ -1,0 +1,201 @@
+"""GPU check of the portable engine's device backend (nacrith/portable/device.py), offline.
+
+    python scripts/gpu_check.py                 # on a CUDA machine: the full check, ~3-5 min
+    python scripts/gpu_check.py --sim           # CPU only: the CUDA simulator on a tiny model
+
+Needs numpy, numba, numba-cuda (and, for the tensor-core matrix products, torch + triton), plus
+the pure wheels gguf and zstandard... no model file: it writes a random GGUF with SmolLM2-135M's
+shapes (30 layers, d 576, 9/3 heads, ff 1536, vocab 49152; --sim: the tests' tiny shapes).
+
+1. logits: the device engine against the CPU engine, every feed of a run with slides (ctx 128,
+   slide 32) and groups of 1-4 tokens, at 1, 4 and 64 lanes: the number of differing logits;
+2. archives: a text coded with the device engine and decoded with the CPU engine and the
+   reverse (neural.encode_segment / decode_lanes, LLM-only coding); payload bytes compared;
+3. speed (not with --sim): tokens/s of the device forward pass (logits left on the device) at
+   each --lanes count, ctx 2048, windows at fill 0, 1024 and 2040, and the peak device memory;
+   then the host's share: the same steps with the logits copied to the host.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SMOL = dict(n_layer=30, d=576, n_head=9, n_kv=3, n_ff=1536, n_vocab=49152)
+TINY = dict(n_layer=2, d=64, n_head=2, n_kv=1, n_ff=128, n_vocab=512)
+
+
+def _name(cuda):
+    n = cuda.get_current_device().name
+    return n.decode() if isinstance(n, bytes) else str(n)
+
+
+def byte_tokenizer(b):
+    """tokenize(): one token per byte where a single-byte piece exists (ExactTokenizer escapes
+    the rest); enough to drive the coder on a random model without llama.cpp."""
+    one = {}
+    for t in range(b.n_vocab):
+        p = b.piece(t)
+        if len(p) == 1 and p[0] not in one:
+            one[p[0]] = t
+    b.tokenize = lambda data: np.array([one.get(c, 0) for c in data], np.int32)
+    from nacrith.tokenizer import ExactTokenizer
+    return ExactTokenizer(b)
+
+
+def check_logits(path, lanes, steps, DB, PB, shapes_ok):
+    kw = dict(ctx=128, lanes=lanes, threads=os.cpu_count() or 1, slide=32, n_keep=1)
+    cpu, dev = PB(path, **kw), DB(path, **kw)
+    rng = np.random.default_rng(lanes)
+    sizes = [1, 1, 2, 1, 3, 1, 4, 1]
+    diff = fed = 0
+    t_cpu = t_dev = 0.0
+    for k in range(steps):
+        n = sizes[k % len(sizes)]
+        groups = [[int(t) for t in rng.integers(0, cpu.n_vocab, n)] for _ in range(lanes)]
+        if k == 0:
+            groups = [[cpu.bos] + g[1:] for g in groups]
+        t0 = time.perf_counter()
+        a = cpu.feed(list(range(lanes)), groups)
+        t1 = time.perf_counter()
+        b = dev.feed(list(range(lanes)), groups)
+        t2 = time.perf_counter()
+        t_cpu += t1 - t0
+        t_dev += t2 - t1
+        diff += int((a != b).sum()) + (a.shape != b.shape)
+        fed += lanes * n
+    slides = int(cpu.off.sum() // 32)
+    assert np.array_equal(cpu.off, dev.off) and np.array_equal(cpu.pos, dev.pos)
+    return diff, fed, slides, t_cpu, t_dev
+
+
+def check_archives(path, DB, PB):
+    from nacrith import neural
+    text = (b"It was the best of times, it was the worst of times, it was the age of wisdom, "
+            b"it was the age of foolishness. \xff\x00 CRLF\r\n") * 6
+    kw = dict(ctx=128, lanes=4, threads=1, slide=32, n_keep=1)
+    out = {}
+    engines = {}
+    for name, cls in (("cpu", PB), ("device", DB)):
+        b = cls(path, **kw)
+        engines[name] = SimpleNamespace(backend=b, tokenizer=byte_tokenizer(b))
+    for enc, dec in (("device", "cpu"), ("cpu", "device")):
+        engines[enc].backend.reset()
+        lanes = neural.encode_segment(engines[enc], text, 4, len(text))
+        engines[dec].backend.reset()
+        back = neural.decode_lanes(engines[dec], lanes)
+        out[enc] = (b"".join(p for _, p in lanes), back == text)
+    same = out["cpu"][0] == out["device"][0]
+    return same, out["device"][1], out["cpu"][1], len(out["cpu"][0]), len(text)
+
+
+def speed(path, lanes_list, steps, DB):
+    from numba import cuda
+    from nacrith.portable.model import load
+    m = load(path)
+    rows = []
+    for lanes in lanes_list:
+        try:
+            dev = DB(path, ctx=2048, lanes=lanes, slide=512, n_keep=1, model=m)
+        except Exception as e:           # out of memory, ...
+            rows.append((lanes, f"failed: {type(e).__name__}: {e}"))
+            continue
+        ls = list(range(lanes))
+        rng = np.random.default_rng(0)
+        res = {}
+        for fill in (0, 1024, 2040):
+            dev.pos[:] = fill
+            toks = [[int(t)] for t in rng.integers(0, m.n_vocab, lanes)]
+            dev.forward(ls, toks)                              # warm-up (compiles)
+            cuda.synchronize()
+            dev.pos[:] = fill
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                dev.forward(ls, toks)
+            cuda.synchronize()
+            dt = (time.perf_counter() - t0) / steps
+            dev.pos[:] = fill
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                dev.feed(ls, toks)
+            dt2 = (time.perf_counter() - t0) / steps
+            res[fill] = (lanes / dt, dt * 1e3, lanes / dt2)
+        free, total = cuda.current_context().get_memory_info()
+        rows.append((lanes, res, (total - free) / 2**30))
+        del dev
+        import gc
+        gc.collect()
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sim", action="store_true", help="CUDA simulator, tiny model (CPU only)")
+    ap.add_argument("--steps", type=int, default=520, help="feeds per logits check")
+    ap.add_argument("--lanes", default="1,64,256,1024,4096", help="speed rows")
+    ap.add_argument("--check-lanes", default="1,4,64", help="lane counts of the logits check")
+    ap.add_argument("--speed-steps", type=int, default=5)
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: logits,archives,speed")
+    a = ap.parse_args(argv)
+    if a.sim:
+        os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+    skip = set(a.skip.split(","))
+    from nacrith.portable import PortableBackend
+    from nacrith.portable.device import DeviceBackend, _cuda
+    from nacrith.portable.tiny import write_tiny_llama
+    cuda = _cuda()
+    print(f"device: {'CUDA simulator' if a.sim else _name(cuda)}"
+          f" | numba {__import__('numba').__version__}", flush=True)
+    tmp = Path(tempfile.mkdtemp())
+    shapes = TINY if a.sim else SMOL
+    t0 = time.perf_counter()
+    path = str(write_tiny_llama(tmp / "random.gguf", seed=1, **shapes))
+    print(f"random GGUF {shapes} written in {time.perf_counter() - t0:.1f} s", flush=True)
+    ok = True
+    if "logits" not in skip:
+        print("| lanes | feeds | tokens | slides | differing logits | CPU s | device s |")
+        print("|---|---|---|---|---|---|---|")
+        for lanes in [int(x) for x in a.check_lanes.split(",")]:
+            steps = a.steps
+            if a.sim and lanes > 4:
+                lanes, steps = 3, 20
+            diff, fed, slides, tc, td = check_logits(path, lanes, steps, DeviceBackend,
+                                                     PortableBackend, True)
+            ok &= diff == 0
+            print(f"| {lanes} | {steps} | {fed} | {slides} | {diff} | {tc:.1f} | {td:.1f} |",
+                  flush=True)
+    if "archives" not in skip:
+        same, d2c, c2d, nbytes, ntext = check_archives(path, DeviceBackend, PortableBackend)
+        ok &= same and d2c and c2d
+        print(f"archives: device payload == cpu payload: {same} ({nbytes} bytes for {ntext}); "
+              f"device->cpu round trip: {d2c}; cpu->device round trip: {c2d}", flush=True)
+    if not a.sim and "speed" not in skip:
+        lanes = [int(x) for x in a.lanes.split(",")]
+        from nacrith.portable.device import _use_triton
+        print(f"speed, ctx 2048, matrix products on "
+              f"{'Triton int8 tensor cores' if _use_triton() else 'numba (no Triton)'}:")
+        print("| lanes | tok/s fill 0 | ms/step | tok/s fill 1024 | ms/step | tok/s fill 2040 "
+              "| ms/step | tok/s fill 1024 with logits to host | device GiB used |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for row in speed(path, lanes, a.speed_steps, DeviceBackend):
+            if isinstance(row[1], str):
+                print(f"| {row[0]} | {row[1]} |")
+                continue
+            n, res, gib = row
+            print(f"| {n} | " + " | ".join(f"{res[f][0]:.0f} | {res[f][1]:.1f}"
+                                           for f in (0, 1024, 2040))
+                  + f" | {res[1024][2]:.0f} | {gib:.1f} |", flush=True)
+    print("ALL OK" if ok else "MISMATCH")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

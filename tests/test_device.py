@@ -1,0 +1,183 @@
+"""The device engine (nacrith/portable/device.py, tmm.py) without a GPU.
+
+- every device kernel compiled to PTX for sm_80 and sm_90 (numba-cuda's NVVM, Triton's
+  compiler; no GPU needed): no fma, no .ftz, no .approx, no float mul/add/sub without .rn
+  (a plain `mul.f32` may be contracted by ptxas), no fast division;
+- the checker catches a plain `a * b + c` kernel (it can fail);
+- the device kernels under the CUDA simulator equal the CPU engine on the tiny model, bit for
+  bit, with slides, several lane counts and multi-token groups, and lane 0 of a batch equals
+  the lane alone.
+scripts/gpu_check.py runs the same comparisons on a real GPU.
+"""
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import REPO
+
+BAD_PTX = [
+    (re.compile(r"\bfma\.rn\.f(32|64)|\bfma\b[.\w]*\.f(16|32|64)"), "fma"),
+    (re.compile(r"\.ftz\b"), ".ftz"),
+    (re.compile(r"\.approx\b"), ".approx"),
+    (re.compile(r"\bdiv\.full\b"), "div.full"),
+    (re.compile(r"^\s*(mul|add|sub)\.f(32|64)\b", re.M), "float op without .rn"),
+    (re.compile(r"\bmad\.[\w.]*f(32|64)"), "mad"),
+]
+
+
+def ptx_violations(ptx: str) -> list:
+    out = []
+    for rx, what in BAD_PTX:
+        for m in rx.finditer(ptx):
+            end = ptx.find("\n", m.end())
+            line = ptx[ptx.rfind("\n", 0, m.start()) + 1: end if end >= 0 else None].strip()
+            out.append(f"{what}: {line}")
+    return sorted(set(out))
+
+
+def _numba_cuda():
+    np.row_stack = getattr(np, "row_stack", np.vstack)
+    try:
+        from numba import cuda
+        cuda.compile_ptx                                  # noqa: B018
+        from numba.cuda import libdevice                  # noqa: F401
+    except Exception as e:                                # pragma: no cover
+        pytest.skip(f"numba-cuda not installed ({e}): pip install 'nacrith[gpu]'")
+    return cuda
+
+
+def _signatures():
+    from numba import types as nt
+
+    def A(dt, nd):
+        return nt.Array(dt, nd, "A")
+    f32, i8, i32, i64, b1 = nt.float32, nt.int8, nt.int32, nt.int64, nt.boolean
+    return {
+        "k_rope": (A(i64, 1), A(nt.uint64, 1), A(f32, 3)),
+        "k_embed": (A(i64, 1), A(i8, 2), A(f32, 2), A(f32, 2), b1, A(f32, 2)),
+        "k_norm_quant": (A(f32, 2), A(i64, 1), A(f32, 1), f32, A(f32, 2), A(i8, 2), A(f32, 2),
+                         A(f32, 2)),
+        "k_quant": (A(f32, 2), A(i8, 2), A(f32, 2), A(f32, 2)),
+        "k_swiglu_quant": (A(f32, 2), A(i8, 2), A(f32, 2), A(f32, 2)),
+        "k_qkv": (A(f32, 2), A(i64, 1), A(i64, 1), A(f32, 3), i64, i64, A(f32, 3), A(i8, 2),
+                  A(f32, 2), A(i8, 3), A(f32, 3), A(i8, 3), A(f32, 3)),
+        "k_attend": (A(i8, 2), A(f32, 2), A(i8, 3), A(f32, 3), A(i8, 3), A(f32, 3), A(i64, 1),
+                     A(i64, 1), f32, A(f32, 2), A(i32, 2), A(f32, 2)),
+        "k_mm": (A(i8, 2), A(f32, 2), A(f32, 2), b1, A(i8, 2), A(f32, 2), A(f32, 2), A(f32, 2),
+                 i64),
+        "k_slide": (A(i8, 4), A(i8, 4), A(f32, 4), A(f32, 4), i64, i64, i64, i64),
+        "k_rerotate": (A(f32, 4), A(i8, 4), A(f32, 4), i64, i64, i64, A(f32, 3)),
+    }
+
+
+def _compile_all(cuda, cc):
+    """{kernel: ptx} for every device kernel, SmolLM2's head shape, compute capability cc."""
+    import numba.cuda.dispatcher as D
+    from nacrith.portable import device
+
+    class _Dev:                      # device functions compile for "the current device"
+        compute_capability = cc
+    old = D.get_current_device
+    D.get_current_device = lambda: _Dev()
+    try:
+        env = device.compile_kernels("cuda", 64, 3, 3)
+        sigs = _signatures()
+        assert set(sigs) == {f.__name__ for f in device.KERNELS}
+        out = {}
+        for name, k in env.items():
+            ptx, _ = cuda.compile_ptx(k.py_func, sigs[name], cc=cc)
+            out[name] = ptx
+        return out
+    finally:
+        D.get_current_device = old
+
+
+@pytest.mark.parametrize("cc", [(8, 0), (9, 0)])
+def test_numba_device_kernels_ptx_has_no_contraction(cc):
+    cuda = _numba_cuda()
+    ptxs = _compile_all(cuda, cc)
+    assert len(ptxs) == 10
+    for name, ptx in ptxs.items():
+        assert ".entry" in ptx, name
+        assert ptx_violations(ptx) == [], name
+    # the float steps are there, as round-to-nearest operations
+    assert "mul.rn.f32" in ptxs["k_attend"] and "add.rn.f64" in ptxs["k_norm_quant"]
+    assert "div.rn.f32" in ptxs["k_quant"] and "sqrt.rn.f64" in ptxs["k_norm_quant"]
+
+
+def test_ptx_checker_can_fail():
+    cuda = _numba_cuda()
+    from numba import types as nt
+
+    def plain(out, a, b, c):
+        i = cuda.grid(1)
+        if i < out.size:
+            out[i] = a[i] * b[i] + c[i]
+    ptx, _ = cuda.compile_ptx(plain, (nt.float32[:],) * 4, cc=(9, 0))
+    assert any(v.startswith("fma") for v in ptx_violations(ptx))
+    assert ptx_violations("\tmul.f32 \t%f1, %f2, %f3;\n") == \
+        ["float op without .rn: mul.f32 \t%f1, %f2, %f3;"]
+    assert ptx_violations("ex2.approx.ftz.f32 %f1, %f2;") == \
+        [".approx: ex2.approx.ftz.f32 %f1, %f2;", ".ftz: ex2.approx.ftz.f32 %f1, %f2;"]
+
+
+@pytest.mark.parametrize("cc", [80, 90])
+def test_triton_matmul_ptx_has_no_contraction(cc):
+    try:
+        from nacrith.portable import tmm
+    except Exception as e:                                # pragma: no cover
+        pytest.skip(f"triton not installed ({e}): pip install 'nacrith[gpu]'")
+    for q4 in (False, True):
+        for mode in (0, 1, 2):
+            ptx = tmm.ptx(q4, mode, cc)
+            assert ptx_violations(ptx) == [], (q4, mode)
+            assert "mul.rn.f32" in ptx and "add.rn.f32" in ptx
+            assert ("mma.sync" in ptx or "wgmma" in ptx) and ".s8" in ptx   # int8 MMA
+
+
+SIM_CHILD = r"""
+import sys, warnings
+import numpy as np
+warnings.simplefilter("ignore")
+from nacrith.portable import PortableBackend
+from nacrith.portable.device import DeviceBackend
+from nacrith.portable.tiny import write_tiny_llama
+from gguf import GGMLQuantizationType as Q
+p = write_tiny_llama(sys.argv[1], seed=3, head_type=Q.Q4_1)
+rng = np.random.default_rng(2)
+res = []
+for lanes, sizes, kw in ((2, [1, 3, 1, 2, 1, 4, 2], dict(ctx=8, slide=2, n_keep=1)),
+                         (3, [2, 1, 1, 5], dict(ctx=10, slide=3, n_keep=2))):
+    cpu = PortableBackend(p, lanes=lanes, threads=1, **kw)
+    dev = DeviceBackend(p, lanes=lanes, **kw)
+    alone = DeviceBackend(p, lanes=1, **kw)
+    seq = [[0] + [int(t) for t in rng.integers(1, 512, sum(sizes))] for _ in range(lanes)]
+    i = 0
+    for size in sizes:
+        groups = [s[i:i + size] for s in seq]
+        a = cpu.feed(list(range(lanes)), groups)
+        b = dev.feed(list(range(lanes)), groups)
+        c = alone.feed([0], groups[:1])
+        assert a.dtype == b.dtype == np.float32 and np.array_equal(a, b), (lanes, i)
+        assert np.array_equal(c[0], b[0]), ("lane 0 vs alone", i)
+        i += size
+    assert np.array_equal(cpu.off, dev.off) and np.array_equal(cpu.pos, dev.pos)
+    res.append((len(sizes), int(cpu.off.sum())))
+print("ok", res)
+"""
+
+
+def test_device_kernels_under_simulator_equal_cpu(tmp_path):
+    _numba_cuda()
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-c", SIM_CHILD, str(tmp_path / "t.gguf")], env=env,
+                       capture_output=True, timeout=1200, cwd=REPO)
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    out = r.stdout.decode().strip().split("\n")[-1]
+    assert out.startswith("ok [(7, "), out
+    n = eval(out[3:])
+    assert all(off > 0 for _, off in n), n            # slides happened in both runs
