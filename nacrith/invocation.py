@@ -5,7 +5,9 @@ Invariants: every check that can refuse the invocation (terminal policy, coding 
 manifest, the pool) happens before any file is touched, and a refusal is one line
 `nacrith: WHAT: reason` with exit 1 (usage errors are cli.py's, exit 2); a started pool is
 terminated on any exception and closed on success; a signal turns into its exit status
-(runner.stop_for_signal). Imports go down only: cli -> invocation -> batch -> runner.
+(runner.stop_for_signal). On a terminal without -q, a -r job has one progress.Bar over the
+bytes and files of the whole job (job.bar). Imports go down only: cli -> invocation -> batch ->
+runner -> progress.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import sys
 from typing import List, Optional
 
 from . import api
+from . import progress as P
 from . import runner as R
 from .errors import NacritError
 
@@ -66,6 +69,43 @@ def ray_address(a: str) -> bool:
     return bool(host) and port.isdigit() and 1 <= int(port) <= 65535
 
 
+def _job_bar(job: R.Job) -> None:
+    """A -r job on a terminal: batch.py's plain tqdm bar (whole files only) becomes the job's
+    progress.Bar, with the same interface, which runner also feeds within each file (segments,
+    tokens: tokens/s, and no wait for a large file to end to see it move)."""
+    plain = getattr(job.batch, "bar", None)
+    if plain is None:
+        return
+    total = plain.total
+    plain.close()
+    job.bar = job.batch.bar = P.Bar(job.mode, total)
+    job.bar.set_postfix_str(f"0/{len(job.batch.files)} files")
+
+
+def version() -> str:
+    """`nacrith --version`: the package, the portable engine, the archive formats written and
+    read (frames.py: versions 4 and up; container.py: the earlier ones)."""
+    from . import __version__
+    from . import container as C
+    from . import frames as F
+    from .portable import ENGINE_VERSION
+    reads = sorted(set(range(C.LLM_ONLY_VERSION, C.VERSION + 1)) | set(F.READ_VERSIONS))
+    return (f"{R.PROG} {__version__}\n"
+            f"portable engine version {ENGINE_VERSION}\n"
+            f"archive format: writes version {F.VERSION}, reads versions {_spans(reads)}")
+
+
+def _spans(ns: List[int]) -> str:
+    """[1, 2, 3, 5] -> "1-3, 5"."""
+    out: List[str] = []
+    for n in ns:
+        if out and out[-1].split("-")[-1] == str(n - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+        else:
+            out.append(str(n))
+    return ", ".join(out)
+
+
 def _terminate(job: R.Job) -> None:
     """After an exception: stop the pool; a received signal becomes its exit status."""
     if job.pool is not None:
@@ -93,6 +133,7 @@ def run(job: R.Job, files: List[str]) -> int:
         if job.recursive and not job.solid:
             from .batch import Batch
             job.batch = Batch(job, files)
+            _job_bar(job)
         if job.mode != "info" and (job.workers or job.engine == "ray"):
             job.pool = R.start_pool(job)
     except (Refusal, NacritError, OSError) as e:

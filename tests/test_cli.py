@@ -412,8 +412,17 @@ def test_help_and_version(tmp_path):
     assert r.returncode == 0 and b"compress" in r.stdout and b"decompress" in r.stdout
     r = run("-d", "-h", cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.startswith(b"Usage: nacrith decompress")
-    r = run("-V", cwd=tmp_path)
-    assert r.returncode == 0 and re.fullmatch(rb"nacrith \d+\.\d+\.\d+\S*\n", r.stdout)
+    from nacrith import __version__
+    from nacrith import frames as F
+    from nacrith.portable import ENGINE_VERSION
+    for flag in ("-V", "--version"):
+        r = run(flag, cwd=tmp_path)
+        assert (r.returncode, r.stderr) == (0, b"")
+        assert r.stdout.decode() == (f"nacrith {__version__}\n"
+                                     f"portable engine version {ENGINE_VERSION}\n"
+                                     f"archive format: writes version {F.VERSION}, "
+                                     f"reads versions 1-{F.VERSION}\n")
+    assert re.fullmatch(r"\d+\.\d+\.\d+\S*", __version__) and F.VERSION >= 5
 
 
 # ---------------------------------------------------------------- terminals
@@ -468,6 +477,130 @@ def test_no_arguments_with_terminal_stdin_is_usage_error(tmp_path):
     assert (rc, out) == (1, b"")
     assert err == (b"nacrith: stdin is a terminal; refusing to read compressed data"
                    b" (use -f to force)\n")
+
+
+# ---------------------------------------------------------------- progress and summaries
+def _run_stderr_pty(args, cwd, timeout=600):
+    """Run with stderr a pseudo-terminal (stdin /dev/null, stdout a pipe): (status, stdout,
+    everything written to the terminal)."""
+    master, slave = os.openpty()
+    try:
+        p = popen(*args, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                  stderr=slave)
+        os.close(slave)
+        slave = None
+        seen, deadline = b"", time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError as e:                    # EIO: every slave end closed
+                if e.errno != errno.EIO:
+                    raise
+                break
+            if not chunk:
+                break
+            seen += chunk
+        return p.wait(timeout=60), p.stdout.read(), seen
+    finally:
+        os.close(master)
+        if slave is not None:
+            os.close(slave)
+
+
+# one drawing of the bar: NAME: PCT%|...| DONE/TOTAL [ELAPSED<LEFT, RATE B/s, POSTFIX]
+BAR = re.compile(rb"([^\r\n]+?): +(\d+)%\|[^|\r]*\| *([\d.]+k?)/([\d.]+k?) "
+                 rb"\[(\d\d:\d\d)<(\d\d:\d\d|\?), ([\d.]+k?B/s|\?B/s)([^\]\r]*)\]")
+
+
+def _lines(seen: bytes) -> list:
+    """The lines left on the terminal: what follows the last carriage return of each."""
+    return [chunk.split(b"\r")[-1].decode() for chunk in seen.split(b"\r\n")[:-1]]
+
+
+def test_progress_bar_and_summary_of_a_file_on_a_terminal(tmp_path):
+    why = _neural_available()
+    if why:
+        pytest.skip(why)
+    put(tmp_path, "a.txt", corpus("alice29.txt")[:400])
+    rc, out, seen = _run_stderr_pty(["--threads", "1", "a.txt"], tmp_path)
+    assert (rc, out) == (0, b""), seen
+    bars = BAR.findall(seen)
+    assert bars, seen
+    assert {(b[0], b[3]) for b in bars} == {(b"a.txt", b"400")}        # over the input's bytes
+    pcts = [int(b[1]) for b in bars]
+    assert pcts == sorted(pcts) and pcts[-1] < 100
+    assert any(b[5] != b"?" for b in bars), seen                      # a time left
+    assert any(re.fullmatch(rb", [\d.]+ tok/s", b[7]) for b in bars), seen
+    size = (tmp_path / "a.txt.nc").stat().st_size
+    assert _lines(seen) == [f"a.txt : {size * 100 / 400:.1f}% (400 => {size} bytes, a.txt.nc)"]
+    assert seen.endswith(b"\r" + b" " * 80 + b"\r" + _lines(seen)[0].encode() + b"\r\n")
+
+
+def test_progress_bar_of_a_recursive_job_on_a_terminal(tmp_path):
+    why = _neural_available()
+    if why:
+        pytest.skip(why)
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    put(tmp_path / "d", "a.txt", corpus("asyoulik.txt")[:300])
+    put(tmp_path / "d" / "sub", "b.bin", bytes(range(256)) * 4)        # binary: zstd/stored
+    rc, out, seen = _run_stderr_pty(["--threads", "1", "-r", "d"], tmp_path)
+    assert (rc, out) == (0, b""), seen
+    bars = [b for b in BAR.findall(seen) if b"tok/s" in b[7]]         # the job's bar
+    assert bars, seen
+    assert {(b[0], b[3]) for b in bars} == {(b"compress", b"1.32k")}   # 300 + 1024 bytes
+    assert any(b[5] != b"?" for b in bars), seen
+    assert all(re.fullmatch(rb", [01]/2 files, [\d.]+ tok/s", b[7]) for b in bars), seen
+    a = (tmp_path / "d" / "a.txt.nc").stat().st_size
+    b = (tmp_path / "d" / "sub" / "b.bin.nc").stat().st_size
+    lines = _lines(seen)
+    assert lines[:2] == [f"d/a.txt : {a * 100 / 300:.1f}% (300 => {a} bytes, d/a.txt.nc)",
+                         f"d/sub/b.bin : {b * 100 / 1024:.1f}% (1024 => {b} bytes, "
+                         "d/sub/b.bin.nc)"]
+    assert len(lines) == 3 and lines[2].startswith(
+        f"2 files compressed, 0 failed; 1324 -> {a + b} bytes")
+
+
+def test_quiet_or_no_terminal_prints_no_bar_and_no_summary(tmp_path):
+    why = _neural_available()
+    if why:
+        pytest.skip(why)
+    (tmp_path / "d").mkdir()
+    put(tmp_path / "d", "a.txt", corpus("alice29.txt")[:120])
+    rc, out, seen = _run_stderr_pty(["-q", "--threads", "1", "-r", "d"], tmp_path)
+    assert (rc, out, seen) == (0, b"", b"")
+    assert (tmp_path / "d" / "a.txt.nc").is_file()
+    r = run("-f", "--no-neural", "-r", "d", cwd=tmp_path)                 # stderr a pipe
+    assert r.returncode == 0 and re.fullmatch(rb"1 files compressed, 0 failed; 120 -> \d+ bytes "
+                                              rb"\([\d.]+ bpb\) in [\d.]+ s; manifest "
+                                              rb"nacrith-manifest.jsonl\n", r.stderr), r.stderr
+
+
+def test_summary_lines_on_a_terminal(tmp_path):
+    data = text_sample()[:4000]
+    put(tmp_path, "a.txt", data)
+    rc, out, seen = _run_stderr_pty(["--no-neural", "-c", "a.txt"], tmp_path)
+    assert rc == 0 and out[:3] == b"NAC"
+    n = len(out)
+    assert seen == f"a.txt : {n * 100 / 4000:.1f}% (4000 => {n} bytes, <stdout>)\r\n".encode()
+    rc, out, seen = _run_stderr_pty(["--no-neural", "-v", "a.txt"], tmp_path)
+    assert (rc, out) == (0, b"")
+    assert seen.decode() == (f"a.txt : {n * 100 / 4000:.1f}% (4000 => {n} bytes, a.txt.nc)\r\n"
+                             f"a.txt: 4000 -> {n} bytes ({n * 8 / 4000:.3f} bpb, zstd)\r\n")
+    (tmp_path / "a.txt").unlink()
+    rc, out, seen = _run_stderr_pty(["-d", "a.txt.nc"], tmp_path)
+    assert (rc, out) == (0, b"") and (tmp_path / "a.txt").read_bytes() == data
+    assert seen == f"a.txt.nc : {n * 100 / 4000:.1f}% ({n} => 4000 bytes, a.txt)\r\n".encode()
+    rc, out, seen = _run_stderr_pty(["-t", "a.txt.nc"], tmp_path)      # test: its OK line only
+    assert (rc, out, seen) == (0, b"a.txt.nc: OK\n", b"")
+    rc, out, seen = _run_stderr_pty(["-dq", "-f", "a.txt.nc"], tmp_path)
+    assert (rc, out, seen) == (0, b"", b"")
+    (tmp_path / "d").mkdir()
+    put(tmp_path / "d", "x.txt", data[:1000])
+    put(tmp_path / "d", "y.txt", data[1000:3000])
+    rc, out, seen = _run_stderr_pty(["--no-neural", "--solid", "-o", "all.nc", "d"], tmp_path)
+    assert (rc, out) == (0, b"")
+    s = (tmp_path / "all.nc").stat().st_size
+    assert seen == f"all.nc : {s * 100 / 3000:.1f}% (3000 => {s} bytes, 2 files)\r\n".encode()
 
 
 # ---------------------------------------------------------------- signals
