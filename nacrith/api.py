@@ -49,6 +49,8 @@ class Options:
     zstd_level: int = 19
     ignore_backend: bool = False                # decode even if the backend profile differs
     backend: str = "auto"                       # "llama" (llama.cpp) | "portable" (ENGINE.md) |
+                                                # "device": the portable engine on a CUDA GPU
+                                                # (the same logits: the same archives) |
                                                 # "auto": portable for SmolLM2 on the CPU, else llama
     swa_full: bool | None = None                # llama.cpp's full-size cache for the sliding-
                                                 # window layers (Gemma-3); None = on (llama.cpp's
@@ -93,9 +95,11 @@ class Engine:
         from .tokenizer import ExactTokenizer
         self.path = path
         self.sha256 = models.sha256(path)
-        if opts.backend == "portable":
+        if opts.backend in ("portable", "device"):
             from .portable import ENGINE_VERSION, PortableBackend, fingerprint
             cls, self.engine, self.engine_check = PortableBackend, F.E_PORTABLE, ENGINE_VERSION
+            if opts.backend == "device":
+                from .portable.device import DeviceBackend as cls
         else:
             from .backend import Backend as cls, fingerprint
             self.engine = F.E_LLAMA
@@ -146,7 +150,7 @@ def get_engine(path: Path, opts: Options, mix=None) -> Engine:
     group = mix.skip_cap + 1 if mix is not None and mix.skip else 1
     key = (str(path), opts.backend, opts.ctx, opts.slide, opts.n_keep, opts.threads, opts.lanes,
            opts.n_gpu_layers, opts.main_gpu, group,
-           opts.backend == "portable" or opts.swa_full is not False)
+           opts.backend in ("portable", "device") or opts.swa_full is not False)
     return engines.POOL.get(key, lambda: Engine(path, opts, group))
 
 
@@ -198,8 +202,9 @@ def _options(opts: Options | None, kw) -> Options:
         raise BadOption("ctx must be a multiple of 256")
     if o.backend == "auto":
         o.backend = auto_backend(o.model, o.n_gpu_layers)
-    if o.backend not in ("llama", "portable"):
-        raise BadOption(f"backend must be 'auto', 'llama' or 'portable' (got {o.backend!r})")
+    if o.backend not in ("llama", "portable", "device"):
+        raise BadOption(f"backend must be 'auto', 'llama', 'portable' or 'device' "
+                        f"(got {o.backend!r})")
     for name in ("ctx", "slide", "n_keep", "threads", "lanes", "segment_size"):
         if int(getattr(o, name)) < 1:
             raise BadOption(f"{name} must be >= 1")
@@ -479,7 +484,8 @@ def _decode_engine4(d: F.Descriptor, o: Options):
     path = models.find_by_sha(sha, name, o.model)
     dopts = replace(o, ctx=p["ctx"], slide=p["slide"], n_keep=p["n_keep"], lanes=p["lanes"],
                     threads=o.threads or default_threads(),
-                    backend="portable" if d.engine == F.E_PORTABLE else "llama",
+                    backend=("llama" if d.engine != F.E_PORTABLE else
+                             "device" if o.backend == "device" else "portable"),
                     swa_full=bool(p.get("swa_full", 1)))
     engine = get_engine(path, dopts, mix)
     if engine.backend.n_vocab != n_vocab or engine.backend.bos != p.get("bos", engine.backend.bos):

@@ -103,11 +103,12 @@ MODEL = typer.Option(None, "--model", metavar="PATH|PRESET",
 THREADS = typer.Option(None, "--threads", min=1, metavar="N",
                        help="llama.cpp threads (default: min(4, cpus); decode: as recorded).")
 GPU = typer.Option(0, "--gpu-layers", min=0, metavar="N", help="Layers to offload to the GPU.")
-BACKEND = typer.Option("auto", "--backend", metavar="auto|llama|portable",
+BACKEND = typer.Option("auto", "--backend", metavar="auto|llama|portable|device",
                        help="Inference engine: portable (integer engine: archives decode on any "
-                            "machine, formats/ENGINE.md) or llama (llama.cpp: archives decode on "
-                            "a build with the same CPU kernels); auto (default): portable for "
-                            "SmolLM2 on the CPU, else llama.")
+                            "machine, formats/ENGINE.md), device (the portable engine on a CUDA "
+                            "GPU, the same archives; pip install 'nacrith[gpu]' torch) or llama "
+                            "(llama.cpp: archives decode on a build with the same CPU kernels); "
+                            "auto (default): portable for SmolLM2 on the CPU, else llama.")
 IGNORE = typer.Option(False, "--ignore-backend",
                       help="Decode even if the archive was made on another llama.cpp backend "
                            "(checksums still verify the result).")

@@ -97,6 +97,40 @@ def check_archives(path, DB, PB):
     return same, out["device"][1], out["cpu"][1], len(out["cpu"][0]), len(text)
 
 
+def split(dev, lanes, reps):
+    """ms per step of the matrix products alone and of attention alone (fill 1024), launched
+    eagerly (so each includes its launch cost)."""
+    from numba import cuda
+    dev.pos[:] = 1024
+    dev.forward(list(range(lanes)), [[1]] * lanes)
+    st = dev._step_views(lanes, lanes)
+    b = dev.b
+
+    def mats():
+        for l in range(dev.m.n_layer):
+            dev._mm(st, dev.wqkv[l], st.qD, st.qkv, 0)
+            dev._mm(st, dev.wo[l], st.qN, st.x, 1)
+            dev._mm(st, dev.wgu[l], st.qD, st.gu, 0)
+            dev._mm(st, dev.wdn[l], st.qF, st.x, 1)
+        dev._mm(st, dev.out, st.qS, st.logits, 2)
+
+    def attn():
+        for l in range(dev.m.n_layer):
+            c = dev.layer_views[l]
+            st.L.attend(st.qq, st.dq, c[7], c[4], c[8], c[6], st.lane, st.slot, dev.kq_scale,
+                        b["sc"], b["pp"], st.att)
+    out = []
+    for f in (mats, attn):
+        f()
+        cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            f()
+        cuda.synchronize()
+        out.append((time.perf_counter() - t0) / reps * 1e3)
+    return out
+
+
 def speed(path, lanes_list, steps, DB):
     from numba import cuda
     from nacrith.portable.model import load
@@ -129,6 +163,10 @@ def speed(path, lanes_list, steps, DB):
             dt2 = (time.perf_counter() - t0) / steps
             res[fill] = (lanes / dt, dt * 1e3, lanes / dt2)
         free, total = cuda.current_context().get_memory_info()
+        print(f"  {lanes} lanes: CUDA graphs {'on' if dev.graphs else 'off'}"
+              f"{'' if dev.graph_error is None else ' (' + dev.graph_error[:300] + ')'}",
+              flush=True)
+        res["split"] = split(dev, lanes, steps)
         rows.append((lanes, res, (total - free) / 2**30))
         del dev
         import gc
@@ -183,8 +221,9 @@ def main(argv=None):
         print(f"speed, ctx 2048, matrix products on "
               f"{'Triton int8 tensor cores' if _use_triton() else 'numba (no Triton)'}:")
         print("| lanes | tok/s fill 0 | ms/step | tok/s fill 1024 | ms/step | tok/s fill 2040 "
-              "| ms/step | tok/s fill 1024 with logits to host | device GiB used |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "| ms/step | tok/s fill 1024 with logits to host | device GiB used | "
+              "matrices ms | attention ms (fill 1024) |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for row in speed(path, lanes, a.speed_steps, DeviceBackend):
             if isinstance(row[1], str):
                 print(f"| {row[0]} | {row[1]} |")
@@ -192,7 +231,8 @@ def main(argv=None):
             n, res, gib = row
             print(f"| {n} | " + " | ".join(f"{res[f][0]:.0f} | {res[f][1]:.1f}"
                                            for f in (0, 1024, 2040))
-                  + f" | {res[1024][2]:.0f} | {gib:.1f} |", flush=True)
+                  + f" | {res[1024][2]:.0f} | {gib:.1f} | {res['split'][0]:.1f} | "
+                  f"{res['split'][1]:.1f} |", flush=True)
     print("ALL OK" if ok else "MISMATCH")
     return 0 if ok else 1
 

@@ -335,9 +335,17 @@ def _sim_helpers():
     }
 
 
-def _cuda_helpers():
-    from numba.cuda import libdevice as L
+def numba_cuda():
+    """numba.cuda (numba-cuda); numba-cuda 0.30 still uses np.row_stack, gone in numpy 2.5."""
+    if not hasattr(np, "row_stack"):
+        np.row_stack = np.vstack
     from numba import cuda
+    return cuda
+
+
+def _cuda_helpers():
+    cuda = numba_cuda()
+    from numba.cuda import libdevice as L
 
     def dsub_rn(a, b):
         return L.dadd_rn(a, -b)                   # negation is exact
@@ -357,7 +365,7 @@ def build(target: str, extra=()):
             env[h] = njit(cache=True)(globals()[h])
         jit = njit(cache=True)
     elif target in ("cuda", "sim"):
-        from numba import cuda
+        cuda = numba_cuda()
         env.update(_cuda_helpers() if target == "cuda" else _sim_helpers())
         jit = cuda.jit(device=True)
     else:

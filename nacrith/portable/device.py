@@ -31,14 +31,13 @@ from .backend import PortableBackend, fingerprint
 from .mathx import rope_turns
 from .model import load
 
-NT = 128                         # threads per attention block (8 in the simulator: same bits)
+NT = 256                         # threads per attention block (16 in the simulator: same bits)
+FLUSH = 256                      # int32 partial sums of P*V (|term| < 2^22) flushed this often
 
 
 def _cuda():
-    if not hasattr(np, "row_stack"):             # numba-cuda 0.30 still names it
-        np.row_stack = np.vstack
     try:
-        from numba import cuda
+        cuda = arith.numba_cuda()
     except Exception as e:                        # pragma: no cover - install problem
         raise NacritError(f"the device engine needs numba-cuda ('pip install nacrith[gpu]'): "
                           f"{e}") from None
@@ -119,17 +118,30 @@ def k_qkv(qkv, lane_of, slot_of, cs, n_keep, n_rot, kraw, qq, dq, kc, kd, vc, vd
         vd[lane, g, slot] = d
 
 
-def k_attend(qq, dq, kc, kd, vc, vd, lane_of, slot_of, kq_scale, sc, pp, out):
-    """Block (t, g): query heads g*GRP .. g*GRP+GRP-1 over the lane's slots 0..slot."""
+def _sbyte(word, bb):
+    """Signed byte bb (0 = lowest) of an int32 word."""
+    v = (word >> (8 * bb)) & 255
+    return v - ((v & 128) << 1)
+
+
+def k_attend(qq, dq, kw, kd, vw, vd, lane_of, slot_of, kq_scale, sc, pp, out):
+    """Block (t, g): query heads g*GRP .. g*GRP+GRP-1 over the lane's slots 0..slot.  kw / vw
+    are the K / V caches viewed as int32 words (4 codes each, lowest byte first).
+
+    Scores, e_s, c_s and P_s: one thread per position; m, cmax: max over the threads' maxima;
+    Z and A_j: integer sums, A_j split over NG position groups x HD/4 words (int32 partials of
+    at most FLUSH terms, then int64), the groups' partials added at the end: all order-free."""
     bid = cuda.blockIdx.x                                         # noqa: F821
     tid = cuda.threadIdx.x                                        # noqa: F821
     t = bid // HKV                                                # noqa: F821
     g = bid % HKV                                                 # noqa: F821
     lane = lane_of[t]
     n = slot_of[t] + 1
+    W4 = HD // 4                                                  # noqa: F821
     qs = cuda.shared.array((GRP, HD), np.int32)                   # noqa: F821
     red = cuda.shared.array((GRP, NT), np.float32)                # noqa: F821
     zred = cuda.shared.array((GRP, NT), np.int64)                 # noqa: F821
+    part = cuda.shared.array((NG, GRP, HD), PART)                 # noqa: F821
     mh = cuda.shared.array(GRP, np.float32)                       # noqa: F821
     cm = cuda.shared.array(GRP, np.float32)                       # noqa: F821
     gs = cuda.shared.array(GRP, np.float32)                       # noqa: F821
@@ -145,10 +157,12 @@ def k_attend(qq, dq, kc, kd, vc, vd, lane_of, slot_of, kq_scale, sc, pp, out):
     for s in range(tid, n, NT):                                   # noqa: F821
         for h in range(GRP):                                      # noqa: F821
             acc[h] = 0
-        for j in range(HD):                                       # noqa: F821
-            kv = np.int32(kc[lane, g, s * HD + j])                # noqa: F821
-            for h in range(GRP):                                  # noqa: F821
-                acc[h] += kv * qs[h, j]
+        for w in range(W4):
+            word = kw[lane, g, s * W4 + w]
+            for bb in range(4):
+                kv = _sbyte(word, bb)                             # noqa: F821
+                for h in range(GRP):                              # noqa: F821
+                    acc[h] += kv * qs[h, 4 * w + bb]
         dk = kd[lane, g, s]
         for h in range(GRP):                                      # noqa: F821
             hh = g * GRP + h                                      # noqa: F821
@@ -192,26 +206,50 @@ def k_attend(qq, dq, kc, kd, vc, vd, lane_of, slot_of, kq_scale, sc, pp, out):
             z += zred[tid, i]
         cm[tid] = c
         zs[tid] = z
-        if c != F0:
-            gs[tid] = att_gain(c)                                 # noqa: F821
+        gs[tid] = att_gain(c) if c != F0 else F0                  # noqa: F821
     cuda.syncthreads()                                            # noqa: F821
     for s in range(tid, n, NT):                                   # noqa: F821
         for h in range(GRP):                                      # noqa: F821
             r = t * H + g * GRP + h                               # noqa: F821
-            if cm[h] != F0:
-                pp[r, s] = att_p(sc[r, s], gs[h])                 # noqa: F821
+            pp[r, s] = att_p(sc[r, s], gs[h]) if cm[h] != F0 else 0   # noqa: F821
+    cuda.syncthreads()                                            # noqa: F821
+    pg = tid // W4
+    w = tid % W4
+    if pg < NG:                                                   # noqa: F821
+        a32 = cuda.local.array((GRP, 4), np.int32)                # noqa: F821
+        a64 = cuda.local.array((GRP, 4), np.int64)                # noqa: F821
+        for h in range(GRP):                                      # noqa: F821
+            for bb in range(4):
+                a32[h, bb] = 0
+                a64[h, bb] = 0
+        cnt = 0
+        for s in range(pg, n, NG):                                # noqa: F821
+            word = vw[lane, g, s * W4 + w]
+            for h in range(GRP):                                  # noqa: F821
+                p = pp[t * H + g * GRP + h, s]                    # noqa: F821
+                for bb in range(4):
+                    a32[h, bb] += p * _sbyte(word, bb)            # noqa: F821
+            cnt += 1
+            if cnt == FLUSH:                                      # noqa: F821
+                for h in range(GRP):                              # noqa: F821
+                    for bb in range(4):
+                        a64[h, bb] += a32[h, bb]
+                        a32[h, bb] = 0
+                cnt = 0
+        for h in range(GRP):                                      # noqa: F821
+            for bb in range(4):
+                part[pg, h, 4 * w + bb] = PART(a64[h, bb] + a32[h, bb])   # noqa: F821
     cuda.syncthreads()                                            # noqa: F821
     for i in range(tid, GRP * HD, NT):                            # noqa: F821
         h = i // HD                                               # noqa: F821
         j = i % HD                                                # noqa: F821
         hh = g * GRP + h                                          # noqa: F821
-        r = t * H + hh                                            # noqa: F821
         if cm[h] == F0:
             out[t, hh * HD + j] = F0                              # noqa: F821
         else:
             a = np.int64(0)
-            for s in range(n):
-                a += np.int64(pp[r, s]) * np.int64(vc[lane, g, s * HD + j])   # noqa: F821
+            for k in range(NG):                                   # noqa: F821
+                a += np.int64(part[k, h, j])
             out[t, hh * HD + j] = att_out(a, cm[h], zs[h])        # noqa: F821
 
 
@@ -273,15 +311,21 @@ KERNELS = (k_rope, k_embed, k_norm_quant, k_quant, k_swiglu_quant, k_qkv, k_atte
 
 
 def nt(target: str) -> int:
-    return 8 if target == "sim" else NT
+    return 16 if target == "sim" else NT
 
 
-def compile_kernels(target: str, hd: int, grp: int, hkv: int):
+def compile_kernels(target: str, hd: int, grp: int, hkv: int, ctx: int = 2048):
     """The kernels for target "cuda" or "sim", bound to a model's head shape: {name: kernel}."""
     cuda = _cuda()
     A = arith.build(target)
     env = A["env"]
-    env.update(cuda=cuda, HD=hd, GRP=grp, HKV=hkv, H=grp * hkv, NT=nt(target))
+    n = nt(target)
+    ng = n // (hd // 4)
+    # a group's whole sum fits int32 when it has at most 512 terms (512 * 32767 * 127 < 2^31)
+    part = np.int32 if -(-ctx // ng) <= 512 else np.int64
+    env.update(cuda=cuda, HD=hd, GRP=grp, HKV=hkv, H=grp * hkv, NT=n, NG=ng, FLUSH=FLUSH,
+               PART=part)
+    env["_sbyte"] = cuda.jit(device=True)(arith.rebind(_sbyte, env))
     return {fn.__name__: cuda.jit(arith.rebind(fn, env)) for fn in KERNELS}
 
 
@@ -300,12 +344,12 @@ def _grid(n, b):
     return (n + b - 1) // b
 
 
-def _config(kernel, grid, block, sim):
-    """kernel[grid, block], kept for reuse on a GPU; the simulator's kernel object holds only
-    its last configuration, so there it is configured at each call."""
+def _config(kernel, grid, block, sim, stream=0):
+    """kernel[grid, block, stream], kept for reuse on a GPU; the simulator's kernel object
+    holds only its last configuration, so there it is configured at each call."""
     if sim:
         return lambda *args: kernel[grid, block](*args)
-    return kernel[grid, block]
+    return kernel[grid, block, stream]
 
 
 class _Mat:
@@ -353,8 +397,11 @@ class DeviceBackend:
         self.kq_scale = np.float32(1.0 / math.sqrt(m.head_dim))
         self.hd, self.H, self.Hkv = m.head_dim, m.n_head, m.n_kv
         self.K = compile_kernels("sim" if self.sim else "cuda", m.head_dim, m.n_head // m.n_kv,
-                                 m.n_kv)
+                                 m.n_kv, ctx)
         self.triton = not self.sim and _use_triton()
+        self.graphs = self.triton and not os.environ.get("NACRITH_NO_GRAPHS")
+        self._tstream = None
+        self.graph_error = None
         self.nt = nt("sim" if self.sim else "cuda")
         L, hd, nkv = m.n_layer, m.head_dim, m.n_kv
         self.turns = cuda.to_device(self.turns_h)
@@ -375,8 +422,10 @@ class DeviceBackend:
         self.wdn = [up(m.wdn, l) for l in range(L)]
         self.embd = up(m.embd)
         self.out = up(m.out)
+        kw, vw = self.kc.view(np.int32), self.vc.view(np.int32)
         self.layer_views = [(self.attn_norm[l], self.ffn_norm[l], self.kraw[l], self.kc[l],
-                              self.kd[l], self.vc[l], self.vd[l]) for l in range(L)]
+                              self.kd[l], self.vc[l], self.vd[l], kw[l], vw[l])
+                             for l in range(L)]
         self.pos = np.zeros(lanes, dtype=np.int64)
         self.off = np.zeros(lanes, dtype=np.int64)
         self._cap = 0
@@ -461,21 +510,28 @@ class DeviceBackend:
         def q(n, rows=T):
             return (qa[:rows, :n], da[:rows, :n // 32], sa[:rows, :n // 32])
         p = b["plan"]
-        C = lambda k, g, blk: _config(k, g, blk, self.sim)  # noqa: E731
         st = SimpleNamespace(
             toks=p[0:T], lane=p[T:2 * T], slot=p[2 * T:3 * T], apos=p[3 * T:4 * T],
             sel=p[4 * T:4 * T + S], plan=p[:4 * T + S], cs=b["cs"][:T], x=b["x"][:T],
             rows=b["rows"][:T], qD=q(D), qN=q(nq), qF=q(F), qS=q(D, S), qkv=b["qkv"][:T],
             qq=b["qq"][:T], dq=b["dq"][:T], att=b["att"][:T], gu=b["gu"][:T],
-            logits=b["logits"][:S],
-            rope=C(K["k_rope"], (_grid(T, 8), _grid(m.n_rot // 2, 32)), (8, 32)),
-            embed=C(K["k_embed"], (_grid(T, 4), _grid(D, 64)), (4, 64)),
-            norm=C(K["k_norm_quant"], _grid(T, 64), 64),
-            normS=C(K["k_norm_quant"], _grid(S, 64), 64),
-            qkvk=C(K["k_qkv"], (_grid(T, 16), _grid(self.H + self.Hkv, 8)), (16, 8)),
-            attend=C(K["k_attend"], T * self.Hkv, self.nt),
-            quant=C(K["k_quant"], (_grid(T, 8), _grid(nq // 32, 32)), (8, 32)),
-            swiglu=C(K["k_swiglu_quant"], (_grid(T, 8), _grid(F // 32, 32)), (8, 32)))
+            logits=b["logits"][:S])
+
+        def launchers(stream):
+            C = lambda k, g, blk: _config(k, g, blk, self.sim, stream)  # noqa: E731
+            return SimpleNamespace(
+                rope=C(K["k_rope"], (_grid(T, 8), _grid(m.n_rot // 2, 32)), (8, 32)),
+                embed=C(K["k_embed"], (_grid(T, 4), _grid(D, 64)), (4, 64)),
+                norm=C(K["k_norm_quant"], _grid(T, 64), 64),
+                normS=C(K["k_norm_quant"], _grid(S, 64), 64),
+                qkvk=C(K["k_qkv"], (_grid(T, 16), _grid(self.H + self.Hkv, 8)), (16, 8)),
+                attend=C(K["k_attend"], T * self.Hkv, self.nt),
+                quant=C(K["k_quant"], (_grid(T, 8), _grid(nq // 32, 32)), (8, 32)),
+                swiglu=C(K["k_swiglu_quant"], (_grid(T, 8), _grid(F // 32, 32)), (8, 32)))
+        st.L = launchers(0)
+        st.launchers = launchers
+        st.graph = None
+        st.runs = 0
         if self.triton:
             tv = self._torch
             st.t = {id(a): tv(a) for a in (*st.qD, *st.qN, *st.qF, *st.qS, st.x, st.qkv,
@@ -507,39 +563,85 @@ class DeviceBackend:
         return self.forward(lanes, groups).copy_to_host()
 
     def forward(self, lanes, groups):
-        """The forward pass; returns the logits as a device array (len(groups), n_vocab)."""
-        m = self.m
+        """The forward pass; returns the logits as a device array (len(groups), n_vocab).
+
+        On a GPU with PyTorch, the second step of a given shape (tokens, returned rows) is
+        captured as a CUDA graph and later steps of that shape replay it: the same kernels on
+        the same buffers (the plan is uploaded into them first), without the host's
+        per-launch cost."""
         toks, lane_of, slot_of, apos, sel = self._plan(lanes, groups)
         T, S = len(toks), len(sel)
         self._buffers(T)
         st = self._step_views(T, S)
         st.plan.copy_to_device(np.concatenate([toks, lane_of, slot_of, apos, sel]))
-        st.rope(st.apos, self.turns, st.cs)
-        e = self.embd
-        st.embed(st.toks, e.q, e.d, e.m, e.q4, st.x)
-        x, b = st.x, self.b
-        for l in range(m.n_layer):
-            c = self.layer_views[l]
-            st.norm(x, st.rows, c[0], m.eps, b["h"], *st.qD)
-            self._mm(st, self.wqkv[l], st.qD, st.qkv, 0)
-            st.qkvk(st.qkv, st.lane, st.slot, st.cs, self.n_keep, m.n_rot, c[2], st.qq, st.dq,
-                    c[3], c[4], c[5], c[6])
-            st.attend(st.qq, st.dq, c[3], c[4], c[5], c[6], st.lane, st.slot, self.kq_scale,
-                      b["sc"], b["pp"], st.att)
-            st.quant(st.att, *st.qN)
-            self._mm(st, self.wo[l], st.qN, x, 1)
-            st.norm(x, st.rows, c[1], m.eps, b["h"], *st.qD)
-            self._mm(st, self.wgu[l], st.qD, st.gu, 0)
-            st.swiglu(st.gu, *st.qF)
-            self._mm(st, self.wdn[l], st.qF, x, 1)
-        st.normS(x, st.sel, self.out_norm, m.eps, b["h"], *st.qS)
-        self._mm(st, self.out, st.qS, st.logits, 2)
+        if st.graph is not None:
+            st.graph.replay()
+        elif self.graphs and st.runs >= 1:
+            self._capture(st)
+        else:
+            self._body(st, st.L)
+            st.runs += 1
         if self.keep_hidden:
-            self.hidden = b["h"][:S].copy_to_host()
+            self.hidden = self.b["h"][:S].copy_to_host()
         return st.logits
 
+    def _capture(self, st):
+        import torch
+        if self._tstream is None:
+            self._tstream = torch.cuda.Stream()
+        ext = self.cuda.external_stream(self._tstream.cuda_stream)
+        g = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(g, stream=self._tstream, capture_error_mode="relaxed"):
+                self._body(st, st.launchers(ext))
+        except Exception as e:                     # capture refused: run without graphs
+            self.graphs = False
+            self.graph_error = f"{type(e).__name__}: {e}"
+            torch.cuda.synchronize()
+            self._body(st, st.L)
+            return
+        st.graph = g
+        g.replay()
+
+    def _body(self, st, L):
+        m, b = self.m, self.b
+        L.rope(st.apos, self.turns, st.cs)
+        e = self.embd
+        L.embed(st.toks, e.q, e.d, e.m, e.q4, st.x)
+        x = st.x
+        for l in range(m.n_layer):
+            c = self.layer_views[l]
+            L.norm(x, st.rows, c[0], m.eps, b["h"], *st.qD)
+            self._mm(st, self.wqkv[l], st.qD, st.qkv, 0)
+            L.qkvk(st.qkv, st.lane, st.slot, st.cs, self.n_keep, m.n_rot, c[2], st.qq, st.dq,
+                   c[3], c[4], c[5], c[6])
+            L.attend(st.qq, st.dq, c[7], c[4], c[8], c[6], st.lane, st.slot, self.kq_scale,
+                     b["sc"], b["pp"], st.att)
+            L.quant(st.att, *st.qN)
+            self._mm(st, self.wo[l], st.qN, x, 1)
+            L.norm(x, st.rows, c[1], m.eps, b["h"], *st.qD)
+            self._mm(st, self.wgu[l], st.qD, st.gu, 0)
+            L.swiglu(st.gu, *st.qF)
+            self._mm(st, self.wdn[l], st.qF, x, 1)
+        L.normS(x, st.sel, self.out_norm, m.eps, b["h"], *st.qS)
+        self._mm(st, self.out, st.qS, st.logits, 2)
+
     def _plan(self, lanes, groups):
-        """PortableBackend._plan (slides, slots), with absolute positions instead of tables."""
+        """PortableBackend._plan (slides, slots), with absolute positions instead of tables;
+        one token per distinct lane (the batch step) is planned with array operations."""
+        k = len(groups)
+        if k and max(map(len, groups)) == 1:
+            la = np.fromiter(lanes, np.int64, k)
+            toks = np.fromiter((g[0] for g in groups), np.int64, k)
+            if (la.min() >= 0 and la.max() < self.lanes and len(np.unique(la)) == k
+                    and toks.min() >= 0 and toks.max() < self.n_vocab):
+                for lane in la[self.pos[la] + 1 > self.ctx]:
+                    while self.pos[lane] + 1 > self.ctx:
+                        self._slide(int(lane))
+                slot = self.pos[la]
+                apos = slot + self.off[la]
+                self.pos[la] += 1
+                return toks, la, slot, apos, np.arange(k, dtype=np.int64)
         toks, lane_of, slot_of, apos, sel = [], [], [], [], []
         for lane, g in zip(lanes, groups):
             n = len(g)

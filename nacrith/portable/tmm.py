@@ -58,26 +58,36 @@ def mm_kernel(A, DA, SA, W, WD, WM, OUT, M, N, NB, LA, LD, LO,
     tl.store(optr, acc, mask=ok)
 
 
-def tiles(M: int) -> tuple:
-    """(BM, BN, warps) by the number of activation rows."""
-    if M <= 16:
-        return 16, 128, 4
-    if M <= 64:
-        return 64, 128, 4
-    return 128, 128, 8
+def tiles(M: int, N: int, sms: int = 132) -> tuple:
+    """(BM, BN, warps): 128 x 128 tiles, halved (N first) until the grid has at least two
+    programs per multiprocessor (a 576-row matrix at 1024 lanes would fill 40 of 132)."""
+    BM = 16 if M <= 16 else 64 if M <= 64 else 128
+    BN = 128
+    while triton.cdiv(M, BM) * triton.cdiv(N, BN) < 2 * sms and (BM > 32 or BN > 32):
+        if BN >= BM and BN > 32:
+            BN //= 2
+        else:
+            BM //= 2
+    return BM, BN, 8 if BM * BN >= 128 * 128 else 4
+
+
+_SMS = []
 
 
 def mm(q4, W, WD, WM, A, DA, SA, OUT, mode):
     """Launch on torch tensors (the device engine's buffers, viewed zero-copy)."""
     M, N = OUT.shape
-    BM, BN, nw = tiles(M)
+    if not _SMS:
+        import torch
+        _SMS.append(torch.cuda.get_device_properties(OUT.device).multi_processor_count)
+    BM, BN, nw = tiles(M, N, _SMS[0])
     grid = (triton.cdiv(N, BN), triton.cdiv(M, BM))
     mm_kernel[grid](A, DA, SA, W, WD, WM, OUT, M, N, WD.shape[1], A.stride(0), DA.stride(0),
                     OUT.stride(0), Q4=bool(q4), MODE=mode,
                     BM=BM, BN=BN, num_warps=nw, **OPTIONS)
 
 
-def ptx(q4: bool, mode: int, cc: int = 90) -> str:
+def ptx(q4: bool, mode: int, cc: int = 90, bm: int = 64, bn: int = 128) -> str:
     """The kernel's PTX for compute capability cc, compiled without a GPU (tests)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -86,5 +96,5 @@ def ptx(q4: bool, mode: int, cc: int = 90) -> str:
            "LO": "i32", "Q4": "constexpr",
            "MODE": "constexpr", "BM": "constexpr", "BN": "constexpr"}
     src = ASTSource(fn=mm_kernel, signature=sig,
-                    constexprs={"Q4": q4, "MODE": mode, "BM": 64, "BN": 128})
+                    constexprs={"Q4": q4, "MODE": mode, "BM": bm, "BN": bn})
     return triton.compile(src, target=GPUTarget("cuda", cc, 32), options=OPTIONS).asm["ptx"]
