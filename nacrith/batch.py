@@ -169,15 +169,14 @@ class Batch:
         self.bar = None
         self.local = threading.local()          # bytes of the current file already shown
         if not job.quiet and runner.isatty(sys.stderr):
-            from tqdm import tqdm
+            from .progress import Bar
             total = 0
             for f in self.files:
                 try:
                     total += os.stat(f).st_size
                 except OSError:
                     pass
-            self.bar = tqdm(total=total, unit="B", unit_scale=True, file=sys.stderr,
-                            leave=False, mininterval=0.5, desc=job.mode, **runner.bar_shape())
+            self.bar = job.bar = Bar(job.mode, total)     # runner feeds it within each file too
             self.bar.set_postfix_str(f"0/{len(self.files)} files")
 
     def abandon(self) -> None:

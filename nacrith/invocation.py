@@ -16,7 +16,6 @@ import sys
 from typing import List, Optional
 
 from . import api
-from . import progress as P
 from . import runner as R
 from .errors import NacritError
 
@@ -67,19 +66,6 @@ def ray_address(a: str) -> bool:
         return True
     host, _, port = a.removeprefix("ray://").rpartition(":")
     return bool(host) and port.isdigit() and 1 <= int(port) <= 65535
-
-
-def _job_bar(job: R.Job) -> None:
-    """A -r job on a terminal: batch.py's plain tqdm bar (whole files only) becomes the job's
-    progress.Bar, with the same interface, which runner also feeds within each file (segments,
-    tokens: tokens/s, and no wait for a large file to end to see it move)."""
-    plain = getattr(job.batch, "bar", None)
-    if plain is None:
-        return
-    total = plain.total
-    plain.close()
-    job.bar = job.batch.bar = P.Bar(job.mode, total)
-    job.bar.set_postfix_str(f"0/{len(job.batch.files)} files")
 
 
 def version() -> str:
@@ -133,7 +119,6 @@ def run(job: R.Job, files: List[str]) -> int:
         if job.recursive and not job.solid:
             from .batch import Batch
             job.batch = Batch(job, files)
-            _job_bar(job)
         if job.mode != "info" and (job.workers or job.engine == "ray"):
             job.pool = R.start_pool(job)
     except (Refusal, NacritError, OSError) as e:

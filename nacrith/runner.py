@@ -115,11 +115,6 @@ def isatty(stream) -> bool:
         return False
 
 
-def bar_shape() -> dict:
-    """tqdm sizing for stderr (progress.shape; batch.py sizes its bar with it)."""
-    return P.shape(sys.stderr)
-
-
 class Segments:
     """The `pool` interface of api.compress_stream / decompress_stream and solid.compress_tree
     that tells a progress.FileTracker where each segment starts and ends: codes each segment
