@@ -30,11 +30,7 @@ DEFAULT_SKIP_CAP = 32      # with the confidence skip on: catch-up batches of <=
 HEADER_BOUND = 64          # archive size <= input size + HEADER_BOUND for inputs <= 4 MiB (tested)
 
 
-def default_threads(backend: str | None = None, lanes: int = 1) -> int:
-    """min(4, cpus); 1 for the portable engine coding a single lane, which today runs fastest on
-    one thread (README, "Threads"); the thread count never changes an archive's bytes."""
-    if backend == "portable" and lanes == 1:
-        return 1
+def default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
@@ -208,7 +204,7 @@ def _options(opts: Options | None, kw) -> Options:
         raise BadOption(f"backend must be 'auto', 'llama', 'portable' or 'device' "
                         f"(got {o.backend!r})")
     if o.threads is None:
-        o.threads = default_threads(o.backend, o.lanes)
+        o.threads = default_threads()
     for name in ("ctx", "slide", "n_keep", "threads", "lanes", "segment_size"):
         if int(getattr(o, name)) < 1:
             raise BadOption(f"{name} must be >= 1")
@@ -487,8 +483,7 @@ def _decode_engine4(d: F.Descriptor, o: Options):
                                 + ("; upgrade nacrith" if d.engine_check > ENGINE_VERSION else ""))
     path = models.find_by_sha(sha, name, o.model)
     dopts = replace(o, ctx=p["ctx"], slide=p["slide"], n_keep=p["n_keep"], lanes=p["lanes"],
-                    threads=o.threads or default_threads(
-                        "portable" if d.engine == F.E_PORTABLE else "llama", p["lanes"]),
+                    threads=o.threads or default_threads(),
                     backend=("llama" if d.engine != F.E_PORTABLE else
                              "device" if o.backend == "device" else "portable"),
                     swa_full=bool(p.get("swa_full", 1)))
