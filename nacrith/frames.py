@@ -23,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass, field
 
 import xxhash
@@ -268,19 +269,21 @@ def pack_model_frame(desc: Descriptor) -> bytes:
     return bytes(b) + struct.pack("<I", hash32(bytes(b)))
 
 
-_ZSTD: dict = {}
+_ZSTD = threading.local()            # ZstdCompressor is not safe to share between threads
 
 
 def zstd_magicless(level: int):
     """The version-4 zstd compressor: magicless frames without content size, checksum or
-    dictionary id (the archive has its own lengths and checks)."""
-    if level not in _ZSTD:
+    dictionary id (the archive has its own lengths and checks). One per thread and level: a
+    python-zstandard compressor used by two threads at once fails ("Src size is incorrect")."""
+    cache = _ZSTD.__dict__
+    if level not in cache:
         import zstandard
-        _ZSTD[level] = zstandard.ZstdCompressor(
+        cache[level] = zstandard.ZstdCompressor(
             compression_params=zstandard.ZstdCompressionParameters.from_level(
                 level, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_content_size=0,
                 write_checksum=0, write_dict_id=0))
-    return _ZSTD[level]
+    return cache[level]
 
 
 def pack_index_frame(raw: bytes, compact: bool = True) -> bytes:

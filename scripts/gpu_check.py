@@ -1,14 +1,16 @@
 """GPU check of the portable engine's device backend (nacrith/portable/device.py), offline.
 
     python scripts/gpu_check.py                 # on a CUDA machine: the full check, ~3-5 min
-    python scripts/gpu_check.py --sim           # CPU only: the CUDA simulator on a tiny model
+    python scripts/gpu_check.py --sim --ctx 8 --slide 2 --n-keep 2 --steps 7 --check-lanes 2 \
+        --text-bytes 8                          # CPU only: the CUDA simulator, tiny model (CI)
 
 Needs numpy, numba, numba-cuda (and, for the tensor-core matrix products, torch + triton), plus
 the pure wheels gguf and zstandard... no model file: it writes a random GGUF with SmolLM2-135M's
 shapes (30 layers, d 576, 9/3 heads, ff 1536, vocab 49152; --sim: the tests' tiny shapes).
 
 1. logits: the device engine against the CPU engine, every feed of a run with slides (ctx 128,
-   slide 32) and groups of 1-4 tokens, at 1, 4 and 64 lanes: the number of differing logits;
+   slide 32) and groups of 1-4 tokens, at 1, 4 and 64 lanes, and lane 0 of the device batch
+   against a 1-lane device engine: the number of differing logits;
 2. archives: a text coded with the device engine and decoded with the CPU engine and the
    reverse (neural.encode_segment / decode_lanes, LLM-only coding); payload bytes compared;
 3. speed (not with --sim): tokens/s of the device forward pass (logits left on the device) at
@@ -30,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SMOL = dict(n_layer=30, d=576, n_head=9, n_kv=3, n_ff=1536, n_vocab=49152)
-TINY = dict(n_layer=2, d=64, n_head=2, n_kv=1, n_ff=128, n_vocab=512)
+TINY = dict(n_layer=2, d=64, n_head=2, n_kv=1, n_ff=64, n_vocab=320)   # the simulator: small
 
 
 def _name(cuda):
@@ -51,9 +53,12 @@ def byte_tokenizer(b):
     return ExactTokenizer(b)
 
 
-def check_logits(path, lanes, steps, DB, PB, shapes_ok):
-    kw = dict(ctx=128, lanes=lanes, threads=os.cpu_count() or 1, slide=32, n_keep=1)
+def check_logits(path, lanes, steps, DB, PB, win):
+    """Differing logits between the CPU engine and the device engine over `steps` feeds, and
+    between lane 0 of the device batch and a 1-lane device engine fed lane 0's groups."""
+    kw = dict(lanes=lanes, threads=os.cpu_count() or 1, **win)
     cpu, dev = PB(path, **kw), DB(path, **kw)
+    alone = DB(path, **{**kw, "lanes": 1})
     rng = np.random.default_rng(lanes)
     sizes = [1, 1, 2, 1, 3, 1, 4, 1]
     diff = fed = 0
@@ -71,17 +76,18 @@ def check_logits(path, lanes, steps, DB, PB, shapes_ok):
         t_cpu += t1 - t0
         t_dev += t2 - t1
         diff += int((a != b).sum()) + (a.shape != b.shape)
+        diff += int((alone.feed([0], groups[:1])[0] != b[0]).sum())
         fed += lanes * n
-    slides = int(cpu.off.sum() // 32)
+    slides = int(cpu.off.sum() // win["slide"])
     assert np.array_equal(cpu.off, dev.off) and np.array_equal(cpu.pos, dev.pos)
     return diff, fed, slides, t_cpu, t_dev
 
 
-def check_archives(path, DB, PB):
+def check_archives(path, DB, PB, win, nbytes):
     from nacrith import neural
-    text = (b"It was the best of times, it was the worst of times, it was the age of wisdom, "
-            b"it was the age of foolishness. \xff\x00 CRLF\r\n") * 6
-    kw = dict(ctx=128, lanes=4, threads=1, slide=32, n_keep=1)
+    text = ((b"It was the best of times, it was the worst of times, it was the age of wisdom, "
+             b"it was the age of foolishness. \xff\x00 CRLF\r\n") * 8)[:nbytes]
+    kw = dict(lanes=4, threads=1, **win)
     out = {}
     engines = {}
     for name, cls in (("cpu", PB), ("device", DB)):
@@ -180,6 +186,10 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=520, help="feeds per logits check")
     ap.add_argument("--lanes", default="1,64,256,1024,4096", help="speed rows")
     ap.add_argument("--check-lanes", default="1,4,64", help="lane counts of the logits check")
+    ap.add_argument("--ctx", type=int, default=128, help="window of the logits/archive checks")
+    ap.add_argument("--slide", type=int, default=32)
+    ap.add_argument("--n-keep", type=int, default=1)
+    ap.add_argument("--text-bytes", type=int, default=714, help="size of the archive check's text")
     ap.add_argument("--speed-steps", type=int, default=5)
     ap.add_argument("--skip", default="", help="comma list of parts to skip: logits,archives,speed")
     a = ap.parse_args(argv)
@@ -198,20 +208,20 @@ def main(argv=None):
     path = str(write_tiny_llama(tmp / "random.gguf", seed=1, **shapes))
     print(f"random GGUF {shapes} written in {time.perf_counter() - t0:.1f} s", flush=True)
     ok = True
+    win = dict(ctx=a.ctx, slide=a.slide, n_keep=a.n_keep)
     if "logits" not in skip:
+        print(f"ctx {a.ctx}, slide {a.slide}; differing: CPU vs device, and lane 0 vs alone")
         print("| lanes | feeds | tokens | slides | differing logits | CPU s | device s |")
         print("|---|---|---|---|---|---|---|")
         for lanes in [int(x) for x in a.check_lanes.split(",")]:
-            steps = a.steps
-            if a.sim and lanes > 4:
-                lanes, steps = 3, 20
-            diff, fed, slides, tc, td = check_logits(path, lanes, steps, DeviceBackend,
-                                                     PortableBackend, True)
+            diff, fed, slides, tc, td = check_logits(path, lanes, a.steps, DeviceBackend,
+                                                     PortableBackend, win)
             ok &= diff == 0
-            print(f"| {lanes} | {steps} | {fed} | {slides} | {diff} | {tc:.1f} | {td:.1f} |",
+            print(f"| {lanes} | {a.steps} | {fed} | {slides} | {diff} | {tc:.1f} | {td:.1f} |",
                   flush=True)
     if "archives" not in skip:
-        same, d2c, c2d, nbytes, ntext = check_archives(path, DeviceBackend, PortableBackend)
+        same, d2c, c2d, nbytes, ntext = check_archives(path, DeviceBackend, PortableBackend, win,
+                                                       a.text_bytes)
         ok &= same and d2c and c2d
         print(f"archives: device payload == cpu payload: {same} ({nbytes} bytes for {ntext}); "
               f"device->cpu round trip: {d2c}; cpu->device round trip: {c2d}", flush=True)

@@ -203,3 +203,23 @@ def test_varint_roundtrip_and_bounds():
         C.Reader(b"\xff" * 11, "x").varint()
     with pytest.raises(nacrith.NacritError, match="out of range"):
         C.Reader(b"\x80\x01", "x").varint(limit=100)
+
+
+def test_zstd_frames_from_four_threads_at_once():
+    """A python-zstandard compressor shared by threads crashes the process or fails ("Src size is
+    incorrect"): frames.zstd_magicless keeps one per thread, so 4 threads give the same bytes."""
+    import threading
+    data = [os.urandom(64) + b"abc" * 3000 * i for i in range(1, 7)]
+    ref = [F.zstd_magicless(3).compress(d) for d in data]
+    bad = []
+
+    def work():
+        for _ in range(100):
+            bad.extend(i for i, d in enumerate(data) if F.zstd_magicless(3).compress(d) != ref[i])
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert bad == [] and F.zstd_magicless(3) is F.zstd_magicless(3)

@@ -18,6 +18,54 @@ ALL = [line.split() for line in (GOLDEN / "MANIFEST.txt").read_text().splitlines
 ENTRIES = [e for e in ALL if "-solid" not in e[2]]
 SOLID = [e for e in ALL if "-solid" in e[2]]
 
+# The llama.cpp build that made every llama.cpp golden (native/build-llama.sh, profile
+# cpu-avx512). Only a build with the same ISA features reproduces its logits: on any other
+# machine such archives are refused with a clear error, by design (llama.cpp archives are
+# machine-locked; the portable engine's decode anywhere). There these tests check the refusal
+# and skip the exact decode, which runs wherever the cpu-avx512 profile builds.
+GOLDEN_LLAMA_BUILD = "0.3.36 x86_64 eff7"
+
+
+def llama_build(blob: bytes):
+    """The llama.cpp build an archive's neural segments need: its fingerprint (versions 1-3) or
+    the fingerprint's hash (versions 4+); None where no llama.cpp model is named."""
+    from nacrith import frames as F
+    if blob[:3] == F.MAGIC and blob[3] != F.LEGACY_BYTE:
+        d = F.scan_bytes(blob)[1]
+        return d.engine_check if d is not None and d.engine == F.E_LLAMA else None
+    m = C.scan_bytes(blob)[1]
+    return m.backend if m is not None else None
+
+
+def locked_here(blob: bytes):
+    """This machine's llama.cpp fingerprint where it cannot reproduce the archive, else None."""
+    if llama_build(blob) is None:
+        return None
+    from nacrith import backend
+    here = backend.fingerprint()
+    return None if here == GOLDEN_LLAMA_BUILD else here
+
+
+def decode_or_check_refusal(blob: bytes, decode):
+    """decode() where this machine reproduces the archive's engine; elsewhere check that it is
+    refused with the clear error (nothing decoded), then skip."""
+    here = locked_here(blob)
+    if here is None:
+        return decode()
+    from nacrith.errors import ModelMismatch
+    with pytest.raises(ModelMismatch, match="^archive was made on another llama.cpp build"):
+        decode()
+    pytest.skip(f"made on llama.cpp build '{GOLDEN_LLAMA_BUILD}' (cpu-avx512); this machine's "
+                f"is '{here}': refused with the clear error as designed, exact decode not run")
+
+
+def test_every_llama_golden_was_made_on_the_golden_build():
+    from nacrith import frames as F
+    builds = {e[2]: llama_build((GOLDEN / e[2]).read_bytes()) for e in ALL}
+    locked = {n: b for n, b in builds.items() if b is not None}
+    assert len(locked) == 25 and "v1-neural-1lane.nc" in locked and "v5-neural.nc" not in locked
+    assert set(locked.values()) == {GOLDEN_LLAMA_BUILD, F.fingerprint_hash(GOLDEN_LLAMA_BUILD)}
+
 
 def test_every_feature_is_covered():
     names = {e[2] for e in ALL}
@@ -65,7 +113,7 @@ def test_golden_decodes(sha, size, name, methods):
     blob = (GOLDEN / name).read_bytes()
     segs = api.scan(io.BytesIO(blob)).segments
     assert (",".join(s["method"] for s in segs) or "-") == methods
-    data = nacrith.decompress(blob)
+    data = decode_or_check_refusal(blob, lambda: nacrith.decompress(blob))
     assert len(data) == int(size)
     assert hashlib.sha256(data).hexdigest() == sha
 
@@ -82,7 +130,7 @@ def test_golden_solid_restores(tmp_path, sha, size, name, methods):
         f.seek(0)
         entries = solid.listing(f)
     assert [e.path for e in entries] == ["t/sub/b.c", "t/a.txt", "t/sub/empty.txt", "t/z.txt"]
-    solid.extract(str(path), str(tmp_path))
+    decode_or_check_refusal(path.read_bytes(), lambda: solid.extract(str(path), str(tmp_path)))
     stream = b"".join((tmp_path / e.path).read_bytes() for e in entries)
     assert len(stream) == int(size) and hashlib.sha256(stream).hexdigest() == sha
     got = {e.path: (os.stat(tmp_path / e.path).st_mode & 0o7777,

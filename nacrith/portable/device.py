@@ -457,6 +457,12 @@ class DeviceBackend:
     def close(self) -> None:
         PortableBackend.close(self)
 
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
     def _cs(self, apos):
         """RoPE tables of absolute positions apos, computed on the device."""
         cuda = self.cuda
