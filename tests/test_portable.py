@@ -276,6 +276,50 @@ def test_ir_checker_can_fail():
     assert not ir_violations(clean.inspect_llvm(clean.signatures[0]))
 
 
+@pytest.mark.parametrize("kind", [0, 1], ids=["q8_0", "q4_1"])
+def test_block_products_exact_at_the_extremes(kind):
+    """pmatmul (this host's path: VNNI, AVX2 or generic IR) against ENGINE.md §3 in numpy:
+    exact integer block sums, then float32 operations in block order.  Codes at their extremes
+    (Q8_0 -128/127, Q4_1 0/15, activations +-127) make any saturation or wrap show."""
+    from nacrith.portable import kernels as K
+    from nacrith.portable.model import Mat, _ilv
+    rng = np.random.default_rng(7 + kind)
+    rows, nb, T = 37, 5, 3
+    if kind == 0:
+        codes = rng.choice(np.array([-128, 127, -127, 0, 1, -1], np.int16), (rows, nb * 32))
+        codes[:, :64] = -128
+        q = codes.astype(np.int8).view(np.uint8)
+    else:
+        codes = rng.choice(np.array([0, 15, 14, 1], np.int16), (rows, nb * 32))
+        codes[:, :64] = 15
+        c = codes.reshape(rows, nb, 32)
+        q = (c[:, :, :16] | (c[:, :, 16:] << 4)).astype(np.uint8).reshape(rows, nb * 16)
+    d = rng.uniform(0.001, 0.1, (rows, nb)).astype(np.float32)
+    m = (-rng.uniform(0.0, 0.1, (rows, nb))).astype(np.float32) if kind else np.zeros((1, 1),
+                                                                                       np.float32)
+    mat = _ilv(Mat(kind, q, d, m, rows))
+    xa = rng.choice(np.array([127, -127, 126, 0, -5], np.int8), (T, nb * 32))
+    xa[0] = 127
+    xa[1] = -127
+    da = rng.uniform(0.01, 1.0, (T, nb)).astype(np.float32)
+    sa = rng.uniform(-50, 50, (T, nb)).astype(np.float32)
+    out = np.zeros((T, rows), np.float32)
+    K.pmatmul(kind, mat.q, mat.d, mat.m, xa, da, sa, out, False)
+    ref = np.zeros((T, rows), np.float32)
+    for t in range(T):
+        for r in range(rows):
+            acc = np.float32(0)
+            for b in range(nb):
+                S = np.float32(int(codes[r, b * 32:(b + 1) * 32].astype(np.int64)
+                                   @ xa[t, b * 32:(b + 1) * 32].astype(np.int64)))
+                u = (d[r, b] * da[t, b]) * S
+                if kind:
+                    u = u + (m[r, b] * da[t, b]) * sa[t, b]
+                acc = acc + u
+            ref[t, r] = acc
+    assert out.tobytes() == ref.tobytes()
+
+
 def test_tiny_threads_batches_lanes_and_slides(tiny):
     rng = np.random.default_rng(1)
     toks = [int(t) for t in rng.integers(1, 512, 530)]
