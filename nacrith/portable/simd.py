@@ -36,10 +36,15 @@ def _load(builder, p, vt):
     return builder.load(p, align=1)
 
 
+def _call(builder, name, ret, *args):
+    """Call the LLVM intrinsic `name` (declared from the argument types) on args."""
+    fn = cgutils.get_or_insert_function(builder.module,
+                                        ir.FunctionType(ret, [a.type for a in args]), name)
+    return builder.call(fn, list(args))
+
+
 def _reduce_add(builder, v, n):
-    fnty = ir.FunctionType(_i32, [_vec(_i32, n)])
-    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.vector.reduce.add.v{n}i32")
-    return builder.call(fn, [v])
+    return _call(builder, f"llvm.vector.reduce.add.v{n}i32", _i32, v)
 
 
 def _splat(builder, val, t, n):
@@ -113,37 +118,26 @@ def _quad_dot(builder, w16, xq):
     return builder.add(s[0], s[1])
 
 
-def _vnni() -> bool:
-    """Compiling for a host with AVX-512 VNNI (not NUMBA_CPU_NAME=generic or another named CPU):
-    then vpdpbusd does the quad sums.  Speed only: it computes the same exact integers."""
-    import numba
-    from llvmlite import binding
-    if numba.config.CPU_NAME not in (None, "", "host"):
-        return False
-    feats = numba.config.CPU_FEATURES
-    if feats:                                  # an explicit feature list decides
-        return "+avx512vnni" in feats and "+avx512bw" in feats
-    f = binding.get_host_cpu_features()
-    return bool(f.get("avx512vnni") and f.get("avx512bw"))
-
-
-def _avx2() -> bool:
-    """Compiling for a host with AVX2 (and not VNNI, which wins): vpmaddubsw/vpmaddwd do the
-    quad sums.  Speed only, like _vnni."""
+def _host_has(*features) -> bool:
+    """Compiling for this host (not NUMBA_CPU_NAME=generic or another named CPU) and it has
+    every one of `features` (an explicit NUMBA_CPU_FEATURES list decides instead).  Picks the
+    speed path only: every path computes the same exact integers."""
     import numba
     from llvmlite import binding
     if numba.config.CPU_NAME not in (None, "", "host"):
         return False
     feats = numba.config.CPU_FEATURES
     if feats:
-        return "+avx2" in feats
-    return bool(binding.get_host_cpu_features().get("avx2"))
+        return all(f"+{f}" in feats for f in features)
+    host = binding.get_host_cpu_features()
+    return all(host.get(f) for f in features)
 
 
-def _x86(builder, name, ret, *args):
-    fn = cgutils.get_or_insert_function(builder.module,
-                                        ir.FunctionType(ret, [a.type for a in args]), name)
-    return builder.call(fn, list(args))
+def _dpbusd(builder, acc, a, b):
+    """acc + (sum of 4 u8 a x s8 b products per int32 lane): exact (non-saturating vpdpbusd)."""
+    v = _vec(_i32, R)
+    return _call(builder, "llvm.x86.avx512.vpdpbusd.512", v, acc, builder.bitcast(a, v),
+                 builder.bitcast(b, v))
 
 
 def _halves(builder, v):
@@ -154,32 +148,63 @@ def _halves(builder, v):
 def _maddubs(builder, u, s):
     """vpmaddubsw: <32 x u8> x <32 x s8> -> <16 x i16> pair sums (saturating; callers keep every
     pair sum inside int16, so it never saturates)."""
-    return _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _vec(_i16, 16), u, s)
+    return _call(builder, "llvm.x86.avx2.pmadd.ub.sw", _vec(_i16, 16), u, s)
 
 
 def _maddwd1(builder, v):
     """vpmaddwd with ones: <16 x i16> -> <8 x i32> sums of lane pairs (exact)."""
-    return _x86(builder, "llvm.x86.avx2.pmadd.wd", _vec(_i32, 8), v,
-                ir.Constant(_vec(_i16, 16), [1] * 16))
+    return _call(builder, "llvm.x86.avx2.pmadd.wd", _vec(_i32, 8), v,
+                 ir.Constant(_vec(_i16, 16), [1] * 16))
 
 
-def _join8(builder, a, b):
-    """Two <8 x i32> (rows 0-7, 8-15) -> <16 x i32> row sums."""
-    return builder.shuffle_vector(a, b, ir.Constant(_vec(_i32, R), list(range(R))))
-
-
-def _dpbusd(builder, acc, a, b):
-    """acc + (sum of 4 u8 a x s8 b products per int32 lane): exact (non-saturating vpdpbusd)."""
-    v = _vec(_i32, R)
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v, [v, v, v]),
-                                        "llvm.x86.avx512.vpdpbusd.512")
-    return builder.call(fn, [acc, builder.bitcast(a, v), builder.bitcast(b, v)])
-
-
-def _rows(builder, isum):
-    """<32 x i32> pair sums -> <16 x i32> row sums (VNNI sums are per row already)."""
-    if isum.type.count == R:
+def _row_sums(builder, steps, signed):
+    """Exact int32 sums S_r (<16 x i32>, lane r = row r) of one 16-row block: steps yields
+    (codes, xq): a 64-byte interleaved chunk (<64 x i8>: byte c of row r at 4r + c) and the 4
+    activations (<4 x i8>, |x| <= 127, quant_block) its quad multiplies.  Codes are unsigned
+    nibbles (<= 15, at most 8 steps: Q4_1) or, with `signed`, int8 (Q8_0).  The host decides
+    the instructions; every path gives the same integers:
+    - AVX-512 VNNI: vpdpbusd; signed codes as (w + 128) unsigned, minus 128 * sum x at the end;
+    - AVX2: vpmaddubsw pair sums, then vpmaddwd; nibbles sum in int16 (|sum| <= 8 * 2 * 15 *
+      127 = 30480 < 2^15), signed codes as |w| x sign(w)*x (pairs <= 2 * 128 * 127 < 2^15), so
+      vpmaddubsw never saturates;
+    - elsewhere generic vector IR (_quad_dot)."""
+    if _host_has("avx512vnni", "avx512bw"):
+        isum = ir.Constant(_vec(_i32, R), [0] * R)
+        xs = ir.Constant(_i32, 0)
+        for v, xq in steps:
+            if signed:      # (w + 128) is unsigned: sum (w + 128) x = sum w x + 128 sum x
+                v = builder.xor(v, ir.Constant(_vec(_i8, 64), [-128] * 64))
+            isum = _dpbusd(builder, isum, v, _shuf(builder, xq, _QUAD64))
+            if signed:
+                xs = builder.add(xs, _reduce_add(builder, builder.sext(xq, _vec(_i32, 4)), 4))
+        if signed:
+            isum = builder.sub(isum, _splat(builder, builder.shl(xs, ir.Constant(_i32, 7)),
+                                            _i32, R))
         return isum
+    if _host_has("avx2"):
+        wide = _vec(_i32, 8) if signed else _vec(_i16, 16)
+        part = [ir.Constant(wide, [0] * wide.count)] * 2
+        n = 0
+        for v, xq in steps:
+            n += 1
+            xb = _shuf(builder, xq, _QUAD64[:32])
+            for j, half in enumerate(_halves(builder, v)):
+                if signed:
+                    a = _call(builder, "llvm.abs.v32i8", half.type, half,
+                              ir.Constant(ir.IntType(1), 0))
+                    sx = _call(builder, "llvm.x86.avx2.psign.b", xb.type, xb, half)
+                    part[j] = builder.add(part[j], _maddwd1(builder, _maddubs(builder, a, sx)))
+                else:
+                    part[j] = builder.add(part[j], _maddubs(builder, half, xb))
+        assert signed or n <= 8, "the int16 nibble sums are bounded for 8 steps"
+        if not signed:
+            part = [_maddwd1(builder, h) for h in part]
+        return builder.shuffle_vector(part[0], part[1], ir.Constant(_vec(_i32, R), list(range(R))))
+    isum = ir.Constant(_vec(_i32, 32), [0] * 32)
+    ext = builder.sext if signed else builder.zext
+    for v, xq in steps:
+        isum = builder.add(isum, _quad_dot(builder, ext(v, _vec(_i16, 64)), xq))
+    # <32 x i32> pair sums (lanes 2r, 2r+1) -> <16 x i32> row sums
     return builder.add(_shuf(builder, isum, _EVEN32), _shuf(builder, isum, _ODD32))
 
 
@@ -187,7 +212,7 @@ def _acc_update(context, builder, sig, args, isum, q4):
     """acc[0:16] = acc + (wd*da)*f32(S) [+ (wm*da)*sa]: lane-wise float32 basic operations in the
     order of ENGINE.md §3 (one lane per row; no fast-math flags, no fma)."""
     f32 = ir.FloatType()
-    sf = builder.sitofp(_rows(builder, isum), _vec(f32, R))
+    sf = builder.sitofp(isum, _vec(f32, R))
     pa = _ptr(context, builder, sig.args[0], args[0], ir.Constant(ir.IntType(64), 0), _vec(f32, R))
     wd = _load(builder, _ptr(context, builder, sig.args[5], args[5], args[7], _vec(f32, R)), None)
     da = _splat(builder, args[9], f32, R)
@@ -217,38 +242,14 @@ def blk16_q4(typingctx, acc, w, wo, x, xo, wd, wm, so, mo, da, sa):
     sig = types.void(acc, w, wo, x, xo, wd, wm, so, mo, da, sa)
 
     def codegen(context, builder, sig, args):
-        vnni = _vnni()
-        if not vnni and _avx2():
-            # 16-bit pair sums of one row and quad position: 8 terms of u4 x s8 (|x| <= 127,
-            # quant_block) over the block, |sum| <= 8 * 2 * 15 * 127 = 30480 < 2^15: the pair
-            # sums accumulate in int16 exactly and vpmaddubsw never saturates
-            z16 = ir.Constant(_vec(_i16, 16), [0] * 16)
-            h16 = [z16, z16]
+        def steps():
             for k in range(4):
                 v = _chunk(context, builder, sig.args[1], args[1], args[2], k)
                 lo = builder.and_(v, ir.Constant(_vec(_i8, 64), [15] * 64))
                 hi = builder.lshr(v, ir.Constant(_vec(_i8, 64), [4] * 64))
                 for nib, xoff in ((lo, 4 * k), (hi, 16 + 4 * k)):
-                    xq = _load4(context, builder, sig.args[3], args[3], args[4], xoff)
-                    xb = _shuf(builder, xq, _QUAD64[:32])
-                    for j, half in enumerate(_halves(builder, nib)):
-                        h16[j] = builder.add(h16[j], _maddubs(builder, half, xb))
-            isum = _join8(builder, _maddwd1(builder, h16[0]), _maddwd1(builder, h16[1]))
-            _acc_update(context, builder, sig, args, isum, True)
-            return context.get_dummy_value()
-        isum = ir.Constant(_vec(_i32, R if vnni else 32), [0] * (R if vnni else 32))
-        for k in range(4):
-            v = _chunk(context, builder, sig.args[1], args[1], args[2], k)
-            lo = builder.and_(v, ir.Constant(_vec(_i8, 64), [15] * 64))
-            hi = builder.lshr(v, ir.Constant(_vec(_i8, 64), [4] * 64))
-            for nib, xoff in ((lo, 4 * k), (hi, 16 + 4 * k)):
-                xq = _load4(context, builder, sig.args[3], args[3], args[4], xoff)
-                if vnni:                                   # nibbles are unsigned: direct
-                    isum = _dpbusd(builder, isum, nib, _shuf(builder, xq, _QUAD64))
-                else:
-                    isum = builder.add(isum, _quad_dot(builder, builder.zext(nib, _vec(_i16, 64)),
-                                                       xq))
-        _acc_update(context, builder, sig, args, isum, True)
+                    yield nib, _load4(context, builder, sig.args[3], args[3], args[4], xoff)
+        _acc_update(context, builder, sig, args, _row_sums(builder, steps(), False), True)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -262,41 +263,11 @@ def blk16_q8(typingctx, acc, w, wo, x, xo, wd, wm, so, mo, da, sa):
     sig = types.void(acc, w, wo, x, xo, wd, wm, so, mo, da, sa)
 
     def codegen(context, builder, sig, args):
-        vnni = _vnni()
-        if not vnni and _avx2():
-            # |w| (u8, <= 128) x sign(w)*x (|x| <= 127): pair sums <= 2 * 128 * 127 < 2^15, so
-            # vpmaddubsw never saturates; the int32 row sums are exact
-            z32 = ir.Constant(_vec(_i32, 8), [0] * 8)
-            s32 = [z32, z32]
-            absf = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_vec(_i8, 32), [_vec(_i8, 32), ir.IntType(1)]),
-                "llvm.abs.v32i8")
+        def steps():
             for k in range(8):
                 v = _chunk(context, builder, sig.args[1], args[1], args[2], k)
-                xq = _load4(context, builder, sig.args[3], args[3], args[4], 4 * k)
-                xb = _shuf(builder, xq, _QUAD64[:32])
-                for j, half in enumerate(_halves(builder, v)):
-                    a = builder.call(absf, [half, ir.Constant(ir.IntType(1), 0)])
-                    sx = _x86(builder, "llvm.x86.avx2.psign.b", _vec(_i8, 32), xb, half)
-                    s32[j] = builder.add(s32[j], _maddwd1(builder, _maddubs(builder, a, sx)))
-            _acc_update(context, builder, sig, args, _join8(builder, s32[0], s32[1]), False)
-            return context.get_dummy_value()
-        isum = ir.Constant(_vec(_i32, R if vnni else 32), [0] * (R if vnni else 32))
-        xs = ir.Constant(_i32, 0)
-        for k in range(8):
-            v = _chunk(context, builder, sig.args[1], args[1], args[2], k)
-            xq = _load4(context, builder, sig.args[3], args[3], args[4], 4 * k)
-            if vnni:
-                # (w + 128) is unsigned: sum (w + 128) x = sum w x + 128 sum x, exactly
-                u = builder.xor(v, ir.Constant(_vec(_i8, 64), [-128] * 64))
-                isum = _dpbusd(builder, isum, u, _shuf(builder, xq, _QUAD64))
-                xs = builder.add(xs, _reduce_add(builder, builder.sext(xq, _vec(_i32, 4)), 4))
-            else:
-                isum = builder.add(isum, _quad_dot(builder, builder.sext(v, _vec(_i16, 64)), xq))
-        if vnni:
-            isum = builder.sub(isum, _splat(builder, builder.shl(xs, ir.Constant(_i32, 7)),
-                                            _i32, R))
-        _acc_update(context, builder, sig, args, isum, False)
+                yield v, _load4(context, builder, sig.args[3], args[3], args[4], 4 * k)
+        _acc_update(context, builder, sig, args, _row_sums(builder, steps(), True), False)
         return context.get_dummy_value()
 
     return sig, codegen
