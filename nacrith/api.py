@@ -30,7 +30,14 @@ DEFAULT_SKIP_CAP = 32      # with the confidence skip on: catch-up batches of <=
 HEADER_BOUND = 64          # archive size <= input size + HEADER_BOUND for inputs <= 4 MiB (tested)
 
 
-def default_threads() -> int:
+def default_threads(backend: str = "llama") -> int:
+    """Threads when none are asked for, by measurement (docs/benchmarks.md): llama.cpp
+    min(4, cpus); the portable engine 1 (its ~300 short parallel regions per token cost more
+    than a second thread saves: 2 threads were 3x slower than 1 on an idle 2-core box with
+    sleeping OpenMP workers, 1.5x slower beside a busy process; more cores serve more lanes or
+    --workers).  The portable engine's output never depends on its thread count."""
+    if backend in ("portable", "device"):
+        return 1
     return max(1, min(4, os.cpu_count() or 1))
 
 
@@ -40,7 +47,7 @@ class Options:
     ctx: int = 2048                             # KV window per lane (tokens)
     slide: int | None = None                    # tokens dropped when the window is full (ctx//4)
     n_keep: int = 1                             # leading positions kept (BOS attention sink)
-    threads: int | None = None                  # llama.cpp threads; None = default_threads()
+    threads: int | None = None                  # CPU threads; None = default_threads(backend)
     lanes: int = 1                              # sequences decoded in lockstep
     n_gpu_layers: int = 0
     main_gpu: int = 0
@@ -204,7 +211,7 @@ def _options(opts: Options | None, kw) -> Options:
         raise BadOption(f"backend must be 'auto', 'llama', 'portable' or 'device' "
                         f"(got {o.backend!r})")
     if o.threads is None:
-        o.threads = default_threads()
+        o.threads = default_threads(o.backend)
     for name in ("ctx", "slide", "n_keep", "threads", "lanes", "segment_size"):
         if int(getattr(o, name)) < 1:
             raise BadOption(f"{name} must be >= 1")
@@ -483,7 +490,8 @@ def _decode_engine4(d: F.Descriptor, o: Options):
                                 + ("; upgrade nacrith" if d.engine_check > ENGINE_VERSION else ""))
     path = models.find_by_sha(sha, name, o.model)
     dopts = replace(o, ctx=p["ctx"], slide=p["slide"], n_keep=p["n_keep"], lanes=p["lanes"],
-                    threads=o.threads or default_threads(),
+                    threads=o.threads or default_threads(
+                        "llama" if d.engine != F.E_PORTABLE else "portable"),
                     backend=("llama" if d.engine != F.E_PORTABLE else
                              "device" if o.backend == "device" else "portable"),
                     swa_full=bool(p.get("swa_full", 1)))

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from . import api, models
 from .errors import NacritError
 
-MAX_DEFAULT_THREADS = 4         # as api.default_threads(): more rarely helps a 135M model
+MAX_DEFAULT_THREADS = 4         # as api.default_threads("llama"): more rarely helps a 135M model
 GPU_ALL_LAYERS = 999            # n_gpu_layers when a device is given and --gpu-layers is not
 
 
@@ -250,7 +250,12 @@ class LocalPool:
     MAX_RETRIES = 2
 
     def __init__(self, n_workers: int, devices: list[str], opts: api.Options, mode: str):
-        self.assignments = assign(n_workers, devices, opts.threads, opts.n_gpu_layers)
+        threads = opts.threads
+        if threads is None and not devices and (opts.backend if opts.backend != "auto" else
+                                                api.auto_backend(opts.model, opts.n_gpu_layers)
+                                                ) == "portable":
+            threads = api.default_threads("portable")
+        self.assignments = assign(n_workers, devices, threads, opts.n_gpu_layers)
         self.opts, self.mode = opts, mode
         self.ctx = mp.get_context("spawn")
         self.cond = threading.Condition()

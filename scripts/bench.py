@@ -297,21 +297,133 @@ def backend_child(job: dict) -> dict:
     return res
 
 
+def stage_profile(args, data: bytes) -> None:
+    """--stages: where one token's time goes in the portable engine, single lane, at each window
+    fill (--fills), this process, --threads.  Stages are timed around the kernels: embed, the 30
+    layer calls, head; the matrices are timed alone (the layer's four products for one token,
+    same weights), the attention as layers(fill) - layers(fill 0), the rest of the layer
+    (norms, RoPE, quantisation, SwiGLU, dispatch) as layers(0) - matrices.  Then one
+    nacrith.compress of the text: engine time vs the host's (mixer, CDF, coder, Python)."""
+    import nacrith
+    from nacrith.portable import PortableBackend
+    from nacrith.portable import kernels as K
+    th = args.threads or api.default_threads("portable")
+    b = PortableBackend(str(models.resolve(None)), ctx=args.ctx, lanes=1, threads=th,
+                        slide=args.ctx // 4, n_keep=1)
+    spent = {}
+
+    def timed(name, f):
+        def g(*a):
+            t = time.perf_counter()
+            r = f(*a)
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - t
+            return r
+        return g
+    orig = {n: getattr(K, n) for n in ("embed", "layers", "head")}
+    for n, f in orig.items():
+        setattr(K, n, timed(n, f))
+    toks = [int(t) for t in b.tokenize(data)]
+    m = b.m
+    rng = np.random.default_rng(0)
+    import numba
+    numba.set_num_threads(th)
+    work = []                   # (matrix, quantised random activation row, output row)
+    for w in ("wqkv", "wo", "wgu", "wdn"):
+        M = getattr(m, w)
+        cols = M.d.shape[2] // 16 * 32
+        act = (np.zeros((1, cols), np.int8), np.zeros((1, cols // 32), np.float32),
+               np.zeros((1, cols // 32), np.float32))
+        K.quant_row(rng.standard_normal(cols).astype(np.float32), act[0][0], act[1][0], act[2][0])
+        work.append((M, act, np.zeros((1, M.q.shape[1] * 16), np.float32)))
+
+    @numba.njit
+    def layers_products(kind, n_layer, M1, A1, O1, M2, A2, O2, M3, A3, O3, M4, A4, O4):
+        for l in range(n_layer):
+            for M, A, O in ((M1, A1, O1), (M2, A2, O2), (M3, A3, O3)):
+                K.pmatmul(kind, M[0][l], M[1][l], M[2][l], A[0], A[1], A[2], O, False)
+            K.pmatmul(kind, M4[0][l], M4[1][l], M4[2][l], A4[0], A4[1], A4[2], O4, False)
+
+    args_ = [m.kind, m.n_layer]
+    for M, act, out in work:
+        args_ += [(M.q, M.d, M.m), act, out]
+
+    def matrices():             # one compiled call, as inside the layers (no per-call dispatch)
+        t = time.perf_counter()
+        layers_products(*args_)
+        return time.perf_counter() - t
+    matrices()
+    mat = min(matrices() for _ in range(5))
+    fills = [int(v) for v in args.fills.split(",") if v]
+    seq = (toks * (args.ctx // max(1, len(toks)) + 2))
+    rows = []
+    b.feed([0], [[b.bos]])
+    for fill in fills:
+        if fill + args.probe > args.ctx:
+            continue
+        best = None
+        for _ in range(3):
+            b.reset()
+            for i in range(0, fill, 256):
+                b.feed([0], [seq[i:min(fill, i + 256)]])
+            spent.clear()
+            t = time.perf_counter()
+            for tok in seq[fill:fill + args.probe]:
+                b.feed([0], [[tok]])
+            tot = (time.perf_counter() - t) / args.probe
+            if best is None or tot < best[0]:
+                best = (tot, {k: v / args.probe for k, v in spent.items()})
+        rows.append((fill, *best))
+    lay0 = rows[0][2]["layers"] if rows and rows[0][0] == 0 else None
+    print(f"\n# portable engine, 1 lane, threads {th}, ctx {args.ctx}; ms per token (best of 3 "
+          f"runs of {args.probe} tokens); the four matrices of the 30 layers alone: {mat * 1e3:.2f} ms")
+    print("| fill | token ms | tok/s | matrices | other layer steps | attention | head | embed+Python |")
+    print("|---|---|---|---|---|---|---|---|")
+    for fill, tot, st in rows:
+        lay, hd_ = st["layers"], st["head"]
+        att = lay - lay0 if lay0 is not None else float("nan")
+        other = (lay0 if lay0 is not None else lay) - mat
+        print(f"| {fill} | {tot * 1e3:.2f} | {1 / tot:.1f} | {mat * 1e3:.2f} | {other * 1e3:.2f} | "
+              f"{att * 1e3:.2f} | {hd_ * 1e3:.2f} | {(tot - lay - hd_) * 1e3:.2f} |")
+    for n, f in orig.items():
+        setattr(K, n, f)
+    feed_t = [0.0]
+    feed = PortableBackend.feed
+
+    def counted(self, *a):
+        t = time.perf_counter()
+        r = feed(self, *a)
+        feed_t[0] += time.perf_counter() - t
+        return r
+    PortableBackend.feed = counted
+    try:
+        nacrith.compress(data[:300], backend="portable", threads=th)
+        feed_t[0] = 0.0
+        t = time.perf_counter()
+        nacrith.compress(data, backend="portable", threads=th, ctx=args.ctx)
+        wall = time.perf_counter() - t
+    finally:
+        PortableBackend.feed = feed
+    n = len(toks)
+    print(f"\n# nacrith.compress of {len(data)} bytes ({n} tokens, coded and verified): "
+          f"{wall:.2f} s, engine {feed_t[0]:.2f} s ({feed_t[0] / wall:.0%}), host (mixer, CDF, "
+          f"coder, Python) {wall - feed_t[0]:.2f} s = {(wall - feed_t[0]) / (2 * n) * 1e3:.2f} ms "
+          "per coded token")
+
+
 def compare_backends(args, files, load) -> None:
     names = [n for n in args.backends.split(",") if n]
-    th = args.threads or api.default_threads()
+    ths = {be: args.threads or api.default_threads(be) for be in names}   # each backend's default
     fills = [int(f) for f in args.fills.split(",") if f]
     rows = {}
     for i, name in enumerate(files):
         data = load(name)
         for be in names:
-            job = {"backend": be, "data": data.decode("latin-1"), "threads": th, "ctx": args.ctx,
+            job = {"backend": be, "data": data.decode("latin-1"), "threads": ths[be], "ctx": args.ctx,
                    "probe": args.probe, "verify": not args.no_decompress,
                    "fills": fills if i == 0 else [],
                    "lanes": [int(k) for k in args.lanes_sweep.split(",") if k] if i == 0 else []}
             r = subprocess.run([sys.executable, __file__, "--_child"], input=json.dumps(job).encode(),
-                               capture_output=True, cwd=ROOT,
-                               env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
+                               capture_output=True, cwd=ROOT)
             if r.returncode != 0:
                 raise SystemExit(f"{be} on {name} failed: {r.stderr.decode()[-2000:]}")
             rows[be, name] = {"bytes": len(data), **json.loads(r.stdout.decode().splitlines()[-1])}
@@ -348,7 +460,7 @@ def compare_backends(args, files, load) -> None:
     print("| peak RSS MiB | " + " | ".join(f"{rss[be]:.0f}" for be in names) + " | - |")
     print("| round trips | " + " | ".join("not run" if None in rt[be] else "FAIL" if False in rt[be]
                                           else "ok" for be in names) + " | - |")
-    print(f"\n# threads {th}, ctx {args.ctx}, slide {args.ctx // 4}, n_keep 1, lanes 1 unless "
+    print(f"\n# threads {', '.join(f'{be} {t}' for be, t in ths.items())}, ctx {args.ctx}, slide {args.ctx // 4}, n_keep 1, lanes 1 unless "
           "stated; tok/s = tokens per second of the llama.cpp tokenisation; speed ratios from the "
           "same run")
 
@@ -385,6 +497,8 @@ def main() -> None:
                     "inference backends in one run (module docstring)")
     ap.add_argument("--fills", default="0,1024", help="window fills for --backends speed probes")
     ap.add_argument("--probe", type=int, default=32, help="tokens timed per fill (--backends)")
+    ap.add_argument("--stages", action="store_true", help="per-stage profile of the portable "
+                    "engine at the window fills (--fills) and the host's share (stage_profile)")
     ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._child:
@@ -411,6 +525,10 @@ def main() -> None:
 
     if args.backends:
         compare_backends(args, files, load)
+        return
+
+    if args.stages:
+        stage_profile(args, (CORPUS / files[0]).read_bytes()[:args.bytes or None])
         return
 
     if args.ctx_chart:

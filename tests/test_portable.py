@@ -320,6 +320,80 @@ def test_block_products_exact_at_the_extremes(kind):
     assert out.tobytes() == ref.tobytes()
 
 
+def _exp_ref(x):
+    """ENGINE.md section 4.1 in numpy float32 (each operation rounded once), 2^n from np.ldexp."""
+    from nacrith.portable import arith as A
+    x = np.asarray(x, np.float32)
+    f = np.float32
+    with np.errstate(invalid="ignore", over="ignore"):
+        t = x * A.LOG2E_F
+        n = -(f(0.5) - t).astype(np.int32)
+        nf = n.astype(np.float32)
+        r = (x - nf * A.LN2_HI_F) - nf * A.LN2_LO_F
+        p = np.full_like(x, A.E7)
+        for c in (A.E6, A.E5, A.E4, A.E3, A.E2, f(1), f(1)):
+            p = p * r + c
+        out = p * np.ldexp(np.ones_like(x), np.clip(n, -126, 0))
+    return np.where(x >= A.EXP_MIN, out, f(0)).astype(np.float32)
+
+
+def _attend_ref(q, dq, k, kd, v, vd, ks):
+    """ENGINE.md section 5 step 4 in numpy for one head over n cache rows k[n, hd], v[n, hd]."""
+    f = np.float32
+    S = (k.astype(np.int64) @ q.astype(np.int64)).astype(np.float32)
+    x = ((dq * kd) * S) * ks
+    m = np.nanmax(x) if not np.isnan(x).all() else f(-np.inf)
+    e = _exp_ref(x - m)
+    Z = int((e * f(16777216.0)).astype(np.int64).sum())
+    c = e * vd
+    cmax = np.nanmax(c) if not np.isnan(c).all() else f(0)
+    if cmax == 0:
+        return np.zeros(k.shape[1], np.float32)
+    G = f(32767.0) / cmax
+    with np.errstate(invalid="ignore"):
+        P = np.minimum(32767, (c * G + f(0.5)).astype(np.int64))
+    A = P @ v.astype(np.int64)
+    Fz = (np.float64(cmax) * 16777216.0) / 32767.0
+    return ((A.astype(np.float64) * Fz) / np.float64(Z)).astype(np.float32)
+
+
+@pytest.mark.parametrize("hd", [64, 32])
+def test_attention_exact_against_the_spec(hd):
+    """kernels.attend (this host's path: 16-position score blocks for hd 64, vectorised exp,
+    maxima on the float bits) against ENGINE.md in numpy, over window lengths around the block
+    size, with extreme codes, equal scores, zero and NaN scales, an all-zero value scale."""
+    from nacrith.portable import kernels as K
+    rng = np.random.default_rng(11 + hd)
+    ks = np.float32(1.0 / np.sqrt(hd))
+    for n in (1, 15, 16, 17, 33, 300):
+        for case in range(5):
+            k = rng.integers(-127, 128, (n, hd)).astype(np.int8)
+            v = rng.integers(-127, 128, (n, hd)).astype(np.int8)
+            q = rng.integers(-127, 128, hd).astype(np.int8)
+            kd = rng.uniform(0.0, 0.05, n).astype(np.float32)
+            vd = rng.uniform(0.0, 0.05, n).astype(np.float32)
+            dq = np.float32(rng.uniform(0.01, 0.3))
+            if case == 1:
+                k[:] = -127
+                q[:] = -127
+                v[:] = 127
+            elif case == 2:
+                k[:] = k[0]
+                kd[:] = kd[0]                          # every score equal
+            elif case == 3:
+                kd[::3] = np.nan
+                vd[1::4] = 0.0
+                kd[n // 2] = 0.0
+            elif case == 4:
+                vd[:] = 0.0                            # cmax == 0: zero output
+            out = np.full(3 * hd, 7.0, np.float32)
+            K.attend(np.concatenate([q, q]), hd, dq, k.reshape(-1), kd, v.reshape(-1), vd, n, hd,
+                     ks, out, hd)
+            ref = _attend_ref(q, dq, k, kd, v, vd, ks)
+            assert out[hd:2 * hd].tobytes() == ref.tobytes(), (n, case)
+            assert (out[:hd] == 7).all() and (out[2 * hd:] == 7).all()
+
+
 def test_tiny_threads_batches_lanes_and_slides(tiny):
     rng = np.random.default_rng(1)
     toks = [int(t) for t in rng.integers(1, 512, 530)]

@@ -33,7 +33,6 @@ LN2_LO_F = np.float32(-2.12194440e-4)       # ln2 - LN2_HI_F, rounded to float32
 EXP_MIN = np.float32(-80.0)                 # e^x for x < EXP_MIN is taken as 0 (no subnormals)
 _EC = [np.float32(float(Fraction(1, math.factorial(k)))) for k in range(8)]
 E2, E3, E4, E5, E6, E7 = _EC[2:]
-POW2_F = np.ldexp(np.ones(128, np.float32), np.arange(-127, 1)).astype(np.float32)
 F0 = np.float32(0.0)
 F05 = np.float32(0.5)
 F1 = np.float32(1.0)
@@ -97,7 +96,13 @@ def umul(a, b):
     return np.uint64(a) * np.uint64(b)
 
 
-HELPERS = ("fmul", "fadd", "fsub", "fdiv", "dmul", "dadd", "dsub", "ddiv", "dsqrt", "umul")
+def fbits(i):
+    """The float32 whose bits are the int32 i (a bit cast: exact, no rounding)."""
+    return np.int32(i).view(np.float32)
+
+
+HELPERS = ("fmul", "fadd", "fsub", "fdiv", "dmul", "dadd", "dsub", "ddiv", "dsqrt", "umul",
+           "fbits")
 
 
 # ---------------------------------------------------------------- §4.1 / §4.2
@@ -118,16 +123,15 @@ def exp_nonpos(x):
     p = fadd(fmul(p, r), E2)
     p = fadd(fmul(p, r), F1)
     p = fadd(fmul(p, r), F1)
-    return fmul(p, POW2_F[n + 127])
+    return fmul(p, fbits(np.int32((n + 127) << 23)))   # 2^n, n in [-116, 0]: a normal float
 
 
 def sigmoid(g):
-    """1 / (1 + e^-g) (g >= 0) or e^g / (1 + e^g) (g < 0), from exp_nonpos."""
+    """1 / (1 + e^-g) (g >= 0) or e^g / (1 + e^g) (g < 0), from exp_nonpos.  One exp of -|g|
+    (the same value in both cases) and a select: no branch, so loops of it vectorise."""
     g = np.float32(g)
-    if g >= F0:
-        return fdiv(F1, fadd(F1, exp_nonpos(-g)))
-    e = exp_nonpos(g)
-    return fdiv(e, fadd(F1, e))
+    e = exp_nonpos(-abs(g))
+    return fdiv(F1 if g >= F0 else e, fadd(F1, e))
 
 
 def silu(g):
@@ -332,6 +336,7 @@ def _sim_helpers():
         "dsub": lambda a, b: f64(f64(a) - f64(b)), "ddiv": lambda a, b: f64(f64(a) / f64(b)),
         "dsqrt": lambda a: f64(np.sqrt(f64(a))),
         "umul": lambda a, b: np.uint64((int(a) * int(b)) & 0xFFFFFFFFFFFFFFFF),
+        "fbits": fbits,
     }
 
 
@@ -351,7 +356,8 @@ def _cuda_helpers():
         return L.dadd_rn(a, -b)                   # negation is exact
     return {"fmul": L.fmul_rn, "fadd": L.fadd_rn, "fsub": L.fsub_rn, "fdiv": L.fdiv_rn,
             "dmul": L.dmul_rn, "dadd": L.dadd_rn, "dsub": cuda.jit(device=True)(dsub_rn),
-            "ddiv": L.ddiv_rn, "dsqrt": L.dsqrt_rn, "umul": cuda.jit(device=True)(umul)}
+            "ddiv": L.ddiv_rn, "dsqrt": L.dsqrt_rn, "umul": cuda.jit(device=True)(umul),
+            "fbits": L.int_as_float}
 
 
 def build(target: str, extra=()):
@@ -361,9 +367,12 @@ def build(target: str, extra=()):
     env = dict(globals())
     if target == "cpu":
         from numba import njit
+        from .simd import bits_f32
+        # error_model="numpy": a float division by zero gives IEEE inf/NaN instead of raising;
+        # no division here can have a zero divisor, and the check would stop loops vectorising
+        jit = njit(cache=True, error_model="numpy")
         for h in HELPERS:
-            env[h] = njit(cache=True)(globals()[h])
-        jit = njit(cache=True)
+            env[h] = jit(globals()[h]) if h != "fbits" else bits_f32
     elif target in ("cuda", "sim"):
         cuda = numba_cuda()
         env.update(_cuda_helpers() if target == "cuda" else _sim_helpers())

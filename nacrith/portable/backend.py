@@ -120,12 +120,10 @@ class PortableBackend:
         e = m.embd
         K.embed(toks, e.kind, e.q, e.d, e.m, x)
         a, o, gu, dn = m.wqkv, m.wo, m.wgu, m.wdn
-        for l in range(m.n_layer):
-            K.layer(x, lane_of, slot_of, cs, m.attn_norm[l], m.ffn_norm[l], m.eps, m.kind,
-                    a.q[l], a.d[l], a.m[l], o.q[l], o.d[l], o.m[l], gu.q[l], gu.d[l], gu.m[l],
-                    dn.q[l], dn.d[l], dn.m[l], self.kc[l], self.kd[l], self.vc[l], self.vd[l],
-                    self.kraw[l], self.n_keep, m.n_head, m.n_kv, m.head_dim, m.n_rot,
-                    self.kq_scale)
+        K.layers(x, lane_of, slot_of, cs, m.attn_norm, m.ffn_norm, m.eps, m.kind,
+                 a.q, a.d, a.m, o.q, o.d, o.m, gu.q, gu.d, gu.m, dn.q, dn.d, dn.m,
+                 self.kc, self.kd, self.vc, self.vd, self.kraw, self.n_keep, m.n_head, m.n_kv,
+                 m.head_dim, m.n_rot, self.kq_scale)
         out = np.empty((len(sel), self.n_vocab), np.float32)
         h = m.out
         K.head(x, sel, m.out_norm, m.eps, h.kind, h.q, h.d, h.m, out)

@@ -28,7 +28,7 @@ from numba import njit, prange
 
 from .arith import F0, LOGIT_MAX, LOGIT_SCALE, P_MAX  # noqa: F401
 from .mathx import CPU
-from .simd import R, axpy_i8x64, blk16_q4, blk16_q8, dot_i8x32
+from .simd import R, axpy_i8x64, bits_f32, blk16_q4, blk16_q8, dot_i8x32, dots16_i8x64, f32_bits
 
 Q8_0, Q4_1 = 0, 1                # matrix kinds (codes: int8 / packed uint4 + min)
 FLUSH = 256                      # int32 value accumulators are flushed to int64 this often
@@ -97,26 +97,42 @@ def pmatmul(kind, W, Wd, Wm, qa, da, sa, out, add):
 
 @njit(cache=True)
 def attend(qq, qo, dq, kc, kd, vc, vd, n, hd, kq_scale, out, oo):
-    """Attention of one query head over cache positions 0..n-1 of one KV head -> out[oo:oo+hd]."""
+    """Attention of one query head over cache positions 0..n-1 of one KV head -> out[oo:oo+hd].
+
+    The maxima are taken on the float bits as integers (vectorisable, unlike a float max):
+    scores as order-preserving keys, NaN never chosen, so m is the largest non-NaN score (its
+    sign when it is a zero cannot change e = exp(x - m)); the products c are >= 0 or NaN, and
+    cmax is the largest of them that is not NaN (0 if none), as with a float compare."""
     sc = np.empty(n, np.float32)
-    m = -np.inf
-    for s in range(n):
-        si = np.int32(0)
+    si = np.empty(16, np.int32)
+    s0 = 0
+    if hd == 64:
+        while s0 + 16 <= n:
+            dots16_i8x64(si, kc, s0 * 64, qq, qo)
+            for j in range(16):
+                sc[s0 + j] = att_score(dq, kd[s0 + j], si[j], kq_scale)
+            s0 += 16
+    for s in range(s0, n):
+        d = np.int32(0)
         for c in range(hd // 32):
-            si += dot_i8x32(kc, s * hd + c * 32, qq, qo + c * 32)
-        x = att_score(dq, kd[s], si, kq_scale)
-        sc[s] = x
-        if x > m:
-            m = x
+            d += dot_i8x32(kc, s * hd + c * 32, qq, qo + c * 32)
+        sc[s] = att_score(dq, kd[s], d, kq_scale)
+    mk = _key(np.float32(-np.inf))
+    for s in range(n):
+        x = sc[s]
+        k = _key(x) if x == x else np.int32(-2147483648)
+        mk = max(mk, k)
+    m = _unkey(mk)
     z = np.int64(0)
-    cmax = F0
+    cb = np.int32(0)
     for s in range(n):
         e = att_e(sc[s], m)
         z += att_z(e)
         c = att_c(e, vd[s])
         sc[s] = c
-        if c > cmax:
-            cmax = c
+        b = f32_bits(c)
+        cb = max(cb, b if b <= 0x7F800000 else np.int32(0))
+    cmax = bits_f32(cb)
     if cmax == F0:
         for i in range(hd):
             out[oo + i] = F0
@@ -140,6 +156,18 @@ def attend(qq, qo, dq, kc, kd, vc, vd, n, hd, kq_scale, out, oo):
                 cnt = 0
     for i in range(hd):
         out[oo + i] = att_out(tot[i] + acc[i], cmax, z)
+
+
+@njit(cache=True)
+def _key(x):
+    """float32 -> int32 with the same order (-0.0 just below +0.0; not for NaN)."""
+    b = f32_bits(x)
+    return b if b >= 0 else b ^ np.int32(0x7FFFFFFF)
+
+
+@njit(cache=True)
+def _unkey(k):
+    return bits_f32(k if k >= 0 else k ^ np.int32(0x7FFFFFFF))
 
 
 @njit(cache=True)
@@ -228,6 +256,19 @@ def layer(x, lane_of, slot_of, cs, attn_w, ffn_w, eps, kind,
             act[i] = swiglu(gu[t, i], gu[t, F + i])
         quant_row(act, qa3[t], da3[t], sa3[t])
     pmatmul(kind, wdn, wdn_d, wdn_m, qa3, da3, sa3, x, True)
+
+
+@njit(cache=True)
+def layers(x, lane_of, slot_of, cs, attn_w, ffn_w, eps, kind,
+           wqkv, wqkv_d, wqkv_m, wo, wo_d, wo_m, wgu, wgu_d, wgu_m, wdn, wdn_d, wdn_m,
+           kc, kd, vc, vd, kraw, n_keep, n_head, n_kv, hd, n_rot, kq_scale):
+    """Every transformer block in order (layer() with the weights and caches of layer l): one
+    call per feed instead of one per layer (each call from Python costs its argument checks)."""
+    for l in range(wqkv.shape[0]):
+        layer(x, lane_of, slot_of, cs, attn_w[l], ffn_w[l], eps, kind,
+              wqkv[l], wqkv_d[l], wqkv_m[l], wo[l], wo_d[l], wo_m[l], wgu[l], wgu_d[l], wgu_m[l],
+              wdn[l], wdn_d[l], wdn_m[l], kc[l], kd[l], vc[l], vd[l], kraw[l], n_keep, n_head,
+              n_kv, hd, n_rot, kq_scale)
 
 
 @njit(parallel=True, cache=True)

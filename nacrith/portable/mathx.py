@@ -6,7 +6,7 @@ operations in the order written, no fastmath, no libm).  rope_turns is computed 
 decimal arithmetic on the host, once per model, so every target shares the same integers.
 
 - exp_nonpos_f32(x): e^x for float32 x <= 0 (0 below EXP_MIN or NaN): Cody-Waite reduction
-  x = n*ln2 + r, a degree-7 polynomial for e^r, scaling by an exact power of two from a table.
+  x = n*ln2 + r, a degree-7 polynomial for e^r, scaling by 2^n built from its bits.
 - sigmoid/silu in float32 from exp_nonpos_f32 only.
 - RoPE: an angle is an integer fraction of a turn, a = pos * T_i mod 2^64 (T_i = the frequency
   in turns as 64-bit fixed point, rope_turns()), and (sin, cos)(2*pi*a/2^64) comes from a
@@ -19,7 +19,7 @@ from decimal import Decimal, localcontext
 import numpy as np
 from numba import njit
 
-from .arith import _PI, POW2_F, _EC, build  # noqa: F401  (tables re-exported for tools)
+from .arith import _PI, _EC, build  # noqa: F401  (tables re-exported for tools)
 
 CPU = build("cpu")
 exp_nonpos_f32 = CPU["exp_nonpos"]

@@ -91,6 +91,28 @@ def axpy_i8x64(typingctx, acc, ao, p, v, vo):
 
 
 
+@intrinsic
+def f32_bits(typingctx, x):
+    """The bits of float32 x as an int32 (a bit cast, no conversion)."""
+    sig = types.int32(types.float32)
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], _i32)
+
+    return sig, codegen
+
+
+@intrinsic
+def bits_f32(typingctx, i):
+    """The float32 whose bits are the int32 i (a bit cast, no conversion)."""
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
 # ---------------------------------------------------------------- 16-row interleaved blocks
 # Layout prepared at load (model.py): for a group of R = 16 rows and one 32-column block, chunk k
 # of 64 bytes holds byte c of quad k of every row r at 4r + c.  Q8_0: 8 chunks, byte = q[r, 4k+c]
@@ -268,6 +290,78 @@ def blk16_q8(typingctx, acc, w, wo, x, xo, wd, wm, so, mo, da, sa):
                 v = _chunk(context, builder, sig.args[1], args[1], args[2], k)
                 yield v, _load4(context, builder, sig.args[3], args[3], args[4], 4 * k)
         _acc_update(context, builder, sig, args, _row_sums(builder, steps(), True), False)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# ---------------------------------------------------------------- attention scores
+def _pair_sums(builder, a, b):
+    """[pair sums of a's lanes | pair sums of b's lanes] (same width as a and b)."""
+    w = a.type.count
+    ev = ir.Constant(_vec(_i32, w), list(range(0, 2 * w, 2)))
+    od = ir.Constant(_vec(_i32, w), list(range(1, 2 * w, 2)))
+    return builder.add(builder.shuffle_vector(a, b, ev), builder.shuffle_vector(a, b, od))
+
+
+def _lane_totals(builder, vecs):
+    """16 int32 vectors of width W (16 or 8) -> one <16 x i32>, lane j = the sum of vecs[j]'s
+    lanes (a transposing tree of pair sums: 15 shuffle-adds, not 16 horizontal reductions)."""
+    while len(vecs) > 16 // vecs[0].type.count:
+        vecs = [_pair_sums(builder, vecs[i], vecs[i + 1]) for i in range(0, len(vecs), 2)]
+    if len(vecs) == 2:
+        vecs = [builder.shuffle_vector(vecs[0], vecs[1], ir.Constant(_vec(_i32, 16),
+                                                                     list(range(16))))]
+    return vecs[0]
+
+
+@intrinsic
+def dots16_i8x64(typingctx, out, k, ko, q, qo):
+    """out[j] = sum_i k[ko + 64 j + i] * q[qo + i] for j < 16, i < 64: the attention scores of 16
+    cache positions (int8 keys, head dim 64) for one query head; exact int32 (|sum| <= 2^20).
+    q must avoid -128 (quant_block's codes are in [-127, 127]): the AVX2 path negates it.
+    AVX-512 VNNI: vpdpbusd on (k + 128) unsigned, minus 128 * sum q; AVX2: vpmaddubsw on
+    |k| x sign(k)*q (pairs <= 2 * 128 * 127 < 2^15, never saturates) and vpmaddwd; elsewhere
+    generic IR.  The same integers on every path."""
+    sig = types.void(out, k, ko, q, qo)
+
+    def codegen(context, builder, sig, args):
+        def kvec(j):
+            off = builder.add(args[2], ir.Constant(args[2].type, 64 * j))
+            return _load(builder, _ptr(context, builder, sig.args[1], args[1], off,
+                                       _vec(_i8, 64)), None)
+        qv = _load(builder, _ptr(context, builder, sig.args[3], args[3], args[4], _vec(_i8, 64)),
+                   None)
+        if _host_has("avx512vnni", "avx512bw"):
+            zero = ir.Constant(_vec(_i32, 16), [0] * 16)
+            flip = ir.Constant(_vec(_i8, 64), [-128] * 64)
+            tot = _lane_totals(builder, [_dpbusd(builder, zero, builder.xor(kvec(j), flip), qv)
+                                         for j in range(16)])
+            qs = _reduce_add(builder, builder.sext(qv, _vec(_i32, 64)), 64)
+            tot = builder.sub(tot, _splat(builder, builder.shl(qs, ir.Constant(_i32, 7)),
+                                          _i32, 16))
+        elif _host_has("avx2"):
+            qh = _halves(builder, qv)
+            parts = []
+            for j in range(16):
+                ps = []
+                for kh, xh in zip(_halves(builder, kvec(j)), qh):
+                    a = _call(builder, "llvm.abs.v32i8", kh.type, kh, ir.Constant(ir.IntType(1), 0))
+                    sx = _call(builder, "llvm.x86.avx2.psign.b", xh.type, xh, kh)
+                    ps.append(_maddwd1(builder, _maddubs(builder, a, sx)))
+                parts.append(builder.add(ps[0], ps[1]))
+            tot = _lane_totals(builder, parts)
+        else:
+            q32 = builder.sext(qv, _vec(_i32, 64))
+            parts = []
+            for j in range(16):
+                p = builder.mul(builder.sext(kvec(j), _vec(_i32, 64)), q32)
+                sl = [_shuf(builder, p, list(range(16 * i, 16 * i + 16))) for i in range(4)]
+                parts.append(builder.add(builder.add(sl[0], sl[1]), builder.add(sl[2], sl[3])))
+            tot = _lane_totals(builder, parts)
+        po = _ptr(context, builder, sig.args[0], args[0], ir.Constant(ir.IntType(64), 0),
+                  _vec(_i32, 16))
+        builder.store(tot, po, align=4)
         return context.get_dummy_value()
 
     return sig, codegen
