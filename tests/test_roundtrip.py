@@ -28,9 +28,9 @@ CASES = {
     "special_tokens": lambda: PROSE[:200] + b" <|endoftext|> then <|im_start|>assistant\n<|im_end|> "
                               + PROSE[200:],
     "control_bytes": lambda: PROSE[:100] + b"\x04" + PROSE[100:400] + b"\x1d\x13" + PROSE[400:],
-    "alice_2k": lambda: corpus("alice29.txt", 2048),
-    "fields_2k": lambda: corpus("fields.c", 2048),
-    "xargs_2k": lambda: corpus("xargs.1", 2048),
+    "alice_1k": lambda: corpus("alice29.txt", 1024),
+    "fields_1k": lambda: corpus("fields.c", 1024),
+    "xargs_1k": lambda: corpus("xargs.1", 1024),
     "kennedy_xls": lambda: corpus("kennedy.xls"),
     "tar": lambda: tar_of({"a.txt": corpus("alice29.txt", 800), "f.c": corpus("fields.c", 600),
                            "x.1": corpus("xargs.1", 500)}),
@@ -47,8 +47,8 @@ def tar_of(files: dict) -> bytes:
             info.size, info.mtime = len(data), 1700000000
             t.addfile(info, io.BytesIO(data))
     return out.getvalue()
-TEXTUAL = ["invalid_utf8", "crlf", "special_tokens", "control_bytes", "alice_2k", "fields_2k",
-           "xargs_2k"]
+TEXTUAL = ["invalid_utf8", "crlf", "special_tokens", "control_bytes", "alice_1k", "fields_1k",
+           "xargs_1k"]
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +91,8 @@ def test_no_archive_exceeds_the_bound(archives):
 
 
 def test_text_compresses_well(archives):
-    data, blob, _ = archives["alice_2k"]
-    assert 8 * len(blob) / len(data) < 1.9          # xz -9e manages ~3.3 bpb on this slice
+    data, blob, _ = archives["alice_1k"]
+    assert 8 * len(blob) / len(data) < 1.9          # xz -9e: 652 bytes, 5.1 bpb on this slice
 
 
 def test_decode_in_fresh_process(archives):
@@ -155,12 +155,12 @@ def test_wrong_model_is_refused(tmp_path, archives):
 
 
 def test_every_lane_count_decodes_in_fresh_process(tmp_path):
-    # K = 1..5, 8, 16 lanes (one sequence each, lockstep) with the default ensemble, on
-    # 400 + 30 K bytes of text (neural beats zstd plus the model frame; 10+ tokens per lane);
-    # one fresh interpreter decodes all the archives
+    # K = 1, 2, 3, 5, 16 lanes (one sequence each, lockstep; 4 lanes: test_portable's host
+    # child) with the default ensemble, on 400 + 30 K bytes of text (neural beats zstd plus the
+    # model frame; 10+ tokens per lane); one fresh interpreter decodes all the archives
     text = PROSE.replace(b"\n", b"\r\n") + corpus("fields.c", 300)
     datas, paths = [], []
-    for k in (1, 2, 3, 4, 5, 8, 16):
+    for k in (1, 2, 3, 5, 16):
         data = text[:400 + 30 * k]
         blob = nacrith.compress(data, threads=1, lanes=k, ctx=256, slide=64)
         layout, desc, segs, _ = F.scan_bytes(blob)

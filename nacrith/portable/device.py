@@ -553,7 +553,8 @@ class DeviceBackend:
             t = st.t
             tmm.mm(W.q4, *W.t, t[id(q[0])], t[id(q[1])], t[id(q[2])], t[id(out)], mode)
         else:
-            self.K["k_mm"][(_grid(W.rows, 32), _grid(out.shape[0], 4)), (32, 4)](
+            by = min(4, out.shape[0])          # no idle token threads for 1-3 tokens
+            self.K["k_mm"][(_grid(W.rows, 32), _grid(out.shape[0], by)), (32, by)](
                 W.q, W.d, W.m, W.q4, *q, out, mode)
 
     def _torch(self, a):
