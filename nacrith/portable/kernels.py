@@ -185,6 +185,46 @@ def store_kv(kvec, ko, vvec, vo, hd, kc, kd, vc, vd, slot):
     vd[slot] = d
 
 
+SERIAL_BELOW = 4                 # tokens: below this, a layer's element steps run on one thread
+
+
+@njit(cache=True)
+def _norm_quant(x, w, eps, h, qa, da, sa, t):
+    rmsnorm(x[t], w, eps, h[t])
+    quant_row(h[t], qa[t], da[t], sa[t])
+
+
+@njit(cache=True)
+def _rope_store(qkv, t, lane_of, slot_of, cs, kraw, n_keep, qq, dq, n_head, n_kv, hd, n_rot,
+                kc, kd, vc, vd):
+    """Token t: keep its raw keys (kept slots), rotate and quantise its query heads, rotate and
+    store its keys and values in the cache."""
+    nq = n_head * hd
+    nk = n_kv * hd
+    lane = lane_of[t]
+    slot = slot_of[t]
+    row = qkv[t]
+    if slot < n_keep:
+        for i in range(nk):
+            kraw[lane, slot, i] = row[nq + i]
+    for hh in range(n_head):
+        rope_apply(row, hh * hd, n_rot, cs, t)
+        d, _ = quant_block(row, hh * hd, hd, qq[t], hh * hd)
+        dq[t, hh] = d
+    for g in range(n_kv):
+        rope_apply(row, nq + g * hd, n_rot, cs, t)
+        store_kv(row, nq + g * hd, row, nq + nk + g * hd, hd,
+                 kc[lane, g], kd[lane, g], vc[lane, g], vd[lane, g], slot)
+
+
+@njit(cache=True)
+def _swiglu_quant(gu, t, F, qa, da, sa):
+    act = np.empty(F, np.float32)
+    for i in range(F):
+        act[i] = swiglu(gu[t, i], gu[t, F + i])
+    quant_row(act, qa[t], da[t], sa[t])
+
+
 @njit(parallel=True, cache=True)
 def layer(x, lane_of, slot_of, cs, attn_w, ffn_w, eps, kind,
           wqkv, wqkv_d, wqkv_m, wo, wo_d, wo_m, wgu, wgu_d, wgu_m, wdn, wdn_d, wdn_m,
@@ -193,38 +233,37 @@ def layer(x, lane_of, slot_of, cs, attn_w, ffn_w, eps, kind,
 
     Caches of this layer: kc/vc int8 [lanes, n_kv, ctx*hd], kd/vd float32 [lanes, n_kv, ctx];
     kraw float32 [lanes, n_keep, n_kv*hd]: un-rotated keys of the kept positions (re-rotated after
-    a slide).  Token t goes to lane lane_of[t], slot slot_of[t]; cs[t] is its RoPE table."""
+    a slide).  Token t goes to lane lane_of[t], slot slot_of[t]; cs[t] is its RoPE table.
+    Below SERIAL_BELOW tokens the per-token element steps run on the calling thread (a parallel
+    region costs more than they do); the products and attention are parallel always."""
     T, D = x.shape
     nbD = D // 32
     nq = n_head * hd
     nk = n_kv * hd
     F = wdn_d.shape[1] // R * 32          # ffn width = columns of the down matrix
+    par = T >= SERIAL_BELOW
     h = np.empty((T, D), np.float32)
     qa = np.empty((T, D), np.int8)
     da = np.empty((T, nbD), np.float32)
     sa = np.empty((T, nbD), np.float32)
-    for t in prange(T):
-        rmsnorm(x[t], attn_w, eps, h[t])
-        quant_row(h[t], qa[t], da[t], sa[t])
+    if par:
+        for t in prange(T):
+            _norm_quant(x, attn_w, eps, h, qa, da, sa, t)
+    else:
+        for t in range(T):
+            _norm_quant(x, attn_w, eps, h, qa, da, sa, t)
     qkv = np.empty((T, nq + 2 * nk), np.float32)
     pmatmul(kind, wqkv, wqkv_d, wqkv_m, qa, da, sa, qkv, False)
     qq = np.empty((T, nq), np.int8)
     dq = np.empty((T, n_head), np.float32)
-    for t in prange(T):
-        lane = lane_of[t]
-        slot = slot_of[t]
-        row = qkv[t]
-        if slot < n_keep:
-            for i in range(nk):
-                kraw[lane, slot, i] = row[nq + i]
-        for hh in range(n_head):
-            rope_apply(row, hh * hd, n_rot, cs, t)
-            d, _ = quant_block(row, hh * hd, hd, qq[t], hh * hd)
-            dq[t, hh] = d
-        for g in range(n_kv):
-            rope_apply(row, nq + g * hd, n_rot, cs, t)
-            store_kv(row, nq + g * hd, row, nq + nk + g * hd, hd,
-                     kc[lane, g], kd[lane, g], vc[lane, g], vd[lane, g], slot)
+    if par:
+        for t in prange(T):
+            _rope_store(qkv, t, lane_of, slot_of, cs, kraw, n_keep, qq, dq, n_head, n_kv, hd,
+                        n_rot, kc, kd, vc, vd)
+    else:
+        for t in range(T):
+            _rope_store(qkv, t, lane_of, slot_of, cs, kraw, n_keep, qq, dq, n_head, n_kv, hd,
+                        n_rot, kc, kd, vc, vd)
     att = np.empty((T, nq), np.float32)
     grp = n_head // n_kv
     for i in prange(T * n_head):
@@ -238,23 +277,31 @@ def layer(x, lane_of, slot_of, cs, attn_w, ffn_w, eps, kind,
     qa2 = np.empty((T, nq), np.int8)
     da2 = np.empty((T, nbQ), np.float32)
     sa2 = np.empty((T, nbQ), np.float32)
-    for t in prange(T):
-        quant_row(att[t], qa2[t], da2[t], sa2[t])
+    if par:
+        for t in prange(T):
+            quant_row(att[t], qa2[t], da2[t], sa2[t])
+    else:
+        for t in range(T):
+            quant_row(att[t], qa2[t], da2[t], sa2[t])
     pmatmul(kind, wo, wo_d, wo_m, qa2, da2, sa2, x, True)
-    for t in prange(T):
-        rmsnorm(x[t], ffn_w, eps, h[t])
-        quant_row(h[t], qa[t], da[t], sa[t])
+    if par:
+        for t in prange(T):
+            _norm_quant(x, ffn_w, eps, h, qa, da, sa, t)
+    else:
+        for t in range(T):
+            _norm_quant(x, ffn_w, eps, h, qa, da, sa, t)
     gu = np.empty((T, 2 * F), np.float32)
     pmatmul(kind, wgu, wgu_d, wgu_m, qa, da, sa, gu, False)
     nbF = F // 32
     qa3 = np.empty((T, F), np.int8)
     da3 = np.empty((T, nbF), np.float32)
     sa3 = np.empty((T, nbF), np.float32)
-    for t in prange(T):
-        act = np.empty(F, np.float32)
-        for i in range(F):
-            act[i] = swiglu(gu[t, i], gu[t, F + i])
-        quant_row(act, qa3[t], da3[t], sa3[t])
+    if par:
+        for t in prange(T):
+            _swiglu_quant(gu, t, F, qa3, da3, sa3)
+    else:
+        for t in range(T):
+            _swiglu_quant(gu, t, F, qa3, da3, sa3)
     pmatmul(kind, wdn, wdn_d, wdn_m, qa3, da3, sa3, x, True)
 
 
