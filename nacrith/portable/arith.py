@@ -2,11 +2,13 @@
 
 Each function here is plain Python over scalars and arrays, with every float operation written
 as a call of a small helper (`fmul`, `fadd`, `fsub`, `fdiv` in float32; `dmul`, `dadd`, `dsub`,
-`ddiv`, `dsqrt` in float64).  `build(target)` compiles the whole family for one target, binding
+`ddiv`, `dsqrt` in float64; `fbits`, the float32 with the bits of an int32, for exp's 2^n).  `build(target)` compiles the whole family for one target, binding
 the helpers to that target's operations:
 
 - "cpu": Numba njit; the helpers are plain `a * b`, ... (Numba's fastmath=False: LLVM `fmul`,
-  `fadd` without contraction flags; the IR test checks no `llvm.fma`/`fmuladd` appears);
+  `fadd` without contraction flags; the IR test checks no `llvm.fma`/`fmuladd` appears), `fbits`
+  a bit cast (simd.bits_f32); no function here branches on data where a select will do, so the
+  kernels' loops over them vectorise;
 - "cuda": numba-cuda device functions; the helpers are libdevice's round-to-nearest calls
   (`__nv_fmul_rn`, ...), which NVVM never contracts into FMA (a plain `a * b + c` becomes
   `fma.rn.f32` on the device even with fastmath=False); the PTX test rejects any f32/f64

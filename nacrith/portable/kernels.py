@@ -18,7 +18,9 @@ Invariants (what makes the logits identical on every machine, thread count and b
   a parallel kernel (Numba would parallelise it as a reduction in an unspecified order);
 - attention over a lane's cache uses only integer sums (scores per position are independent;
   softmax normaliser and weighted values are integer sums), so the order of cache positions is
-  irrelevant too.
+  irrelevant too; its maxima are taken on float bits as integers (the same value as a float max);
+- where the work runs (a thread, the calling thread below SERIAL_BELOW tokens, which block of
+  16 positions) never changes a number: only the speed.
 """
 from __future__ import annotations
 
