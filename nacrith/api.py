@@ -489,11 +489,10 @@ def _decode_engine4(d: F.Descriptor, o: Options):
                                 f"nacrith implements version {ENGINE_VERSION}"
                                 + ("; upgrade nacrith" if d.engine_check > ENGINE_VERSION else ""))
     path = models.find_by_sha(sha, name, o.model)
+    backend = ("llama" if d.engine != F.E_PORTABLE else
+               "device" if o.backend == "device" else "portable")
     dopts = replace(o, ctx=p["ctx"], slide=p["slide"], n_keep=p["n_keep"], lanes=p["lanes"],
-                    threads=o.threads or default_threads(
-                        "llama" if d.engine != F.E_PORTABLE else "portable"),
-                    backend=("llama" if d.engine != F.E_PORTABLE else
-                             "device" if o.backend == "device" else "portable"),
+                    threads=o.threads or default_threads(backend), backend=backend,
                     swa_full=bool(p.get("swa_full", 1)))
     engine = get_engine(path, dopts, mix)
     if engine.backend.n_vocab != n_vocab or engine.backend.bos != p.get("bos", engine.backend.bos):

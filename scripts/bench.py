@@ -246,6 +246,16 @@ def nll_bits(row, tok) -> float:
     return (m + math.log(np.exp(x - m).sum()) - x[tok]) / math.log(2)
 
 
+def fill_window(b, toks, fill: int) -> list:
+    """Reset engine b's lane 0 and feed it `fill` tokens (toks repeated, 256 per feed); the token
+    sequence, whose items from index `fill` on are the ones to probe with."""
+    b.reset()
+    seq = toks * (b.ctx // max(1, len(toks)) + 2)
+    for i in range(0, fill, 256):
+        b.feed([0], [seq[i:min(fill, i + 256)]])
+    return seq
+
+
 def backend_child(job: dict) -> dict:
     """One (backend, text) measurement in this fresh process (see the module docstring)."""
     import nacrith
@@ -278,10 +288,7 @@ def backend_child(job: dict) -> dict:
     for fill in job.get("fills", []):
         if fill + job["probe"] > ctx:
             continue
-        b.reset()
-        seq = (toks * (fill // max(1, len(toks)) + 2))[:fill + job["probe"]]
-        for i in range(0, fill, 256):
-            b.feed([0], [seq[i:min(fill, i + 256)]])
+        seq = fill_window(b, toks, fill)
         t0 = time.perf_counter()
         for t in seq[fill:fill + job["probe"]]:
             b.feed([0], [[t]])
@@ -337,24 +344,20 @@ def stage_profile(args, data: bytes) -> None:
         work.append((M, act, np.zeros((1, M.q.shape[1] * 16), np.float32)))
 
     @numba.njit
-    def layers_products(kind, n_layer, M1, A1, O1, M2, A2, O2, M3, A3, O3, M4, A4, O4):
+    def layers_products(kind, n_layer, work):
         for l in range(n_layer):
-            for M, A, O in ((M1, A1, O1), (M2, A2, O2), (M3, A3, O3)):
+            for M, A, O in work:
                 K.pmatmul(kind, M[0][l], M[1][l], M[2][l], A[0], A[1], A[2], O, False)
-            K.pmatmul(kind, M4[0][l], M4[1][l], M4[2][l], A4[0], A4[1], A4[2], O4, False)
 
-    args_ = [m.kind, m.n_layer]
-    for M, act, out in work:
-        args_ += [(M.q, M.d, M.m), act, out]
+    work = tuple(((M.q, M.d, M.m), act, out) for M, act, out in work)
 
     def matrices():             # one compiled call, as inside the layers (no per-call dispatch)
         t = time.perf_counter()
-        layers_products(*args_)
+        layers_products(m.kind, m.n_layer, work)
         return time.perf_counter() - t
     matrices()
     mat = min(matrices() for _ in range(5))
     fills = [int(v) for v in args.fills.split(",") if v]
-    seq = (toks * (args.ctx // max(1, len(toks)) + 2))
     rows = []
     b.feed([0], [[b.bos]])
     for fill in fills:
@@ -362,9 +365,7 @@ def stage_profile(args, data: bytes) -> None:
             continue
         best = None
         for _ in range(3):
-            b.reset()
-            for i in range(0, fill, 256):
-                b.feed([0], [seq[i:min(fill, i + 256)]])
+            seq = fill_window(b, toks, fill)
             spent.clear()
             t = time.perf_counter()
             for tok in seq[fill:fill + args.probe]:
@@ -396,7 +397,7 @@ def stage_profile(args, data: bytes) -> None:
         return r
     PortableBackend.feed = counted
     try:
-        nacrith.compress(data[:300], backend="portable", threads=th)
+        nacrith.compress(data[:300], backend="portable", threads=th, ctx=args.ctx)  # same engine
         feed_t[0] = 0.0
         t = time.perf_counter()
         nacrith.compress(data, backend="portable", threads=th, ctx=args.ctx)

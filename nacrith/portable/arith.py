@@ -2,8 +2,9 @@
 
 Each function here is plain Python over scalars and arrays, with every float operation written
 as a call of a small helper (`fmul`, `fadd`, `fsub`, `fdiv` in float32; `dmul`, `dadd`, `dsub`,
-`ddiv`, `dsqrt` in float64; `fbits`, the float32 with the bits of an int32, for exp's 2^n).  `build(target)` compiles the whole family for one target, binding
-the helpers to that target's operations:
+`ddiv`, `dsqrt` in float64; `fbits`, the float32 with the bits of an int32, for exp's 2^n).
+`build(target)` compiles the whole family for one target, binding the helpers to that target's
+operations:
 
 - "cpu": Numba njit; the helpers are plain `a * b`, ... (Numba's fastmath=False: LLVM `fmul`,
   `fadd` without contraction flags; the IR test checks no `llvm.fma`/`fmuladd` appears), `fbits`

@@ -196,6 +196,19 @@ def _norm_quant(x, w, eps, h, qa, da, sa, t):
     quant_row(h[t], qa[t], da[t], sa[t])
 
 
+@njit(parallel=True, cache=True)
+def _norm_quant_rows(x, w, eps, h, qa, da, sa):
+    """RMSNorm with weights w, then quantisation, of every token row of x (the two norms of a
+    layer); on the calling thread below SERIAL_BELOW tokens."""
+    T = x.shape[0]
+    if T >= SERIAL_BELOW:
+        for t in prange(T):
+            _norm_quant(x, w, eps, h, qa, da, sa, t)
+    else:
+        for t in range(T):
+            _norm_quant(x, w, eps, h, qa, da, sa, t)
+
+
 @njit(cache=True)
 def _rope_store(qkv, t, lane_of, slot_of, cs, kraw, n_keep, qq, dq, n_head, n_kv, hd, n_rot,
                 kc, kd, vc, vd):
@@ -248,12 +261,7 @@ def layer(x, lane_of, slot_of, cs, attn_w, ffn_w, eps, kind,
     qa = np.empty((T, D), np.int8)
     da = np.empty((T, nbD), np.float32)
     sa = np.empty((T, nbD), np.float32)
-    if par:
-        for t in prange(T):
-            _norm_quant(x, attn_w, eps, h, qa, da, sa, t)
-    else:
-        for t in range(T):
-            _norm_quant(x, attn_w, eps, h, qa, da, sa, t)
+    _norm_quant_rows(x, attn_w, eps, h, qa, da, sa)
     qkv = np.empty((T, nq + 2 * nk), np.float32)
     pmatmul(kind, wqkv, wqkv_d, wqkv_m, qa, da, sa, qkv, False)
     qq = np.empty((T, nq), np.int8)
@@ -286,12 +294,7 @@ def layer(x, lane_of, slot_of, cs, attn_w, ffn_w, eps, kind,
         for t in range(T):
             quant_row(att[t], qa2[t], da2[t], sa2[t])
     pmatmul(kind, wo, wo_d, wo_m, qa2, da2, sa2, x, True)
-    if par:
-        for t in prange(T):
-            _norm_quant(x, ffn_w, eps, h, qa, da, sa, t)
-    else:
-        for t in range(T):
-            _norm_quant(x, ffn_w, eps, h, qa, da, sa, t)
+    _norm_quant_rows(x, ffn_w, eps, h, qa, da, sa)
     gu = np.empty((T, 2 * F), np.float32)
     pmatmul(kind, wgu, wgu_d, wgu_m, qa, da, sa, gu, False)
     nbF = F // 32
