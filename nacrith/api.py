@@ -32,13 +32,13 @@ HEADER_BOUND = 64          # archive size <= input size + HEADER_BOUND for input
 
 def default_threads(backend: str = "llama") -> int:
     """Threads when none are asked for, by measurement (docs/benchmarks.md): llama.cpp
-    min(4, cpus); the portable engine 1 (its ~300 short parallel regions per token cost more
-    than a second thread saves: 2 threads were 3x slower than 1 on an idle 2-core box with
-    sleeping OpenMP workers, 1.5x slower beside a busy process; more cores serve more lanes or
-    --workers).  The portable engine's output never depends on its thread count."""
-    if backend in ("portable", "device"):
+    min(4, cpus); the portable engine min(2, cpus) (a team of threads per feed, portable/team.py:
+    on an idle 2-core box 1.4-1.6x one thread's speed; beside a busy process 1.15-1.2x slower
+    than one thread; more than 2 not measured).  The portable engine's output never depends on
+    its thread count."""
+    if backend == "device":
         return 1
-    return max(1, min(4, os.cpu_count() or 1))
+    return max(1, min(2 if backend == "portable" else 4, os.cpu_count() or 1))
 
 
 @dataclass

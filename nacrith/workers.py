@@ -72,14 +72,17 @@ def split_threads(n_workers: int, threads: int | None, cpus: int | None = None) 
     return max(1, min(MAX_DEFAULT_THREADS, cpus // max(1, n_workers)))
 
 
-def worker_threads(opts: api.Options) -> int | None:
-    """Threads per CPU worker when the options give none: the portable engine's default (1,
-    api.default_threads); None for llama.cpp, whose workers split the CPUs (split_threads)."""
+def worker_threads(opts: api.Options, n_workers: int = 1) -> int | None:
+    """Threads per CPU worker when the options give none: the portable engine's default
+    (api.default_threads) within the worker's share of the CPUs; None for llama.cpp, whose
+    workers split the CPUs (split_threads)."""
     if opts.threads:
         return opts.threads
     backend = (opts.backend if opts.backend != "auto" else
                api.auto_backend(opts.model, opts.n_gpu_layers))
-    return api.default_threads(backend) if backend == "portable" else None
+    if backend != "portable":
+        return None
+    return max(1, min(api.default_threads(backend), (os.cpu_count() or 1) // max(1, n_workers)))
 
 
 def assign(n_workers: int, devices: list[str], threads: int | None, n_gpu_layers: int = 0,
@@ -260,7 +263,7 @@ class LocalPool:
     MAX_RETRIES = 2
 
     def __init__(self, n_workers: int, devices: list[str], opts: api.Options, mode: str):
-        threads = worker_threads(opts) if not devices else opts.threads
+        threads = worker_threads(opts, n_workers) if not devices else opts.threads
         self.assignments = assign(n_workers, devices, threads, opts.n_gpu_layers)
         self.opts, self.mode = opts, mode
         self.ctx = mp.get_context("spawn")

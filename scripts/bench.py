@@ -306,57 +306,30 @@ def backend_child(job: dict) -> dict:
 
 def stage_profile(args, data: bytes) -> None:
     """--stages: where one token's time goes in the portable engine, single lane, at each window
-    fill (--fills), this process, --threads.  Stages are timed around the kernels: embed, the 30
-    layer calls, head; the matrices are timed alone (the layer's four products for one token,
-    same weights), the attention as layers(fill) - layers(fill 0), the rest of the layer
-    (norms, RoPE, quantisation, SwiGLU, dispatch) as layers(0) - matrices.  Then one
-    nacrith.compress of the text: engine time vs the host's (mixer, CDF, coder, Python)."""
+    fill (--fills), this process, --threads.  The engine's team kernel counts the CPU's cycles
+    per stage on each thread (a stage includes waiting for the stage's last chunk); the calling
+    thread's are shown, in ms; "Python" is the rest of the feed (planning, RoPE tables, the
+    team's start).  Then one nacrith.compress of the text: engine time vs the host's (mixer,
+    CDF, coder, Python)."""
     import nacrith
     from nacrith.portable import PortableBackend
     from nacrith.portable import kernels as K
+    from nacrith.portable.team import cycles
     th = args.threads or api.default_threads("portable")
     b = PortableBackend(str(models.resolve(None)), ctx=args.ctx, lanes=1, threads=th,
                         slide=args.ctx // 4, n_keep=1)
-    spent = {}
-
-    def timed(name, f):
-        def g(*a):
-            t = time.perf_counter()
-            r = f(*a)
-            spent[name] = spent.get(name, 0.0) + time.perf_counter() - t
-            return r
-        return g
-    orig = {n: getattr(K, n) for n in ("embed", "layers", "head")}
-    for n, f in orig.items():
-        setattr(K, n, timed(n, f))
     toks = [int(t) for t in b.tokenize(data)]
-    m = b.m
-    rng = np.random.default_rng(0)
     import numba
-    numba.set_num_threads(th)
-    work = []                   # (matrix, quantised random activation row, output row)
-    for w in ("wqkv", "wo", "wgu", "wdn"):
-        M = getattr(m, w)
-        cols = M.d.shape[2] // 16 * 32
-        act = (np.zeros((1, cols), np.int8), np.zeros((1, cols // 32), np.float32),
-               np.zeros((1, cols // 32), np.float32))
-        K.quant_row(rng.standard_normal(cols).astype(np.float32), act[0][0], act[1][0], act[2][0])
-        work.append((M, act, np.zeros((1, M.q.shape[1] * 16), np.float32)))
 
     @numba.njit
-    def layers_products(kind, n_layer, work):
-        for l in range(n_layer):
-            for M, A, O in work:
-                K.pmatmul(kind, M[0][l], M[1][l], M[2][l], A[0], A[1], A[2], O, False)
-
-    work = tuple(((M.q, M.d, M.m), act, out) for M, act, out in work)
-
-    def matrices():             # one compiled call, as inside the layers (no per-call dispatch)
-        t = time.perf_counter()
-        layers_products(m.kind, m.n_layer, work)
-        return time.perf_counter() - t
-    matrices()
-    mat = min(matrices() for _ in range(5))
+    def now():
+        return cycles()
+    c0, t0 = now(), time.perf_counter()
+    time.sleep(0.2)
+    hz = (now() - c0) / (time.perf_counter() - t0)
+    if hz <= 0:
+        print("\n# --stages needs the x86 time-stamp counter")
+        return
     fills = [int(v) for v in args.fills.split(",") if v]
     rows = []
     b.feed([0], [[b.bos]])
@@ -366,27 +339,22 @@ def stage_profile(args, data: bytes) -> None:
         best = None
         for _ in range(3):
             seq = fill_window(b, toks, fill)
-            spent.clear()
+            b.clock = np.zeros((th, len(K.STAGES)), np.int64)
             t = time.perf_counter()
             for tok in seq[fill:fill + args.probe]:
                 b.feed([0], [[tok]])
             tot = (time.perf_counter() - t) / args.probe
             if best is None or tot < best[0]:
-                best = (tot, {k: v / args.probe for k, v in spent.items()})
+                best = (tot, b.clock[0] / hz / args.probe)
+            b.clock = None
         rows.append((fill, *best))
-    lay0 = rows[0][2]["layers"] if rows and rows[0][0] == 0 else None
     print(f"\n# portable engine, 1 lane, threads {th}, ctx {args.ctx}; ms per token (best of 3 "
-          f"runs of {args.probe} tokens); the four matrices of the 30 layers alone: {mat * 1e3:.2f} ms")
-    print("| fill | token ms | tok/s | matrices | other layer steps | attention | head | embed+Python |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"runs of {args.probe} tokens), stages as seen by the calling thread")
+    print("| fill | token ms | tok/s | " + " | ".join(K.STAGES) + " | Python |")
+    print("|---|---|---|" + "---|" * (len(K.STAGES) + 1))
     for fill, tot, st in rows:
-        lay, hd_ = st["layers"], st["head"]
-        att = lay - lay0 if lay0 is not None else float("nan")
-        other = (lay0 if lay0 is not None else lay) - mat
-        print(f"| {fill} | {tot * 1e3:.2f} | {1 / tot:.1f} | {mat * 1e3:.2f} | {other * 1e3:.2f} | "
-              f"{att * 1e3:.2f} | {hd_ * 1e3:.2f} | {(tot - lay - hd_) * 1e3:.2f} |")
-    for n, f in orig.items():
-        setattr(K, n, f)
+        print(f"| {fill} | {tot * 1e3:.2f} | {1 / tot:.1f} | "
+              + " | ".join(f"{v * 1e3:.2f}" for v in st) + f" | {(tot - st.sum()) * 1e3:.2f} |")
     feed_t = [0.0]
     feed = PortableBackend.feed
 

@@ -325,15 +325,22 @@ def test_public_names_have_docstrings():
 
 
 def test_default_threads_per_backend(monkeypatch):
-    """The default thread count by measurement (docs/benchmarks.md, 2026-12-06): 1 for the
-    portable engine (also for each worker of a pool), min(4, cpus) for llama.cpp; an explicit
-    count always wins."""
+    """The default thread count by measurement (docs/benchmarks.md, 2026-12-06): min(2, cpus)
+    for the portable engine (within each worker's share of the CPUs in a pool), 1 for the
+    device engine, min(4, cpus) for llama.cpp; an explicit count always wins."""
     from nacrith import api, workers
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
-    assert api.normalized().threads == 1                       # SmolLM2: the portable engine
-    assert api.normalized(backend="portable").threads == 1
+    assert api.normalized().threads == 2                       # SmolLM2: the portable engine
+    assert api.normalized(backend="portable").threads == 2
     assert api.normalized(backend="llama").threads == 4
+    assert api.default_threads("device") == 1
     assert api.normalized(backend="portable", threads=3).threads == 3
-    assert workers.worker_threads(api.Options()) == 1
+    assert workers.worker_threads(api.Options()) == 2
+    assert workers.worker_threads(api.Options(), 8) == 2
+    assert workers.worker_threads(api.Options(), 16) == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert api.normalized().threads == 1
+    assert workers.worker_threads(api.Options(), 2) == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert workers.worker_threads(api.Options(backend="llama")) is None   # split the CPUs
     assert workers.worker_threads(api.Options(threads=2)) == 2

@@ -36,7 +36,7 @@ def test_each_level_maps_to_its_options(level):
         assert getattr(o, k) == v
     assert o.slide == o.ctx // 4 and o.skip_cap == (api.DEFAULT_SKIP_CAP if o.skip else None)
     assert o.backend == api.auto_backend(o.model)       # portable for SmolLM2, else llama.cpp
-    assert o.threads == api.default_threads(o.backend)  # 1 for the portable engine
+    assert o.threads == api.default_threads(o.backend)  # min(2, cpus) for the portable engine
     derived = {"level", "slide", "skip_cap", "backend", "threads"}
     rest = {k for k in vars(api.Options()) if k not in levels.LEVELS[level]} - derived
     assert {k: getattr(o, k) for k in rest} == {k: getattr(api.normalized(), k) for k in rest}

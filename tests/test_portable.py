@@ -124,11 +124,17 @@ b.keep_hidden = True                        # the final hidden states (scripts/h
 b.reset()
 hidden = [hashlib.sha256(b.feed([0], [[t]]).tobytes() + b.hidden.tobytes()).hexdigest()
           for t in [b.bos] + toks[:20]]
+b.reset()                                   # more tokens than a team takes: parallel regions
+seq = [b.bos] + toks[:kernels.TEAM_MAX + 40]
+singles = [T.logit_hash(b.feed([0], [[t]])) for t in seq]
+b.reset()
+prefill = [T.logit_hash(b.feed([0], [seq[:kernels.TEAM_MAX + 30]]))]
+prefill += [T.logit_hash(b.feed([0], [[t]])) for t in seq[kernels.TEAM_MAX + 30:]]
 ir = T.check_all_ir() if sys.argv[4] == "ir" else {}
 decoded = [hashlib.sha256(nacrith.decompress(open(p, "rb").read(), threads=1)).hexdigest()
            for p in sys.argv[6:]]
 print(json.dumps({"hashes": hashes, "lane0": lane0, "ir": ir, "cpu": numba.config.CPU_NAME,
-                  "hidden": hidden,
+                  "hidden": hidden, "singles": singles, "prefill": prefill,
                   "threads": numba.get_num_threads(), "decoded": decoded}))
 """
 
@@ -418,6 +424,80 @@ def test_tiny_threads_batches_lanes_and_slides(tiny):
     assert ends == ref
 
 
+def test_team_claims_every_chunk_once_own_part_first():
+    from nacrith.portable.team import claim, next_chunk, wait
+    # one thread of two takes its own half from the front, then the other half from the back
+    bar = np.zeros(8 * 3 * 2, np.int64)
+    got = [claim(bar, 1, 8, 0, 2) for _ in range(9)]
+    assert got == [0, 1, 2, 3, 7, 6, 5, 4, -1]
+    assert claim(bar, 1, 8, 1, 2) == -1 and bar[:24].sum() == 0     # phase 0 untouched
+    rng = np.random.default_rng(3)
+    for nth in (1, 2, 3, 4, 5):
+        for n in (0, 1, 2, 3, 5, 17, 64):
+            bar = np.zeros(8 * (nth + 1), np.int64)
+            got, live, first = [], list(range(nth)), {}
+            while live:
+                tid = int(rng.choice(live))
+                c = claim(bar, 0, n, tid, nth) if tid not in first else next_chunk(bar, 0, n, tid,
+                                                                                  nth)
+                first.setdefault(tid, c)
+                if c < 0:
+                    live.remove(tid)
+                else:
+                    got.append(c)
+            assert sorted(got) == list(range(n)), (nth, n)
+            done = bar[nth * 8]
+            bar[nth * 8] = n                        # every chunk finished: wait returns at once
+            assert wait(bar, 0, n, nth) == 1 and done <= n
+
+
+def test_team_feed_finished_by_any_one_thread_of_a_larger_team(tiny):
+    """A team's feed does not need every thread: the caller (tid 0) or a worker (tid 2) alone
+    of a team of 3 claims every chunk and gives the same logits (a descheduled or late worker
+    never holds up a feed); attention per head or cut into chunks of 1, 5 or 16 positions."""
+    from nacrith.portable import kernels as K
+    rng = np.random.default_rng(4)
+    toks = [int(t) for t in rng.integers(1, 512, 90)]
+    kw = dict(ctx=64, slide=16, n_keep=2)
+    ref = PortableBackend(tiny, lanes=2, threads=1, **kw)
+    b = PortableBackend(tiny, lanes=2, threads=1, **kw)
+    m = b.m
+    i = 0
+    for k in range(30):
+        n = GROUPS[k % len(GROUPS)]
+        lanes, groups = [0, 1], [toks[i:i + n], toks[i + 1:i + 1 + n]]
+        i += n
+        want = ref.feed(lanes, groups)
+        toks_, lane_of, slot_of, cs, sel = b._plan(lanes, groups)
+        x = np.empty((len(toks_), m.d_model), np.float32)
+        out = np.full((len(sel), b.n_vocab), np.nan, np.float32)
+        bar = np.zeros(8 * 4 * K.team_phases(m.n_layer), np.int64)
+        split = [(K.ATT_CHUNK, 1), (5, 10**9), (1, 10**9), (16, 10**9)][k % 4]
+        K.feed_team(0 if k % 2 else 2, 3, bar, *b.team_args(toks_, lane_of, slot_of, cs, sel, x,
+                                                             out, *split))
+        assert out.tobytes() == want.tobytes(), k
+
+
+def test_team_worker_failure_is_reported(monkeypatch):
+    import time as _time
+    from nacrith.portable.team import Team
+    t = Team(2)
+    seen = []
+
+    def fn(tid, nth, bar):
+        seen.append((tid, nth, bar.shape))
+        if tid == 1:
+            raise RuntimeError("boom")
+    t.run(fn, 3)
+    end = _time.time() + 10
+    while t.failed is None and _time.time() < end:
+        _time.sleep(0.01)
+    with pytest.raises(NacritError, match=r"portable engine worker failed: RuntimeError\('boom'\)"):
+        t.run(fn, 3)
+    assert sorted(seen) == [(0, 2, (72,)), (1, 2, (72,))]
+    t.run(fn, 1)                                # reported once; the team still runs
+
+
 def test_other_architecture_refused(tmp_path):
     p = write_tiny_llama(tmp_path / "g.gguf", arch="gemma3")
     with pytest.raises(NacritError) as e:
@@ -465,6 +545,10 @@ def test_fresh_processes_host_vs_generic_cpu_and_threads(children):
     assert host["lane0"] == host["hashes"]          # lane 0 of a 4-lane batch = the lane alone
     assert host["ir"] == {}, host["ir"]
     assert len(host["hidden"]) == 21 and host["hidden"] == generic["hidden"]
+    # a prefill longer than TEAM_MAX (parallel regions) = the same tokens fed one at a time
+    for r in (host, generic):
+        assert r["prefill"] == r["singles"][-len(r["prefill"]):] and len(r["prefill"]) == 12
+    assert host["singles"] == generic["singles"]
 
 
 def test_portable_archives_decode_on_another_cpu_target_in_a_fresh_process(children):

@@ -16,6 +16,7 @@ Invariants (on top of kernels.py's):
 from __future__ import annotations
 
 import math
+import os
 
 import numba
 import numpy as np
@@ -24,8 +25,10 @@ from ..errors import NacritError
 from . import kernels as K
 from .mathx import rope_table, rope_turns
 from .model import load
+from .team import Team
 
 ENGINE_VERSION = 1
+_NO_CLOCK = np.zeros((0, len(K.STAGES)), np.int64)
 
 
 def fingerprint() -> str:
@@ -57,7 +60,8 @@ class PortableBackend:
         if lanes < 1 or threads < 1:
             raise NacritError("lanes and threads must be >= 1")
         self.path = str(path)
-        self.ctx, self.lanes, self.threads = ctx, lanes, threads
+        self.ctx, self.lanes = ctx, lanes
+        self.threads = min(threads, numba.config.NUMBA_NUM_THREADS)   # at most one per CPU
         self.slide, self.n_keep, self.group = slide, n_keep, group
         m = self.m = load(self.path)
         self.n_vocab, self.bos = m.n_vocab, m.bos
@@ -75,11 +79,20 @@ class PortableBackend:
         self._tok = None
         self.keep_hidden = False    # True: feed() also leaves the final hidden states in .hidden
         self.hidden = None
+        self._teams = None
+        self.clock = None          # int64 [threads, len(K.STAGES)]: a stage profile (bench)
         self.reset()
         _start_threads()
 
     def fingerprint(self) -> str:
         return fingerprint()
+
+    def _team(self) -> Team:
+        """This process's team of self.threads threads (a forked child starts its own)."""
+        t = self._teams
+        if t is None or t.pid != os.getpid():
+            t = self._teams = Team(self.threads)
+        return t
 
     def reset(self) -> None:
         self.pos[:] = 0
@@ -114,23 +127,41 @@ class PortableBackend:
     def feed(self, lanes, groups) -> np.ndarray:
         """Feed groups[i] to lanes[i]; logits of the last token of each group, (len, n_vocab)."""
         toks, lane_of, slot_of, cs, sel = self._plan(lanes, groups)
-        numba.set_num_threads(self.threads)
         m = self.m
         x = np.empty((len(toks), m.d_model), np.float32)
-        e = m.embd
-        K.embed(toks, e.kind, e.q, e.d, e.m, x)
-        a, o, gu, dn = m.wqkv, m.wo, m.wgu, m.wdn
-        K.layers(x, lane_of, slot_of, cs, m.attn_norm, m.ffn_norm, m.eps, m.kind,
-                 a.q, a.d, a.m, o.q, o.d, o.m, gu.q, gu.d, gu.m, dn.q, dn.d, dn.m,
-                 self.kc, self.kd, self.vc, self.vd, self.kraw, self.n_keep, m.n_head, m.n_kv,
-                 m.head_dim, m.n_rot, self.kq_scale)
         out = np.empty((len(sel), self.n_vocab), np.float32)
-        h = m.out
-        K.head(x, sel, m.out_norm, m.eps, h.kind, h.q, h.d, h.m, out)
+        e, a, o, gu, dn, h = m.embd, m.wqkv, m.wo, m.wgu, m.wdn, m.out
+        if len(toks) <= K.TEAM_MAX:         # decode steps: one team entry per thread (team.py)
+            self._team().run(K.feed_team, K.team_phases(m.n_layer),
+                             *self.team_args(toks, lane_of, slot_of, cs, sel, x, out))
+        else:                               # prefill, many lanes: parallel regions per step
+            numba.set_num_threads(self.threads)
+            K.embed(toks, e.kind, e.q, e.d, e.m, x)
+            K.layers(x, lane_of, slot_of, cs, m.attn_norm, m.ffn_norm, m.eps, m.kind,
+                     a.q, a.d, a.m, o.q, o.d, o.m, gu.q, gu.d, gu.m, dn.q, dn.d, dn.m,
+                     self.kc, self.kd, self.vc, self.vd, self.kraw, self.n_keep, m.n_head,
+                     m.n_kv, m.head_dim, m.n_rot, self.kq_scale)
+            K.head(x, sel, m.out_norm, m.eps, h.kind, h.q, h.d, h.m, out)
         if self.keep_hidden:
             self.hidden = np.empty((len(sel), m.d_model), np.float32)
             K.final_hidden(x, sel, m.out_norm, m.eps, self.hidden)
         return out
+
+    def team_args(self, toks, lane_of, slot_of, cs, sel, x, out, att_chunk=K.ATT_CHUNK,
+                  whole_heads=K.WHOLE_HEADS) -> tuple:
+        """kernels.feed_team's arguments after (tid, nth, bar) for one planned feed (the last
+        two: the split of attention, speed only)."""
+        m = self.m
+        e, a, o, gu, dn, h = m.embd, m.wqkv, m.wo, m.wgu, m.wdn, m.out
+        n32, n8, ni32, ni64 = K.team_scratch(len(toks), slot_of, m.d_model, m.n_head, m.n_kv,
+                                             m.head_dim, dn.d.shape[2] // 16 * 32, att_chunk)
+        return (toks, e.kind, e.q, e.d, e.m, x, lane_of, slot_of, cs, m.attn_norm, m.ffn_norm,
+                m.eps, m.kind, a.q, a.d, a.m, o.q, o.d, o.m, gu.q, gu.d, gu.m, dn.q, dn.d, dn.m,
+                self.kc, self.kd, self.vc, self.vd, self.kraw, self.n_keep, m.n_head, m.n_kv,
+                m.head_dim, m.n_rot, self.kq_scale, sel, m.out_norm, h.kind, h.q, h.d, h.m, out,
+                np.empty(n32, np.float32), np.empty(n8, np.int8), np.empty(ni32, np.int32),
+                np.empty(ni64, np.int64), self.clock if self.clock is not None else _NO_CLOCK,
+                att_chunk, whole_heads)
 
     def _plan(self, lanes, groups):
         """Slide lanes as needed and assign slots: (tokens, lane_of, slot_of, RoPE tables,

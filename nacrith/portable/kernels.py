@@ -11,16 +11,18 @@ Invariants (what makes the logits identical on every machine, thread count and b
 - every float step is per element / per row, serial, in the order written: no reassociation, no
   fastmath, no FMA contraction (Numba's default fastmath=False emits plain fmul/fadd), no libm
   (mathx.py builds exp, sigmoid, sin/cos from basic operations);
-- `prange` splits only independent output elements (rows of a matrix, (token, head) pairs,
-  tokens): the work of one element never depends on how many threads there are or which other
-  tokens share the batch;
+- `prange` and a team's chunks (feed_team: feeds of up to TEAM_MAX tokens, team.py) split only
+  independent output elements (rows of a matrix, (token, head) pairs, tokens, 32-blocks): the
+  work of one element never depends on how many threads there are, which thread claims it or
+  which other tokens share the batch;
 - no reduction variable ever crosses a prange iteration, and no numpy array expression appears in
   a parallel kernel (Numba would parallelise it as a reduction in an unspecified order);
 - attention over a lane's cache uses only integer sums (scores per position are independent;
   softmax normaliser and weighted values are integer sums), so the order of cache positions is
-  irrelevant too; its maxima are taken on float bits as integers (the same value as a float max);
-- where the work runs (a thread, the calling thread below SERIAL_BELOW tokens, which block of
-  16 positions) never changes a number: only the speed.
+  irrelevant too, and a team cuts a head's positions into chunks whose partial maxima and sums
+  it combines; its maxima are taken on float bits as integers (the same value as a float max);
+- where the work runs (which thread, which chunk, which block of 16 positions) never changes a
+  number: only the speed.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from numba import njit, prange
 
 from .arith import F0, LOGIT_MAX, LOGIT_SCALE, P_MAX  # noqa: F401
 from .mathx import CPU
+from .team import claim, cycles, next_chunk, share, tick, wait
 from .simd import R, axpy_i8x64, bits_f32, blk16_q4, blk16_q8, dot_i8x32, dots16_i8x64, f32_bits
 
 Q8_0, Q4_1 = 0, 1                # matrix kinds (codes: int8 / packed uint4 + min)
@@ -99,14 +102,30 @@ def pmatmul(kind, W, Wd, Wm, qa, da, sa, out, add):
 
 @njit(cache=True)
 def attend(qq, qo, dq, kc, kd, vc, vd, n, hd, kq_scale, out, oo):
-    """Attention of one query head over cache positions 0..n-1 of one KV head -> out[oo:oo+hd].
+    """Attention of one query head over cache positions 0..n-1 of one KV head -> out[oo:oo+hd]:
+    the three passes below over all n positions, then att_finish.
 
-    The maxima are taken on the float bits as integers (vectorisable, unlike a float max):
-    scores as order-preserving keys, NaN never chosen, so m is the largest non-NaN score (its
-    sign when it is a zero cannot change e = exp(x - m)); the products c are >= 0 or NaN, and
-    cmax is the largest of them that is not NaN (0 if none), as with a float compare."""
+    The passes can be cut into ranges of positions (a team does: _attend_team): the maximum of
+    the scores and of the products, the normaliser z and the weighted values are order-free
+    (integer maxima and sums), so the result is the same for any cut.  The passes take views
+    of the range (with offsets into whole arrays LLVM no longer vectorises pass 2)."""
     sc = np.empty(n, np.float32)
     si = np.empty(16, np.int32)
+    m = _unkey(att_scores(qq, qo, dq, kc[:n * hd], kd[:n], hd, kq_scale, sc, si))
+    z, cb = att_weights(sc, vd[:n], m)
+    cmax = bits_f32(cb)
+    tot = np.zeros(hd, np.int64)
+    if cmax != F0:
+        att_values(sc, vc[:n * hd], hd, att_gain(cmax), tot, np.empty(hd, np.int32))
+    att_finish(tot, cmax, z, hd, out, oo)
+
+
+@njit(cache=True)
+def att_scores(qq, qo, dq, kc, kd, hd, kq_scale, sc, si):
+    """Pass 1 over the positions of the views kc [n*hd], kd [n]: scores into sc[:n]; returns
+    their largest key (order-preserving int32 of the largest non-NaN score; key(-inf) if
+    none).  si: int32 [16] scratch."""
+    n = kd.shape[0]
     s0 = 0
     if hd == 64:
         while s0 + 16 <= n:
@@ -124,26 +143,35 @@ def attend(qq, qo, dq, kc, kd, vc, vd, n, hd, kq_scale, out, oo):
         x = sc[s]
         k = _key(x) if x == x else np.int32(-2147483648)
         mk = max(mk, k)
-    m = _unkey(mk)
+    return mk
+
+
+@njit(cache=True)
+def att_weights(sc, vd, m):
+    """Pass 2 over the positions of the view vd [n], with the maximum m over all positions:
+    e = exp(score - m); returns (sum of att_z(e), the bits of the largest non-NaN product c, 0
+    if none); sc[:n] holds the products c = e * value scale afterwards."""
     z = np.int64(0)
     cb = np.int32(0)
-    for s in range(n):
+    for s in range(vd.shape[0]):
         e = att_e(sc[s], m)
         z += att_z(e)
         c = att_c(e, vd[s])
         sc[s] = c
         b = f32_bits(c)
         cb = max(cb, b if b <= 0x7F800000 else np.int32(0))
-    cmax = bits_f32(cb)
-    if cmax == F0:
-        for i in range(hd):
-            out[oo + i] = F0
-        return
-    g = att_gain(cmax)
-    acc = np.zeros(hd, np.int32)
-    tot = np.zeros(hd, np.int64)
+    return z, cb
+
+
+@njit(cache=True)
+def att_values(sc, vc, hd, g, tot, acc):
+    """Pass 3 over the positions of the view vc [n*hd], gain g = att_gain(cmax): tot[i] += sum
+    of p * v[s, i] (int32 partial sums in acc [hd], flushed to the int64 tot every FLUSH
+    terms: exact)."""
+    for i in range(hd):
+        acc[i] = 0
     cnt = 0
-    for s in range(n):
+    for s in range(vc.shape[0] // hd):
         p = att_p(sc[s], g)
         if p != 0:
             if hd == 64:
@@ -157,7 +185,14 @@ def attend(qq, qo, dq, kc, kd, vc, vd, n, hd, kq_scale, out, oo):
                     acc[i] = 0
                 cnt = 0
     for i in range(hd):
-        out[oo + i] = att_out(tot[i] + acc[i], cmax, z)
+        tot[i] += acc[i]
+
+
+@njit(cache=True)
+def att_finish(tot, cmax, z, hd, out, oo):
+    """out[oo + i] = att_out(tot[i]) (zeros when every product is 0)."""
+    for i in range(hd):
+        out[oo + i] = F0 if cmax == F0 else att_out(tot[i], cmax, z)
 
 
 @njit(cache=True)
@@ -187,93 +222,83 @@ def store_kv(kvec, ko, vvec, vo, hd, kc, kd, vc, vd, slot):
     vd[slot] = d
 
 
-SERIAL_BELOW = 4                 # tokens: below this, a layer's element steps run on one thread
-
-
 @njit(cache=True)
 def _norm_quant(x, w, eps, h, qa, da, sa, t):
     rmsnorm(x[t], w, eps, h[t])
     quant_row(h[t], qa[t], da[t], sa[t])
 
 
-@njit(parallel=True, cache=True)
-def _norm_quant_rows(x, w, eps, h, qa, da, sa):
-    """RMSNorm with weights w, then quantisation, of every token row of x (the two norms of a
-    layer); on the calling thread below SERIAL_BELOW tokens."""
-    T = x.shape[0]
-    if T >= SERIAL_BELOW:
-        for t in prange(T):
-            _norm_quant(x, w, eps, h, qa, da, sa, t)
-    else:
-        for t in range(T):
-            _norm_quant(x, w, eps, h, qa, da, sa, t)
-
-
 @njit(cache=True)
-def _rope_store(qkv, t, lane_of, slot_of, cs, kraw, n_keep, qq, dq, n_head, n_kv, hd, n_rot,
-                kc, kd, vc, vd):
-    """Token t: keep its raw keys (kept slots), rotate and quantise its query heads, rotate and
-    store its keys and values in the cache."""
+def _rope_item(qkv, i, lane_of, slot_of, cs, kraw, n_keep, qq, dq, n_head, n_kv, hd, n_rot,
+               kc, kd, vc, vd):
+    """Item i of the RoPE step for T tokens (each touches one head of one token): for
+    i < T*n_head (token, query head) rotated and quantised into qq/dq; then (token, KV head):
+    its raw key kept (slot < n_keep), the key rotated, key and value quantised into the cache."""
     nq = n_head * hd
     nk = n_kv * hd
+    T = qq.shape[0]
+    if i < T * n_head:
+        t = i // n_head
+        hh = i % n_head
+        rope_apply(qkv[t], hh * hd, n_rot, cs, t)
+        d, _ = quant_block(qkv[t], hh * hd, hd, qq[t], hh * hd)
+        dq[t, hh] = d
+        return
+    i -= T * n_head
+    t = i // n_kv
+    g = i % n_kv
     lane = lane_of[t]
     slot = slot_of[t]
     row = qkv[t]
     if slot < n_keep:
-        for i in range(nk):
-            kraw[lane, slot, i] = row[nq + i]
-    for hh in range(n_head):
-        rope_apply(row, hh * hd, n_rot, cs, t)
-        d, _ = quant_block(row, hh * hd, hd, qq[t], hh * hd)
-        dq[t, hh] = d
-    for g in range(n_kv):
-        rope_apply(row, nq + g * hd, n_rot, cs, t)
-        store_kv(row, nq + g * hd, row, nq + nk + g * hd, hd,
-                 kc[lane, g], kd[lane, g], vc[lane, g], vd[lane, g], slot)
+        for j in range(g * hd, (g + 1) * hd):
+            kraw[lane, slot, j] = row[nq + j]
+    rope_apply(row, nq + g * hd, n_rot, cs, t)
+    store_kv(row, nq + g * hd, row, nq + nk + g * hd, hd,
+             kc[lane, g], kd[lane, g], vc[lane, g], vd[lane, g], slot)
 
 
 @njit(cache=True)
-def _swiglu_quant(gu, t, F, qa, da, sa):
-    act = np.empty(F, np.float32)
-    for i in range(F):
-        act[i] = swiglu(gu[t, i], gu[t, F + i])
-    quant_row(act, qa[t], da[t], sa[t])
+def _swiglu_blocks(gu, t, F, b0, b1, qa, da, sa):
+    """SwiGLU of token t's 32-blocks b0..b1-1 (gate gu[t, :F], up gu[t, F:]) quantised into
+    qa/da/sa: each block alone, as quant_row does."""
+    act = np.empty(32, np.float32)
+    for b in range(b0, b1):
+        for i in range(32):
+            act[i] = swiglu(gu[t, b * 32 + i], gu[t, F + b * 32 + i])
+        d, s = quant_block(act, 0, 32, qa[t], b * 32)
+        da[t, b] = d
+        sa[t, b] = s
 
 
 @njit(parallel=True, cache=True)
 def layer(x, lane_of, slot_of, cs, attn_w, ffn_w, eps, kind,
           wqkv, wqkv_d, wqkv_m, wo, wo_d, wo_m, wgu, wgu_d, wgu_m, wdn, wdn_d, wdn_m,
           kc, kd, vc, vd, kraw, n_keep, n_head, n_kv, hd, n_rot, kq_scale):
-    """One transformer block for T tokens, in place on the residual x[T, D].
+    """One transformer block for T tokens, in place on the residual x[T, D] (a parallel
+    region per step: for feeds of more than TEAM_MAX tokens, feed_team below for the others).
 
     Caches of this layer: kc/vc int8 [lanes, n_kv, ctx*hd], kd/vd float32 [lanes, n_kv, ctx];
     kraw float32 [lanes, n_keep, n_kv*hd]: un-rotated keys of the kept positions (re-rotated after
-    a slide).  Token t goes to lane lane_of[t], slot slot_of[t]; cs[t] is its RoPE table.
-    Below SERIAL_BELOW tokens the per-token element steps run on the calling thread (a parallel
-    region costs more than they do); the products and attention are parallel always."""
+    a slide).  Token t goes to lane lane_of[t], slot slot_of[t]; cs[t] is its RoPE table."""
     T, D = x.shape
     nbD = D // 32
     nq = n_head * hd
     nk = n_kv * hd
     F = wdn_d.shape[1] // R * 32          # ffn width = columns of the down matrix
-    par = T >= SERIAL_BELOW
     h = np.empty((T, D), np.float32)
     qa = np.empty((T, D), np.int8)
     da = np.empty((T, nbD), np.float32)
     sa = np.empty((T, nbD), np.float32)
-    _norm_quant_rows(x, attn_w, eps, h, qa, da, sa)
+    for t in prange(T):
+        _norm_quant(x, attn_w, eps, h, qa, da, sa, t)
     qkv = np.empty((T, nq + 2 * nk), np.float32)
     pmatmul(kind, wqkv, wqkv_d, wqkv_m, qa, da, sa, qkv, False)
     qq = np.empty((T, nq), np.int8)
     dq = np.empty((T, n_head), np.float32)
-    if par:
-        for t in prange(T):
-            _rope_store(qkv, t, lane_of, slot_of, cs, kraw, n_keep, qq, dq, n_head, n_kv, hd,
-                        n_rot, kc, kd, vc, vd)
-    else:
-        for t in range(T):
-            _rope_store(qkv, t, lane_of, slot_of, cs, kraw, n_keep, qq, dq, n_head, n_kv, hd,
-                        n_rot, kc, kd, vc, vd)
+    for i in prange(T * (n_head + n_kv)):
+        _rope_item(qkv, i, lane_of, slot_of, cs, kraw, n_keep, qq, dq, n_head, n_kv, hd, n_rot,
+                   kc, kd, vc, vd)
     att = np.empty((T, nq), np.float32)
     grp = n_head // n_kv
     for i in prange(T * n_head):
@@ -287,26 +312,19 @@ def layer(x, lane_of, slot_of, cs, attn_w, ffn_w, eps, kind,
     qa2 = np.empty((T, nq), np.int8)
     da2 = np.empty((T, nbQ), np.float32)
     sa2 = np.empty((T, nbQ), np.float32)
-    if par:
-        for t in prange(T):
-            quant_row(att[t], qa2[t], da2[t], sa2[t])
-    else:
-        for t in range(T):
-            quant_row(att[t], qa2[t], da2[t], sa2[t])
+    for t in prange(T):
+        quant_row(att[t], qa2[t], da2[t], sa2[t])
     pmatmul(kind, wo, wo_d, wo_m, qa2, da2, sa2, x, True)
-    _norm_quant_rows(x, ffn_w, eps, h, qa, da, sa)
+    for t in prange(T):
+        _norm_quant(x, ffn_w, eps, h, qa, da, sa, t)
     gu = np.empty((T, 2 * F), np.float32)
     pmatmul(kind, wgu, wgu_d, wgu_m, qa, da, sa, gu, False)
     nbF = F // 32
     qa3 = np.empty((T, F), np.int8)
     da3 = np.empty((T, nbF), np.float32)
     sa3 = np.empty((T, nbF), np.float32)
-    if par:
-        for t in prange(T):
-            _swiglu_quant(gu, t, F, qa3, da3, sa3)
-    else:
-        for t in range(T):
-            _swiglu_quant(gu, t, F, qa3, da3, sa3)
+    for t in prange(T):
+        _swiglu_blocks(gu, t, F, 0, nbF, qa3, da3, sa3)
     pmatmul(kind, wdn, wdn_d, wdn_m, qa3, da3, sa3, x, True)
 
 
@@ -323,6 +341,272 @@ def layers(x, lane_of, slot_of, cs, attn_w, ffn_w, eps, kind,
               n_kv, hd, n_rot, kq_scale)
 
 
+TEAM_MAX = 64                    # tokens per feed up to which a team runs it (feed_team)
+WHOLE_HEADS = 2                  # heads per thread from which a team runs attention per head
+ATT_CHUNK = 512                  # positions per attention chunk of a team (feed_team)
+MM_CHUNKS = 8                    # chunks per thread of a team's matrix product
+S_EMBED, S_ELEM, S_MAT, S_ROPE, S_ATT, S_HEAD = range(6)     # stages of a feed_team profile
+STAGES = ("embed", "norms, quantisation, SwiGLU", "matrices", "RoPE + cache store", "attention",
+          "head")
+
+
+@njit(cache=True)
+def att_plan(slot_of, n_head, size):
+    """The attention chunks of a team for tokens with slots slot_of: head j = t*n_head + hh
+    (token t sees positions 0..slot_of[t]) has chunks first[j]..first[j+1]-1, chunk c covering
+    positions [c0[c], c1[c]) of head cj[c] (`size` positions each, the last one shorter)."""
+    T = slot_of.shape[0]
+    H = T * n_head
+    first = np.empty(H + 1, np.int64)
+    nc = 0
+    for j in range(H):
+        first[j] = nc
+        nc += (slot_of[j // n_head] + size) // size
+    first[H] = nc
+    cj = np.empty(nc, np.int64)
+    c0 = np.empty(nc, np.int64)
+    c1 = np.empty(nc, np.int64)
+    for j in range(H):
+        n = slot_of[j // n_head] + 1
+        for c in range(first[j], first[j + 1]):
+            cj[c] = j
+            c0[c] = (c - first[j]) * size
+            c1[c] = min(n, c0[c] + size)
+    return first, cj, c0, c1
+
+
+# the 13 steps of a layer in feed_team: their stage, and which matrix the products use
+_STEP_STAGE = (S_ELEM, S_MAT, S_ROPE, S_ATT, S_ATT, S_ATT, S_ATT, S_ELEM, S_MAT, S_ELEM, S_MAT,
+               S_ELEM, S_MAT)
+_STEP_MAT = (-1, 0, -1, -1, -1, -1, -1, -1, 1, -1, 2, -1, 3)
+
+
+@njit(cache=True)
+def _mm_range(kind, W, Wd, Wm, qa, da, sa, out, add, lo, hi, acc):
+    """Row groups lo..hi-1 of pmatmul's work (the same elements, the same way)."""
+    T, n = out.shape
+    for g in range(lo, hi):
+        _mm_rows(kind, W, Wd, Wm, g, qa, da, sa, out, add, acc, T, n)
+
+
+@njit(cache=True)
+def _head_rows(kind, W, Wd, Wm, qa, da, sa, out, lo, hi, acc):
+    """Row groups lo..hi-1 of head()'s matrix: fixed-point logits of every selected token."""
+    V = out.shape[1]
+    for g in range(lo, hi):
+        for i in range(out.shape[0]):
+            mm_group(kind, W, Wd, Wm, g, qa, da, sa, i, acc)
+            for j in range(min(R, V - g * R)):
+                out[i, g * R + j] = fixed_logit(acc[j])
+
+
+@njit(cache=True)
+def _take(buf, o, r, c):
+    """The [r, c] view of buf at element o, and o + r*c (an empty view past buf's end: the
+    caller checks the last offset)."""
+    e = o + r * c
+    if e > buf.shape[0]:
+        return buf[:0].reshape(0, c), e
+    return buf[o:e].reshape(r, c), e
+
+
+@njit(nogil=True, cache=True)
+def team_phases(n_layer):
+    """Phases of feed_team: embed, 13 per layer, the head's norm and its matrix."""
+    return 1 + 13 * n_layer + 2
+
+
+@njit(nogil=True, cache=True)
+def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs, attn_w, ffn_w,
+              eps, kind, wqkv, wqkv_d, wqkv_m, wo, wo_d, wo_m, wgu, wgu_d, wgu_m, wdn, wdn_d,
+              wdn_m, kc, kd, vc, vd, kraw, n_keep, n_head, n_kv, hd, n_rot, kq_scale,
+              sel, norm_w, hkind, hw, hwd, hwm, out, f32, i8, i32, i64, clk, att_chunk,
+              whole_heads):
+    """embed + layers + head for a few tokens, run by every thread of a team (team.py): the
+    numbers of embed(), layer() x L and head(), in phases whose chunks the threads claim
+    (embed by token; per layer: norm + quantise by token, the products by row groups, RoPE and
+    the cache store by (token, head), attention per head (whole_heads or more per thread) or its
+    three passes by chunks of att_chunk positions of a head
+    (partial maxima and integer sums per chunk, combined per head: the cut cannot change
+    them, see attend), its output per head, quantise by token, SwiGLU + quantise by 32-blocks;
+    the head by row groups).  f32/i8/i32/i64: the shared scratch, team_scratch() elements;
+    clk: a stage profile (team.tick, stages STAGES) or an empty [0, k] array."""
+    T, D = x.shape
+    nq = n_head * hd
+    nqkv = nq + 2 * n_kv * hd
+    F = wdn_d.shape[2] // R * 32
+    H = T * n_head
+    grp = n_head // n_kv
+    first, cj, c0, c1 = att_plan(slot_of, n_head, att_chunk)
+    NC = cj.shape[0]
+    Nmax = slot_of.max() + 1
+    h, o = _take(f32, 0, T, D)                          # carve the shared scratch
+    da, o = _take(f32, o, T, D // 32)
+    sa, o = _take(f32, o, T, D // 32)
+    qkv, o = _take(f32, o, T, nqkv)
+    dq, o = _take(f32, o, T, n_head)
+    sc, o = _take(f32, o, H, Nmax)
+    att, o = _take(f32, o, T, nq)
+    da2, o = _take(f32, o, T, nq // 32)
+    sa2, o = _take(f32, o, T, nq // 32)
+    gu, o = _take(f32, o, T, 2 * F)
+    da3, o = _take(f32, o, T, F // 32)
+    sa3, o = _take(f32, o, T, F // 32)
+    qa, o8 = _take(i8, 0, T, D)
+    qq, o8 = _take(i8, o8, T, nq)
+    qa2, o8 = _take(i8, o8, T, nq)
+    qa3, o8 = _take(i8, o8, T, F)
+    pm, o32 = _take(i32, 0, NC, 2)
+    pz, o64 = _take(i64, 0, 1, NC)
+    ptot, o64 = _take(i64, o64, NC, hd)
+    if o > f32.shape[0] or o8 > i8.shape[0] or o32 > i32.shape[0] or o64 > i64.shape[0]:
+        raise ValueError("feed_team: scratch too small")
+    pz = pz[0]
+    sc = sc.reshape(H * Nmax)
+    acc = np.empty(R, np.float32)
+    tot = np.empty(hd, np.int64)
+    si = np.empty(16, np.int32)
+    ai = np.empty(hd, np.int32)
+    nbF = F // 32
+    fch = (nbF + 7) // 8                                # SwiGLU chunks per token
+
+    t0 = cycles() if clk.shape[0] else 0
+    whole = H >= whole_heads * nth
+    L = wqkv.shape[0]
+    p = 0
+    for l in range(-1, L + 1):
+        for step in range(13 if 0 <= l < L else 1 if l < 0 else 2):
+            if l < 0:
+                stage, n, per = S_EMBED, T, 1
+            elif l == L:
+                stage, n, per = S_HEAD, sel.shape[0] if step == 0 else hw.shape[0], 4 * MM_CHUNKS
+            else:
+                stage, n, per = _STEP_STAGE[step], T, 2
+                if stage == S_MAT:
+                    n, per = (wqkv, wo, wgu, wdn)[_STEP_MAT[step]].shape[1], MM_CHUNKS
+                elif step == 2:
+                    n = T * (n_head + n_kv)
+                elif step == 3 and whole:
+                    n = H
+                elif 3 <= step <= 6 and whole:
+                    n = 0
+                elif 3 <= step <= 5:
+                    n, per = NC, 4
+                elif step == 6:
+                    n = H
+                elif step == 11:
+                    n = T * fch
+            nu = min(n, per * nth)
+            u = claim(bar, p, nu, tid, nth)
+            while u >= 0:
+                lo, hi = share(n, u, nu)
+                if l < 0:
+                    _embed_rows(toks, ekind, ew, ewd, ewm, x, lo, hi)
+                elif l == L:
+                    if step == 0:
+                        for i in range(lo, hi):
+                            rmsnorm(x[sel[i]], norm_w, eps, h[i])
+                            quant_row(h[i], qa[i], da[i], sa[i])
+                    else:
+                        _head_rows(hkind, hw, hwd, hwm, qa, da, sa, out, lo, hi, acc)
+                elif stage == S_MAT:
+                    k = _STEP_MAT[step]
+                    if k == 0:
+                        _mm_range(kind, wqkv[l], wqkv_d[l], wqkv_m[l], qa, da, sa, qkv, False,
+                                  lo, hi, acc)
+                    elif k == 1:
+                        _mm_range(kind, wo[l], wo_d[l], wo_m[l], qa2, da2, sa2, x, True,
+                                  lo, hi, acc)
+                    elif k == 2:
+                        _mm_range(kind, wgu[l], wgu_d[l], wgu_m[l], qa, da, sa, gu, False,
+                                  lo, hi, acc)
+                    else:
+                        _mm_range(kind, wdn[l], wdn_d[l], wdn_m[l], qa3, da3, sa3, x, True,
+                                  lo, hi, acc)
+                else:
+                    for i in range(lo, hi):
+                        if step == 0:
+                            _norm_quant(x, attn_w[l], eps, h, qa, da, sa, i)
+                        elif step == 2:
+                            _rope_item(qkv, i, lane_of, slot_of, cs, kraw[l], n_keep, qq, dq,
+                                       n_head, n_kv, hd, n_rot, kc[l], kd[l], vc[l], vd[l])
+                        elif step == 3 and whole:       # attention, a whole head per item
+                            t = i // n_head
+                            hh = i % n_head
+                            g = hh // grp
+                            attend(qq[t], hh * hd, dq[t, hh], kc[l, lane_of[t], g],
+                                   kd[l, lane_of[t], g], vc[l, lane_of[t], g],
+                                   vd[l, lane_of[t], g], slot_of[t] + 1, hd, kq_scale, att[t],
+                                   hh * hd)
+                        elif step == 3:                 # attention pass 1: scores, max keys
+                            j = cj[i]
+                            t = j // n_head
+                            hh = j % n_head
+                            g = hh // grp
+                            pm[i, 0] = att_scores(
+                                qq[t], hh * hd, dq[t, hh], kc[l, lane_of[t], g, c0[i] * hd:c1[i] * hd],
+                                kd[l, lane_of[t], g, c0[i]:c1[i]], hd, kq_scale,
+                                sc[j * Nmax + c0[i]:j * Nmax + c1[i]], si)
+                        elif step == 4:                 # pass 2: exp, z, product maxima
+                            j = cj[i]
+                            mk = pm[first[j], 0]
+                            for k in range(first[j] + 1, first[j + 1]):
+                                mk = max(mk, pm[k, 0])
+                            z, cb = att_weights(
+                                sc[j * Nmax + c0[i]:j * Nmax + c1[i]],
+                                vd[l, lane_of[j // n_head], (j % n_head) // grp, c0[i]:c1[i]],
+                                _unkey(mk))
+                            pz[i] = z
+                            pm[i, 1] = cb
+                        elif step == 5:                 # pass 3: integer weighted values
+                            j = cj[i]
+                            cb = pm[first[j], 1]
+                            for k in range(first[j] + 1, first[j + 1]):
+                                cb = max(cb, pm[k, 1])
+                            cmax = bits_f32(cb)
+                            for e in range(hd):
+                                ptot[i, e] = 0
+                            if cmax != F0:
+                                att_values(sc[j * Nmax + c0[i]:j * Nmax + c1[i]],
+                                           vc[l, lane_of[j // n_head], (j % n_head) // grp,
+                                              c0[i] * hd:c1[i] * hd], hd, att_gain(cmax),
+                                           ptot[i], ai)
+                        elif step == 6:                 # per head: combine, att_out
+                            k0 = first[i]
+                            cb = pm[k0, 1]
+                            z = pz[k0]
+                            for e in range(hd):
+                                tot[e] = ptot[k0, e]
+                            for k in range(k0 + 1, first[i + 1]):
+                                cb = max(cb, pm[k, 1])
+                                z += pz[k]
+                                for e in range(hd):
+                                    tot[e] += ptot[k, e]
+                            att_finish(tot, bits_f32(cb), z, hd, att[i // n_head],
+                                       (i % n_head) * hd)
+                        elif step == 7:
+                            quant_row(att[i], qa2[i], da2[i], sa2[i])
+                        elif step == 9:
+                            _norm_quant(x, ffn_w[l], eps, h, qa, da, sa, i)
+                        else:                           # step 11
+                            b0, b1 = share(nbF, i % fch, fch)
+                            _swiglu_blocks(gu, i // fch, F, b0, b1, qa3, da3, sa3)
+                u = next_chunk(bar, p, nu, tid, nth)
+            p = wait(bar, p, nu, nth)
+            t0 = tick(clk, tid, stage, t0)
+
+
+def team_scratch(T, slot_of, d_model, n_head, n_kv, hd, ffn, att_chunk):
+    """Sizes of feed_team's shared scratch (float32, int8, int32, int64 elements)."""
+    nq = n_head * hd
+    H = T * n_head
+    NC = int(att_plan(slot_of, n_head, att_chunk)[0][-1])
+    Nmax = int(slot_of.max()) + 1
+    f32 = (T * d_model + 2 * T * d_model // 32 + T * (nq + 2 * n_kv * hd) + H + H * Nmax
+           + T * nq + 2 * T * nq // 32 + 2 * T * ffn + 2 * T * ffn // 32)
+    return f32, T * (d_model + 2 * nq + ffn), 2 * NC, NC * (1 + hd)
+
+
 @njit(parallel=True, cache=True)
 def head(x, sel, norm_w, eps, kind, W, Wd, Wm, out):
     """Final RMSNorm of the selected tokens x[sel[i]] and the output matrix; out[i, v] float32
@@ -337,13 +621,8 @@ def head(x, sel, norm_w, eps, kind, W, Wd, Wm, out):
         h = np.empty(D, np.float32)
         rmsnorm(x[sel[i]], norm_w, eps, h)
         quant_row(h, qa[i], da[i], sa[i])
-    V = out.shape[1]
     for g in prange(W.shape[0]):
-        acc = np.empty(R, np.float32)
-        for i in range(S):
-            mm_group(kind, W, Wd, Wm, g, qa, da, sa, i, acc)
-            for j in range(min(R, V - g * R)):
-                out[i, g * R + j] = fixed_logit(acc[j])
+        _head_rows(kind, W, Wd, Wm, qa, da, sa, out, g, g + 1, np.empty(R, np.float32))
 
 
 @njit(parallel=True, cache=True)
@@ -357,8 +636,14 @@ def final_hidden(x, sel, norm_w, eps, out):
 @njit(parallel=True, cache=True)
 def embed(tokens, kind, W, Wd, Wm, out):
     """out[t] = dequantised row tokens[t] (interleaved layout): Q8_0 d*q, Q4_1 d*q + m."""
-    D = out.shape[1]
     for t in prange(tokens.shape[0]):
+        _embed_rows(tokens, kind, W, Wd, Wm, out, t, t + 1)
+
+
+@njit(nogil=True, cache=True)
+def _embed_rows(tokens, kind, W, Wd, Wm, out, t0, t1):
+    D = out.shape[1]
+    for t in range(t0, t1):
         g = tokens[t] // R
         r = tokens[t] % R
         w = W[g]
