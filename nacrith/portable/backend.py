@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import os
 
-import numba
 import numpy as np
 
 from ..errors import NacritError
@@ -35,23 +34,6 @@ def fingerprint() -> str:
     return f"portable-{ENGINE_VERSION}"
 
 
-@numba.njit(parallel=True, cache=True)
-def _touch(n):
-    out = np.zeros(n, np.int64)
-    for i in numba.prange(n):
-        out[i] = i
-    return out
-
-
-def _start_threads() -> None:
-    """Start Numba's worker threads (they start at the first parallel region) with SIGINT,
-    SIGTERM and SIGHUP blocked, so they inherit the mask and never take a signal meant for the
-    main thread (the CLI's signal handling; _signals.py)."""
-    from .._signals import blocked
-    with blocked():
-        _touch(2 * numba.config.NUMBA_NUM_THREADS)
-
-
 class PortableBackend:
     def __init__(self, path: str, *, ctx: int, lanes: int, threads: int, slide: int, n_keep: int,
                  group: int = 1, **ignored):
@@ -61,7 +43,7 @@ class PortableBackend:
             raise NacritError("lanes and threads must be >= 1")
         self.path = str(path)
         self.ctx, self.lanes = ctx, lanes
-        self.threads = min(threads, numba.config.NUMBA_NUM_THREADS)   # at most one per CPU
+        self.threads = min(threads, os.cpu_count() or 1)        # at most one per CPU
         self.slide, self.n_keep, self.group = slide, n_keep, group
         m = self.m = load(self.path)
         self.n_vocab, self.bos = m.n_vocab, m.bos
@@ -82,7 +64,6 @@ class PortableBackend:
         self._teams = None
         self.clock = None          # int64 [threads, len(K.STAGES)]: a stage profile (bench)
         self.reset()
-        _start_threads()
 
     def fingerprint(self) -> str:
         return fingerprint()
@@ -130,31 +111,23 @@ class PortableBackend:
         m = self.m
         x = np.empty((len(toks), m.d_model), np.float32)
         out = np.empty((len(sel), self.n_vocab), np.float32)
-        e, a, o, gu, dn, h = m.embd, m.wqkv, m.wo, m.wgu, m.wdn, m.out
-        if len(toks) <= K.TEAM_MAX:         # decode steps: one team entry per thread (team.py)
-            self._team().run(K.feed_team, K.team_phases(m.n_layer),
-                             *self.team_args(toks, lane_of, slot_of, cs, sel, x, out))
-        else:                               # prefill, many lanes: parallel regions per step
-            numba.set_num_threads(self.threads)
-            K.embed(toks, e.kind, e.q, e.d, e.m, x)
-            K.layers(x, lane_of, slot_of, cs, m.attn_norm, m.ffn_norm, m.eps, m.kind,
-                     a.q, a.d, a.m, o.q, o.d, o.m, gu.q, gu.d, gu.m, dn.q, dn.d, dn.m,
-                     self.kc, self.kd, self.vc, self.vd, self.kraw, self.n_keep, m.n_head,
-                     m.n_kv, m.head_dim, m.n_rot, self.kq_scale)
-            K.head(x, sel, m.out_norm, m.eps, h.kind, h.q, h.d, h.m, out)
+        self._team().run(K.feed_team, K.team_phases(m.n_layer),
+                         *self.team_args(toks, lane_of, slot_of, cs, sel, x, out))
         if self.keep_hidden:
             self.hidden = np.empty((len(sel), m.d_model), np.float32)
             K.final_hidden(x, sel, m.out_norm, m.eps, self.hidden)
         return out
 
     def team_args(self, toks, lane_of, slot_of, cs, sel, x, out, att_chunk=K.ATT_CHUNK,
-                  whole_heads=K.WHOLE_HEADS) -> tuple:
-        """kernels.feed_team's arguments after (tid, nth, bar) for one planned feed (the last
-        two: the split of attention, speed only)."""
+                  whole_heads=K.WHOLE_HEADS, nth=None) -> tuple:
+        """kernels.feed_team's arguments after (tid, nth, bar) for one planned feed by a team of
+        nth threads (default: this backend's): att_chunk and whole_heads split attention
+        (speed only)."""
         m = self.m
         e, a, o, gu, dn, h = m.embd, m.wqkv, m.wo, m.wgu, m.wdn, m.out
         n32, n8, ni32, ni64 = K.team_scratch(len(toks), slot_of, m.d_model, m.n_head, m.n_kv,
-                                             m.head_dim, dn.d.shape[2] // 16 * 32, att_chunk)
+                                             m.head_dim, dn.d.shape[2] // 16 * 32, att_chunk,
+                                             whole_heads, self.threads if nth is None else nth)
         return (toks, e.kind, e.q, e.d, e.m, x, lane_of, slot_of, cs, m.attn_norm, m.ffn_norm,
                 m.eps, m.kind, a.q, a.d, a.m, o.q, o.d, o.m, gu.q, gu.d, gu.m, dn.q, dn.d, dn.m,
                 self.kc, self.kd, self.vc, self.vd, self.kraw, self.n_keep, m.n_head, m.n_kv,

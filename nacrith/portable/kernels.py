@@ -11,12 +11,10 @@ Invariants (what makes the logits identical on every machine, thread count and b
 - every float step is per element / per row, serial, in the order written: no reassociation, no
   fastmath, no FMA contraction (Numba's default fastmath=False emits plain fmul/fadd), no libm
   (mathx.py builds exp, sigmoid, sin/cos from basic operations);
-- `prange` and a team's chunks (feed_team: feeds of up to TEAM_MAX tokens, team.py) split only
-  independent output elements (rows of a matrix, (token, head) pairs, tokens, 32-blocks): the
+- the threads of a team (feed_team, team.py) split only independent output elements (rows of a matrix, (token, head) pairs, tokens, 32-blocks): the
   work of one element never depends on how many threads there are, which thread claims it or
   which other tokens share the batch;
-- no reduction variable ever crosses a prange iteration, and no numpy array expression appears in
-  a parallel kernel (Numba would parallelise it as a reduction in an unspecified order);
+- no float reduction crosses chunks: what chunks combine are integer maxima and sums;
 - attention over a lane's cache uses only integer sums (scores per position are independent;
   softmax normaliser and weighted values are integer sums), so the order of cache positions is
   irrelevant too, and a team cuts a head's positions into chunks whose partial maxima and sums
@@ -28,7 +26,7 @@ from __future__ import annotations
 
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .arith import F0, LOGIT_MAX, LOGIT_SCALE, P_MAX  # noqa: F401
 from .mathx import CPU
@@ -88,16 +86,6 @@ def _mm_rows(kind, W, Wd, Wm, g, qa, da, sa, out, add, acc, T, n):
                 out[t, g * R + i] = out[t, g * R + i] + acc[i]
             else:
                 out[t, g * R + i] = acc[i]
-
-
-@njit(parallel=True, cache=True)
-def pmatmul(kind, W, Wd, Wm, qa, da, sa, out, add):
-    """out[t, r] (+)= row r times activation row t for every r < out.shape[1], in parallel over
-    row groups (each element is computed alone: the split cannot change it)."""
-    T, n = out.shape
-    for g in prange(W.shape[0]):
-        acc = np.empty(R, np.float32)
-        _mm_rows(kind, W, Wd, Wm, g, qa, da, sa, out, add, acc, T, n)
 
 
 @njit(cache=True)
@@ -271,77 +259,6 @@ def _swiglu_blocks(gu, t, F, b0, b1, qa, da, sa):
         sa[t, b] = s
 
 
-@njit(parallel=True, cache=True)
-def layer(x, lane_of, slot_of, cs, attn_w, ffn_w, eps, kind,
-          wqkv, wqkv_d, wqkv_m, wo, wo_d, wo_m, wgu, wgu_d, wgu_m, wdn, wdn_d, wdn_m,
-          kc, kd, vc, vd, kraw, n_keep, n_head, n_kv, hd, n_rot, kq_scale):
-    """One transformer block for T tokens, in place on the residual x[T, D] (a parallel
-    region per step: for feeds of more than TEAM_MAX tokens, feed_team below for the others).
-
-    Caches of this layer: kc/vc int8 [lanes, n_kv, ctx*hd], kd/vd float32 [lanes, n_kv, ctx];
-    kraw float32 [lanes, n_keep, n_kv*hd]: un-rotated keys of the kept positions (re-rotated after
-    a slide).  Token t goes to lane lane_of[t], slot slot_of[t]; cs[t] is its RoPE table."""
-    T, D = x.shape
-    nbD = D // 32
-    nq = n_head * hd
-    nk = n_kv * hd
-    F = wdn_d.shape[1] // R * 32          # ffn width = columns of the down matrix
-    h = np.empty((T, D), np.float32)
-    qa = np.empty((T, D), np.int8)
-    da = np.empty((T, nbD), np.float32)
-    sa = np.empty((T, nbD), np.float32)
-    for t in prange(T):
-        _norm_quant(x, attn_w, eps, h, qa, da, sa, t)
-    qkv = np.empty((T, nq + 2 * nk), np.float32)
-    pmatmul(kind, wqkv, wqkv_d, wqkv_m, qa, da, sa, qkv, False)
-    qq = np.empty((T, nq), np.int8)
-    dq = np.empty((T, n_head), np.float32)
-    for i in prange(T * (n_head + n_kv)):
-        _rope_item(qkv, i, lane_of, slot_of, cs, kraw, n_keep, qq, dq, n_head, n_kv, hd, n_rot,
-                   kc, kd, vc, vd)
-    att = np.empty((T, nq), np.float32)
-    grp = n_head // n_kv
-    for i in prange(T * n_head):
-        t = i // n_head
-        hh = i % n_head
-        g = hh // grp
-        lane = lane_of[t]
-        attend(qq[t], hh * hd, dq[t, hh], kc[lane, g], kd[lane, g], vc[lane, g], vd[lane, g],
-               slot_of[t] + 1, hd, kq_scale, att[t], hh * hd)
-    nbQ = nq // 32
-    qa2 = np.empty((T, nq), np.int8)
-    da2 = np.empty((T, nbQ), np.float32)
-    sa2 = np.empty((T, nbQ), np.float32)
-    for t in prange(T):
-        quant_row(att[t], qa2[t], da2[t], sa2[t])
-    pmatmul(kind, wo, wo_d, wo_m, qa2, da2, sa2, x, True)
-    for t in prange(T):
-        _norm_quant(x, ffn_w, eps, h, qa, da, sa, t)
-    gu = np.empty((T, 2 * F), np.float32)
-    pmatmul(kind, wgu, wgu_d, wgu_m, qa, da, sa, gu, False)
-    nbF = F // 32
-    qa3 = np.empty((T, F), np.int8)
-    da3 = np.empty((T, nbF), np.float32)
-    sa3 = np.empty((T, nbF), np.float32)
-    for t in prange(T):
-        _swiglu_blocks(gu, t, F, 0, nbF, qa3, da3, sa3)
-    pmatmul(kind, wdn, wdn_d, wdn_m, qa3, da3, sa3, x, True)
-
-
-@njit(cache=True)
-def layers(x, lane_of, slot_of, cs, attn_w, ffn_w, eps, kind,
-           wqkv, wqkv_d, wqkv_m, wo, wo_d, wo_m, wgu, wgu_d, wgu_m, wdn, wdn_d, wdn_m,
-           kc, kd, vc, vd, kraw, n_keep, n_head, n_kv, hd, n_rot, kq_scale):
-    """Every transformer block in order (layer() with the weights and caches of layer l): one
-    call per feed instead of one per layer (each call from Python costs its argument checks)."""
-    for l in range(wqkv.shape[0]):
-        layer(x, lane_of, slot_of, cs, attn_w[l], ffn_w[l], eps, kind,
-              wqkv[l], wqkv_d[l], wqkv_m[l], wo[l], wo_d[l], wo_m[l], wgu[l], wgu_d[l], wgu_m[l],
-              wdn[l], wdn_d[l], wdn_m[l], kc[l], kd[l], vc[l], vd[l], kraw[l], n_keep, n_head,
-              n_kv, hd, n_rot, kq_scale)
-
-
-TEAM_MAX = 64                    # tokens per feed up to which a team runs it (feed_team)
 WHOLE_HEADS = 2                  # heads per thread from which a team runs attention per head
 ATT_CHUNK = 512                  # positions per attention chunk of a team (feed_team)
 MM_CHUNKS = 8                    # chunks per thread of a team's matrix product
@@ -382,8 +299,9 @@ _STEP_MAT = (-1, 0, -1, -1, -1, -1, -1, -1, 1, -1, 2, -1, 3)
 
 
 @njit(cache=True)
-def _mm_range(kind, W, Wd, Wm, qa, da, sa, out, add, lo, hi, acc):
-    """Row groups lo..hi-1 of pmatmul's work (the same elements, the same way)."""
+def mm_range(kind, W, Wd, Wm, qa, da, sa, out, add, lo, hi, acc):
+    """out[t, r] (+= with add) row r of a quantised matrix times activation row t, for the rows
+    of groups lo..hi-1 (each element alone: a split cannot change it)."""
     T, n = out.shape
     for g in range(lo, hi):
         _mm_rows(kind, W, Wd, Wm, g, qa, da, sa, out, add, acc, T, n)
@@ -391,7 +309,8 @@ def _mm_range(kind, W, Wd, Wm, qa, da, sa, out, add, lo, hi, acc):
 
 @njit(cache=True)
 def _head_rows(kind, W, Wd, Wm, qa, da, sa, out, lo, hi, acc):
-    """Row groups lo..hi-1 of head()'s matrix: fixed-point logits of every selected token."""
+    """Row groups lo..hi-1 of the output matrix: fixed-point logits out[i, v] (float32 integers
+    of 2^-16, |value| < 2^8) of every selected token's quantised final norm qa[i]."""
     V = out.shape[1]
     for g in range(lo, hi):
         for i in range(out.shape[0]):
@@ -422,24 +341,27 @@ def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs,
               wdn_m, kc, kd, vc, vd, kraw, n_keep, n_head, n_kv, hd, n_rot, kq_scale,
               sel, norm_w, hkind, hw, hwd, hwm, out, f32, i8, i32, i64, clk, att_chunk,
               whole_heads):
-    """embed + layers + head for a few tokens, run by every thread of a team (team.py): the
-    numbers of embed(), layer() x L and head(), in phases whose chunks the threads claim
-    (embed by token; per layer: norm + quantise by token, the products by row groups, RoPE and
-    the cache store by (token, head), attention per head (whole_heads or more per thread) or its
-    three passes by chunks of att_chunk positions of a head
-    (partial maxima and integer sums per chunk, combined per head: the cut cannot change
-    them, see attend), its output per head, quantise by token, SwiGLU + quantise by 32-blocks;
-    the head by row groups).  f32/i8/i32/i64: the shared scratch, team_scratch() elements;
-    clk: a stage profile (team.tick, stages STAGES) or an empty [0, k] array."""
+    """One feed (formats/ENGINE.md §5: embedding, every block, the head) of T tokens, run by
+    every thread of a team (team.py), in phases whose chunks the threads claim: embed by token;
+    per layer: norm + quantise by token, the products by row groups (each group for all T
+    tokens: a weight block is read once per feed), RoPE and the cache store by (token, head),
+    attention per head (whole_heads or more heads per thread) or, for fewer heads, its three
+    passes over chunks of att_chunk positions of each head with partial maxima and integer sums
+    combined per head (the cut cannot change them: attend), quantise by token, SwiGLU +
+    quantise by 32-blocks; the head's norm by token and its matrix by row groups.  Each output
+    element is computed by one chunk, so neither the thread count nor who claims a chunk
+    changes a number.  f32/i8/i32/i64: the shared scratch (team_scratch elements); clk: a stage
+    profile (team.tick, stages STAGES) or an empty [0, k] array."""
     T, D = x.shape
     nq = n_head * hd
     nqkv = nq + 2 * n_kv * hd
     F = wdn_d.shape[2] // R * 32
     H = T * n_head
     grp = n_head // n_kv
-    first, cj, c0, c1 = att_plan(slot_of, n_head, att_chunk)
+    whole = H >= whole_heads * nth
+    first, cj, c0, c1 = att_plan(slot_of[:0] if whole else slot_of, n_head, att_chunk)
     NC = cj.shape[0]
-    Nmax = slot_of.max() + 1
+    Nmax = 0 if whole else slot_of.max() + 1
     h, o = _take(f32, 0, T, D)                          # carve the shared scratch
     da, o = _take(f32, o, T, D // 32)
     sa, o = _take(f32, o, T, D // 32)
@@ -471,7 +393,6 @@ def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs,
     fch = (nbF + 7) // 8                                # SwiGLU chunks per token
 
     t0 = cycles() if clk.shape[0] else 0
-    whole = H >= whole_heads * nth
     L = wqkv.shape[0]
     p = 0
     for l in range(-1, L + 1):
@@ -487,7 +408,7 @@ def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs,
                 elif step == 2:
                     n = T * (n_head + n_kv)
                 elif step == 3 and whole:
-                    n = H
+                    n, per = H, 8
                 elif 3 <= step <= 6 and whole:
                     n = 0
                 elif 3 <= step <= 5:
@@ -512,16 +433,16 @@ def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs,
                 elif stage == S_MAT:
                     k = _STEP_MAT[step]
                     if k == 0:
-                        _mm_range(kind, wqkv[l], wqkv_d[l], wqkv_m[l], qa, da, sa, qkv, False,
+                        mm_range(kind, wqkv[l], wqkv_d[l], wqkv_m[l], qa, da, sa, qkv, False,
                                   lo, hi, acc)
                     elif k == 1:
-                        _mm_range(kind, wo[l], wo_d[l], wo_m[l], qa2, da2, sa2, x, True,
+                        mm_range(kind, wo[l], wo_d[l], wo_m[l], qa2, da2, sa2, x, True,
                                   lo, hi, acc)
                     elif k == 2:
-                        _mm_range(kind, wgu[l], wgu_d[l], wgu_m[l], qa, da, sa, gu, False,
+                        mm_range(kind, wgu[l], wgu_d[l], wgu_m[l], qa, da, sa, gu, False,
                                   lo, hi, acc)
                     else:
-                        _mm_range(kind, wdn[l], wdn_d[l], wdn_m[l], qa3, da3, sa3, x, True,
+                        mm_range(kind, wdn[l], wdn_d[l], wdn_m[l], qa3, da3, sa3, x, True,
                                   lo, hi, acc)
                 else:
                     for i in range(lo, hi):
@@ -596,48 +517,24 @@ def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs,
             t0 = tick(clk, tid, stage, t0)
 
 
-def team_scratch(T, slot_of, d_model, n_head, n_kv, hd, ffn, att_chunk):
+def team_scratch(T, slot_of, d_model, n_head, n_kv, hd, ffn, att_chunk, whole_heads, nth):
     """Sizes of feed_team's shared scratch (float32, int8, int32, int64 elements)."""
     nq = n_head * hd
     H = T * n_head
-    NC = int(att_plan(slot_of, n_head, att_chunk)[0][-1])
-    Nmax = int(slot_of.max()) + 1
+    whole = H >= whole_heads * nth
+    NC = 0 if whole else int(att_plan(slot_of, n_head, att_chunk)[0][-1])
+    Nmax = 0 if whole else int(slot_of.max()) + 1
     f32 = (T * d_model + 2 * T * d_model // 32 + T * (nq + 2 * n_kv * hd) + H + H * Nmax
            + T * nq + 2 * T * nq // 32 + 2 * T * ffn + 2 * T * ffn // 32)
     return f32, T * (d_model + 2 * nq + ffn), 2 * NC, NC * (1 + hd)
 
 
-@njit(parallel=True, cache=True)
-def head(x, sel, norm_w, eps, kind, W, Wd, Wm, out):
-    """Final RMSNorm of the selected tokens x[sel[i]] and the output matrix; out[i, v] float32
-    logits rounded to integers of 2^-16 (|value| < 2^8, exactly representable)."""
-    S = sel.shape[0]
-    D = x.shape[1]
-    nb = D // 32
-    qa = np.empty((S, D), np.int8)
-    da = np.empty((S, nb), np.float32)
-    sa = np.empty((S, nb), np.float32)
-    for i in prange(S):
-        h = np.empty(D, np.float32)
-        rmsnorm(x[sel[i]], norm_w, eps, h)
-        quant_row(h, qa[i], da[i], sa[i])
-    for g in prange(W.shape[0]):
-        _head_rows(kind, W, Wd, Wm, qa, da, sa, out, g, g + 1, np.empty(R, np.float32))
-
-
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def final_hidden(x, sel, norm_w, eps, out):
     """out[i] = the final RMSNorm of x[sel[i]] (the vector head() quantises): float32, the
     same operations as head's, so as deterministic as the logits."""
-    for i in prange(sel.shape[0]):
+    for i in range(sel.shape[0]):
         rmsnorm(x[sel[i]], norm_w, eps, out[i])
-
-
-@njit(parallel=True, cache=True)
-def embed(tokens, kind, W, Wd, Wm, out):
-    """out[t] = dequantised row tokens[t] (interleaved layout): Q8_0 d*q, Q4_1 d*q + m."""
-    for t in prange(tokens.shape[0]):
-        _embed_rows(tokens, kind, W, Wd, Wm, out, t, t + 1)
 
 
 @njit(nogil=True, cache=True)

@@ -1,7 +1,7 @@
-"""A team of threads for one feed of a few tokens: one entry per thread per feed, the work of
-each step cut into chunks that threads claim, workers that block (not spin) between feeds.
+"""A team of threads for the portable engine's feeds: one entry per thread per feed, the work
+of each step cut into chunks that threads claim, workers that block (not spin) between feeds.
 
-Why not Numba's prange here: a single-lane decode step is ~6 ms of work cut by ~400 data
+Why not Numba's prange (OpenMP) as before: a single-lane decode step is ~6 ms of work cut by ~400 data
 dependencies (each product needs the whole previous step).  As OpenMP parallel regions,
 sleeping workers (OMP_WAIT_POLICY=PASSIVE, needed on shared machines) take tens of microseconds
 to wake at every region; spinning ones (ACTIVE) burn a core whenever nacrith is not computing;
