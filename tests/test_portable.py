@@ -499,6 +499,24 @@ def test_team_worker_failure_is_reported(monkeypatch):
     t.run(fn, 1)                                # reported once; the team still runs
 
 
+def test_team_threads_end_with_their_backend(tiny):
+    import threading
+    import time as _time
+    before = set(threading.enumerate())
+    b = PortableBackend(tiny, lanes=1, threads=2, ctx=64, slide=16, n_keep=1)
+    want = logit_hash(b.feed([0], [[b.bos, 5, 6]]))
+    mine = [t for t in set(threading.enumerate()) - before if t.name.startswith("nacrith-team-")]
+    assert len(mine) == min(2, os.cpu_count()) - 1
+    b.close()
+    end = _time.time() + 10
+    while any(t.is_alive() for t in mine) and _time.time() < end:
+        _time.sleep(0.01)
+    assert not any(t.is_alive() for t in mine)
+    b.reset()                                   # a closed backend still feeds (a new team)
+    assert logit_hash(b.feed([0], [[b.bos, 5, 6]])) == want
+    b.close()
+
+
 def test_other_architecture_refused(tmp_path):
     p = write_tiny_llama(tmp_path / "g.gguf", arch="gemma3")
     with pytest.raises(NacritError) as e:

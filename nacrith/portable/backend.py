@@ -180,6 +180,9 @@ class PortableBackend:
         return llama_tokenize(L, vocab, text)
 
     def close(self) -> None:
+        if self._teams is not None and self._teams.pid == os.getpid():
+            self._teams.close()
+        self._teams = None
         if self._tok is not None:
             L, model, _ = self._tok
             L.llama_model_free(model)

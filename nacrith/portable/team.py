@@ -172,7 +172,8 @@ def share(n, c, nc):
 class Team:
     """nth threads for kernels of the form kernel(tid, nth, bar, *args): the calling thread is
     tid 0, nth - 1 daemon workers the others.  run() returns when the calling thread has seen
-    every phase finished; a worker may still be leaving that feed's kernel (claiming nothing)."""
+    every phase finished; a worker may still be leaving that feed's kernel (claiming nothing).
+    close() ends the workers; run() after it runs on the calling thread alone."""
 
     def __init__(self, nth: int):
         self.nth = nth
@@ -191,11 +192,21 @@ class Team:
         go = self._go[tid - 1]
         while True:
             go.acquire()
+            if self._job is None:       # close()
+                return
             fn, args = self._job
             try:
                 fn(tid, self.nth, *args)
             except BaseException as e:  # noqa: BLE001 - reported by the next run()
                 self.failed = e
+
+    def close(self) -> None:
+        """End the workers (each leaves after the feed it may still be in)."""
+        with self._lock:
+            self._job = None
+            for g in self._go:
+                g.release()
+            self._go = []
 
     def run(self, fn, phases: int, *args) -> None:
         """fn(tid, nth, bar, *args) on every thread of the team, bar fresh counters for
