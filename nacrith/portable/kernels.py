@@ -11,9 +11,9 @@ Invariants (what makes the logits identical on every machine, thread count and b
 - every float step is per element / per row, serial, in the order written: no reassociation, no
   fastmath, no FMA contraction (Numba's default fastmath=False emits plain fmul/fadd), no libm
   (mathx.py builds exp, sigmoid, sin/cos from basic operations);
-- the threads of a team (feed_team, team.py) split only independent output elements (rows of a matrix, (token, head) pairs, tokens, 32-blocks): the
-  work of one element never depends on how many threads there are, which thread claims it or
-  which other tokens share the batch;
+- the threads of a team (feed_team, team.py) split only independent output elements (rows of
+  a matrix, (token, head) pairs, tokens, 32-blocks): the work of one element never depends on
+  how many threads there are, which thread claims it or which other tokens share the batch;
 - no float reduction crosses chunks: what chunks combine are integer maxima and sums;
 - attention over a lane's cache uses only integer sums (scores per position are independent;
   softmax normaliser and weighted values are integer sums), so the order of cache positions is
@@ -93,7 +93,7 @@ def attend(qq, qo, dq, kc, kd, vc, vd, n, hd, kq_scale, out, oo):
     """Attention of one query head over cache positions 0..n-1 of one KV head -> out[oo:oo+hd]:
     the three passes below over all n positions, then att_finish.
 
-    The passes can be cut into ranges of positions (a team does: _attend_team): the maximum of
+    The passes can be cut into ranges of positions (a team does: feed_team): the maximum of
     the scores and of the products, the normaliser z and the weighted values are order-free
     (integer maxima and sums), so the result is the same for any cut.  The passes take views
     of the range (with offsets into whole arrays LLVM no longer vectorises pass 2)."""
@@ -329,6 +329,44 @@ def _take(buf, o, r, c):
     return buf[o:e].reshape(r, c), e
 
 
+@njit(cache=True)
+def _att_layout(slot_of, n_head, size, whole_heads, nth):
+    """How a team of nth threads splits attention: (per head?, att_plan's chunks, the longest
+    window Nmax of the chunked scores' scratch; no chunks and Nmax 0 per head)."""
+    whole = slot_of.shape[0] * n_head >= whole_heads * nth
+    first, cj, c0, c1 = att_plan(slot_of[:0] if whole else slot_of, n_head, size)
+    return whole, first, cj, c0, c1, 0 if whole else slot_of.max() + 1
+
+
+@njit(cache=True)
+def _carve(f32, i8, i32, i64, T, D, n_head, n_kv, hd, F, NC, Nmax):
+    """feed_team's shared scratch as views of the four buffers, in one fixed layout, and the
+    element counts it needs of each (on empty buffers: the sizes to allocate, team_scratch)."""
+    nq = n_head * hd
+    h, o = _take(f32, 0, T, D)
+    da, o = _take(f32, o, T, D // 32)
+    sa, o = _take(f32, o, T, D // 32)
+    qkv, o = _take(f32, o, T, nq + 2 * n_kv * hd)
+    dq, o = _take(f32, o, T, n_head)
+    sc, o = _take(f32, o, 1, T * n_head * Nmax)
+    att, o = _take(f32, o, T, nq)
+    da2, o = _take(f32, o, T, nq // 32)
+    sa2, o = _take(f32, o, T, nq // 32)
+    gu, o = _take(f32, o, T, 2 * F)
+    da3, o = _take(f32, o, T, F // 32)
+    sa3, o = _take(f32, o, T, F // 32)
+    qa, o8 = _take(i8, 0, T, D)
+    qq, o8 = _take(i8, o8, T, nq)
+    qa2, o8 = _take(i8, o8, T, nq)
+    qa3, o8 = _take(i8, o8, T, F)
+    pm, o32 = _take(i32, 0, NC, 2)
+    pz, o64 = _take(i64, 0, 1, NC)
+    ptot, o64 = _take(i64, o64, NC, hd)
+    return (h, da, sa, qkv, dq, sc[0] if sc.shape[0] else sc.reshape(0), att, da2, sa2, gu,
+            da3, sa3, qa, qq, qa2, qa3, pm, pz[0] if pz.shape[0] else pz.reshape(0), ptot,
+            (o, o8, o32, o64))
+
+
 @njit(nogil=True, cache=True)
 def team_phases(n_layer):
     """Phases of feed_team: embed, 13 per layer, the head's norm and its matrix."""
@@ -353,38 +391,16 @@ def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs,
     changes a number.  f32/i8/i32/i64: the shared scratch (team_scratch elements); clk: a stage
     profile (team.tick, stages STAGES) or an empty [0, k] array."""
     T, D = x.shape
-    nq = n_head * hd
-    nqkv = nq + 2 * n_kv * hd
     F = wdn_d.shape[2] // R * 32
     H = T * n_head
     grp = n_head // n_kv
-    whole = H >= whole_heads * nth
-    first, cj, c0, c1 = att_plan(slot_of[:0] if whole else slot_of, n_head, att_chunk)
+    whole, first, cj, c0, c1, Nmax = _att_layout(slot_of, n_head, att_chunk, whole_heads, nth)
     NC = cj.shape[0]
-    Nmax = 0 if whole else slot_of.max() + 1
-    h, o = _take(f32, 0, T, D)                          # carve the shared scratch
-    da, o = _take(f32, o, T, D // 32)
-    sa, o = _take(f32, o, T, D // 32)
-    qkv, o = _take(f32, o, T, nqkv)
-    dq, o = _take(f32, o, T, n_head)
-    sc, o = _take(f32, o, H, Nmax)
-    att, o = _take(f32, o, T, nq)
-    da2, o = _take(f32, o, T, nq // 32)
-    sa2, o = _take(f32, o, T, nq // 32)
-    gu, o = _take(f32, o, T, 2 * F)
-    da3, o = _take(f32, o, T, F // 32)
-    sa3, o = _take(f32, o, T, F // 32)
-    qa, o8 = _take(i8, 0, T, D)
-    qq, o8 = _take(i8, o8, T, nq)
-    qa2, o8 = _take(i8, o8, T, nq)
-    qa3, o8 = _take(i8, o8, T, F)
-    pm, o32 = _take(i32, 0, NC, 2)
-    pz, o64 = _take(i64, 0, 1, NC)
-    ptot, o64 = _take(i64, o64, NC, hd)
-    if o > f32.shape[0] or o8 > i8.shape[0] or o32 > i32.shape[0] or o64 > i64.shape[0]:
+    (h, da, sa, qkv, dq, sc, att, da2, sa2, gu, da3, sa3, qa, qq, qa2, qa3, pm, pz, ptot,
+     need) = _carve(f32, i8, i32, i64, T, D, n_head, n_kv, hd, F, NC, Nmax)
+    if need[0] > f32.shape[0] or need[1] > i8.shape[0] or need[2] > i32.shape[0] \
+            or need[3] > i64.shape[0]:
         raise ValueError("feed_team: scratch too small")
-    pz = pz[0]
-    sc = sc.reshape(H * Nmax)
     acc = np.empty(R, np.float32)
     tot = np.empty(hd, np.int64)
     si = np.empty(16, np.int32)
@@ -434,16 +450,16 @@ def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs,
                     k = _STEP_MAT[step]
                     if k == 0:
                         mm_range(kind, wqkv[l], wqkv_d[l], wqkv_m[l], qa, da, sa, qkv, False,
-                                  lo, hi, acc)
+                                 lo, hi, acc)
                     elif k == 1:
                         mm_range(kind, wo[l], wo_d[l], wo_m[l], qa2, da2, sa2, x, True,
-                                  lo, hi, acc)
+                                 lo, hi, acc)
                     elif k == 2:
                         mm_range(kind, wgu[l], wgu_d[l], wgu_m[l], qa, da, sa, gu, False,
-                                  lo, hi, acc)
+                                 lo, hi, acc)
                     else:
                         mm_range(kind, wdn[l], wdn_d[l], wdn_m[l], qa3, da3, sa3, x, True,
-                                  lo, hi, acc)
+                                 lo, hi, acc)
                 else:
                     for i in range(lo, hi):
                         if step == 0:
@@ -518,15 +534,12 @@ def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs,
 
 
 def team_scratch(T, slot_of, d_model, n_head, n_kv, hd, ffn, att_chunk, whole_heads, nth):
-    """Sizes of feed_team's shared scratch (float32, int8, int32, int64 elements)."""
-    nq = n_head * hd
-    H = T * n_head
-    whole = H >= whole_heads * nth
-    NC = 0 if whole else int(att_plan(slot_of, n_head, att_chunk)[0][-1])
-    Nmax = 0 if whole else int(slot_of.max()) + 1
-    f32 = (T * d_model + 2 * T * d_model // 32 + T * (nq + 2 * n_kv * hd) + H + H * Nmax
-           + T * nq + 2 * T * nq // 32 + 2 * T * ffn + 2 * T * ffn // 32)
-    return f32, T * (d_model + 2 * nq + ffn), 2 * NC, NC * (1 + hd)
+    """Sizes of feed_team's shared scratch (float32, int8, int32, int64 elements): its layout
+    (_carve) laid over empty buffers."""
+    _, _, cj, _, _, Nmax = _att_layout(slot_of, n_head, att_chunk, whole_heads, nth)
+    e = np.empty(0, np.float32)
+    return _carve(e, e.view(np.int8), e.view(np.int32), np.empty(0, np.int64), T, d_model,
+                  n_head, n_kv, hd, ffn, cj.shape[0], Nmax)[-1]
 
 
 @njit(cache=True)
