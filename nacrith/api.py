@@ -158,6 +158,11 @@ def get_engine(path: Path, opts: Options, mix=None) -> Engine:
     key = (str(path), opts.backend, opts.ctx, opts.slide, opts.n_keep, opts.threads, opts.lanes,
            opts.n_gpu_layers, opts.main_gpu, group,
            opts.backend in ("portable", "device") or opts.swa_full is not False)
+    from . import hub       # not at import: numpy's BLAS threads start inside _signals.blocked()
+    if opts.backend in ("portable", "device") and 0 < opts.lanes <= hub.lanes():
+        # a worker coding several segments at once: a View of one shared backend per thread
+        h = hub.hub_for(key[:6] + key[7:], lambda n: Engine(path, replace(opts, lanes=n), group))
+        return engines.POOL.get(key, lambda: h.engine_for(opts.lanes))
     return engines.POOL.get(key, lambda: Engine(path, opts, group))
 
 
@@ -445,6 +450,7 @@ def _decode_engine(m: C.ModelDescriptor, o: Options):
     mix.validate()
     dopts = replace(o, ctx=p["ctx"], slide=p["slide"], n_keep=p["n_keep"], lanes=p["lanes"],
                     threads=o.threads or min(p.get("threads", 1), default_threads()),
+                    backend="llama",    # versions 1-3: llama.cpp only
                     swa_full=None)      # versions 1-3 predate key 34: llama.cpp's default
     engine = get_engine(path, dopts, mix)
     if engine.backend.n_vocab != m.n_vocab or engine.backend.bos != p["bos"]:

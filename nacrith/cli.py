@@ -108,7 +108,8 @@ BACKEND = typer.Option("auto", "--backend", metavar="auto|llama|portable|device"
                             "machine, formats/ENGINE.md), device (the portable engine on a CUDA "
                             "GPU, the same archives; pip install 'nacrith[gpu]' torch) or llama "
                             "(llama.cpp: archives decode on a build with the same CPU kernels); "
-                            "auto (default): portable for SmolLM2 on the CPU, else llama.")
+                            "auto (default): portable for SmolLM2 (device with --devices), "
+                            "else llama.")
 IGNORE = typer.Option(False, "--ignore-backend",
                       help="Decode even if the archive was made on another llama.cpp backend "
                            "(checksums still verify the result).")
@@ -153,6 +154,10 @@ WORKERS = typer.Option(None, "--workers", min=1, metavar="N",
 DEVICES = typer.Option(None, "--devices", metavar="IDS",
                        help="GPU ids for the workers, e.g. 0,1 (CUDA builds; worker i gets "
                             "device i mod count, all layers offloaded).")
+INFLIGHT = typer.Option(None, "--inflight", min=1, metavar="N",
+                        help="Segments (files) each worker codes at once, their lanes batched "
+                             "into one forward pass per step: default 64 on a GPU (portable "
+                             "engine), 1 on the CPU. Same bytes for any N. Implies --workers 1.")
 ENGINE = typer.Option("local", "--engine", metavar="local|ray",
                       help="Where workers run: local processes, or Ray actors (nacrith[ray]).")
 ADDRESS = typer.Option(None, "--address", metavar="ADDR",
@@ -174,7 +179,8 @@ def _size(text: Optional[str], ctx) -> Optional[int]:
     return n
 
 
-def _scale(job: R.Job, ctx, recursive, workers, devices, engine, address) -> R.Job:
+def _scale(job: R.Job, ctx, recursive, workers, devices, engine, address,
+           inflight=None) -> R.Job:
     if engine not in ("local", "ray"):
         raise typer.BadParameter(f"{engine!r} is not one of 'local', 'ray'", ctx=ctx,
                                  param_hint="'--engine'")
@@ -185,6 +191,9 @@ def _scale(job: R.Job, ctx, recursive, workers, devices, engine, address) -> R.J
         raise typer.BadParameter(str(e), ctx=ctx, param_hint="'--devices'") from None
     if job.devices and workers is None and engine == "local":
         workers = len(job.devices)
+    if inflight is not None and workers is None and engine == "local":
+        workers = 1
+    job.inflight = inflight
     if address is not None and not I.ray_address(address):
         raise typer.BadParameter(f"expected HOST:PORT, ray://HOST:PORT or auto (got {address!r})",
                                  ctx=ctx, param_hint="'--address'")
@@ -200,6 +209,7 @@ def compress(context: typer.Context, files: Optional[List[str]] = FILES,
              lanes: int = LANES, no_neural: bool = NO_NEURAL, no_mixer: bool = NO_MIXER,
              gpu_layers: int = GPU, recursive: bool = RECURSIVE,
              workers: Optional[int] = WORKERS, devices: Optional[str] = DEVICES,
+             inflight: Optional[int] = INFLIGHT,
              engine: str = ENGINE, address: Optional[str] = ADDRESS, resume: bool = RESUME,
              manifest: Optional[str] = MANIFEST, segment_size: Optional[str] = SEGMENT,
              skip: Optional[float] = SKIP, backend: str = BACKEND,
@@ -223,8 +233,8 @@ def compress(context: typer.Context, files: Optional[List[str]] = FILES,
         opts.segment_size = seg
     job = R.Job("compress", output, stdout, force, rm, quiet, verbose, opts=opts, resume=resume,
               manifest=manifest, solid=solid)
-    return _run(_scale(job, context, recursive, workers, devices, engine, address), files,
-                context)
+    return _run(_scale(job, context, recursive, workers, devices, engine, address, inflight),
+                files, context)
 
 
 @app.command(context_settings=CONTEXT)
@@ -234,8 +244,8 @@ def decompress(context: typer.Context, files: Optional[List[str]] = FILES,
                model: Optional[str] = MODEL, threads: Optional[int] = THREADS,
                ignore_backend: bool = IGNORE, gpu_layers: int = GPU,
                recursive: bool = RECURSIVE, workers: Optional[int] = WORKERS,
-               devices: Optional[str] = DEVICES, engine: str = ENGINE,
-               address: Optional[str] = ADDRESS,
+               devices: Optional[str] = DEVICES, inflight: Optional[int] = INFLIGHT,
+               engine: str = ENGINE, address: Optional[str] = ADDRESS,
                member: Optional[str] = typer.Option(None, "--file", metavar="PATH",
                                                     help="Solid archive: extract only this "
                                                          "file (decodes only its blocks).")):
@@ -245,8 +255,8 @@ def decompress(context: typer.Context, files: Optional[List[str]] = FILES,
                        ignore_backend=ignore_backend)
     job = R.Job("decompress", output, stdout, force, rm, quiet, verbose, opts=opts,
                 member=member)
-    return _run(_scale(job, context, recursive, workers, devices, engine, address), files,
-                context)
+    return _run(_scale(job, context, recursive, workers, devices, engine, address, inflight),
+                files, context)
 
 
 @app.command(context_settings=CONTEXT)
@@ -260,20 +270,21 @@ def test_(context: typer.Context, files: Optional[List[str]] = FILES, quiet: boo
           model: Optional[str] = MODEL, threads: Optional[int] = THREADS,
           ignore_backend: bool = IGNORE, gpu_layers: int = GPU,
           recursive: bool = RECURSIVE, workers: Optional[int] = WORKERS,
-          devices: Optional[str] = DEVICES, engine: str = ENGINE,
-          address: Optional[str] = ADDRESS):
+          devices: Optional[str] = DEVICES, inflight: Optional[int] = INFLIGHT,
+          engine: str = ENGINE, address: Optional[str] = ADDRESS):
     """Decode archives fully and verify every checksum; write nothing (also: nacrith -t)."""
     opts = api.Options(model=model, threads=threads, n_gpu_layers=gpu_layers,
                        ignore_backend=ignore_backend)
     job = R.Job("test", quiet=quiet, opts=opts)
-    return _run(_scale(job, context, recursive, workers, devices, engine, address), files,
-                context)
+    return _run(_scale(job, context, recursive, workers, devices, engine, address, inflight),
+                files, context)
 
 
 @app.command("bench", context_settings=CONTEXT)
 def bench_(context: typer.Context, devices: Optional[str] = DEVICES,
-           workers: Optional[int] = WORKERS, threads: Optional[int] = THREADS,
-           model: Optional[str] = MODEL, gpu_layers: int = GPU,
+           workers: Optional[int] = WORKERS, inflight: Optional[int] = INFLIGHT,
+           threads: Optional[int] = THREADS, model: Optional[str] = MODEL, gpu_layers: int = GPU,
+           backend: str = BACKEND,
            file: Optional[str] = typer.Option(None, "--file", metavar="FILE",
                                               help="Text to code (its first 4 MiB; default: a "
                                                    "built-in 1.9 KB text)."),
@@ -282,9 +293,9 @@ def bench_(context: typer.Context, devices: Optional[str] = DEVICES,
            as_json: bool = typer.Option(False, "--json", help="The report as one JSON object.")):
     """Throughput per device: one worker per device (or --workers N, round-robin), each loading
     the model, then all coding the same text at once."""
-    opts = api.Options(model=model, threads=threads, n_gpu_layers=gpu_layers)
+    opts = api.Options(model=model, threads=threads, n_gpu_layers=gpu_layers, backend=backend)
     job = _scale(R.Job("compress", verbose=verbose, opts=opts), context, False, workers, devices,
-                 "local", None)
+                 "local", None, inflight)
     job.workers = job.workers or 1
     return I.bench(job, file, as_json)
 

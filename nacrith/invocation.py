@@ -170,12 +170,14 @@ def bench(job: R.Job, file: Optional[str], as_json: bool) -> int:
         return 0
     rows = [(str(r["worker"]), r["device"] if r["device"] == "cpu" else f"cuda:{r['device']}",
              str(r["cuda_visible_devices"]), r) for r in report["workers"]]
-    rows.append(("total", f"{len(rows)} workers", "", report["total"]))
-    R.say(f"{name}: {report['bytes']} bytes per worker")
-    R.say(f"{'worker':<7} {'device':<10} {'CUDA_VISIBLE_DEVICES':<20} {'tokens':>7} "
-          f"{'seconds':>8} {'tokens/s':>9} {'bytes/s':>9} {'peak RSS':>9}")
+    rows.append(("total", f"{len(rows)} workers", "",
+                 {**report["total"], "in_flight": sum(r["in_flight"] for r in report["workers"])}))
+    R.say(f"{name}: {report['bytes']} bytes per coding, each worker codes it --inflight times "
+          "at once")
+    R.say(f"{'worker':<7} {'device':<10} {'CUDA_VISIBLE_DEVICES':<20} {'in flight':>9} "
+          f"{'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'bytes/s':>9} {'peak RSS':>9}")
     for w, dev, cvd, r in rows:
-        R.say(f"{w:<7} {dev:<10} {cvd:<20} {r['tokens']:>7} {r['seconds']:>8.2f} "
-              f"{r['tokens_per_s']:>9.1f} {r['bytes_per_s']:>9.1f} "
+        R.say(f"{w:<7} {dev:<10} {cvd:<20} {r['in_flight']:>9} {r['tokens']:>7} "
+              f"{r['seconds']:>8.2f} {r['tokens_per_s']:>9.1f} {r['bytes_per_s']:>9.1f} "
               f"{r['peak_rss'] / 2**20:>5.0f} MiB")
     return 0

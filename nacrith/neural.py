@@ -51,6 +51,15 @@ def lockstep(backend, k: int, more, code, progress=None, skip=None, cap: int = 0
     skip(lane) -> bool (optional): code the lane's token t without the LLM (code gets row None);
     asked before step t, only while at most `cap` tokens of that lane wait for the LLM."""
     backend.reset()
+    try:
+        _steps(backend, k, more, code, progress, skip, cap)
+    finally:
+        done = getattr(backend, "done", None)     # a shared engine's View (hub.py): lanes back
+        if done is not None:
+            done()
+
+
+def _steps(backend, k, more, code, progress, skip, cap) -> None:
     wait = [[backend.bos] for _ in range(k)]       # tokens not yet fed to the LLM, per lane
     t = 0
     while True:

@@ -33,7 +33,7 @@ class _Coder:
         os.environ.update({k: v for k, v in a.env.items() if k != "CUDA_VISIBLE_DEVICES"})
         self.o = workers.worker_options(opts, a, mode)
         self.mode = mode
-        self.cache: dict = {}
+        self.tasks = workers.Tasks(self.o, a.inflight)      # a threaded actor: a.inflight at once
         self.rss = workers.load(self.o, mode)
 
     def ready(self) -> int:
@@ -41,7 +41,7 @@ class _Coder:
 
     def run(self, kind: str, arg):
         try:
-            return workers.run_task(kind, arg, self.o, self.cache)
+            return self.tasks.run(kind, arg)
         except BaseException as e:      # noqa: BLE001 - reported per file by the driver
             raise workers.portable_error(e) from None
 
@@ -60,7 +60,7 @@ class RayPool:
     name = "ray"
 
     def __init__(self, n_workers: int | None, devices: list[str], opts: api.Options, mode: str,
-                 address: str | None = None):
+                 address: str | None = None, inflight: int | None = None):
         ray = self.ray = _ray()
         self.started = not ray.is_initialized()
         if self.started:
@@ -75,11 +75,13 @@ class RayPool:
                                   f" ({type(e).__name__}: {lines[-1] if lines else ''})") from None
         cpus = int(ray.cluster_resources().get("CPU", 1))
         n = n_workers or max(1, len(devices) or cpus)
-        self.assignments = workers.assign(n, devices, opts.threads, opts.n_gpu_layers, cpus)
+        self.assignments = workers.assign(n, devices, opts.threads, opts.n_gpu_layers, cpus,
+                                          workers.pool_inflight(opts, devices, inflight))
         actor = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES)(_Coder)
         self.actors = []
         for a in self.assignments:
-            res = {"num_cpus": a.threads, "num_gpus": 1 if a.device != "cpu" else 0}
+            res = {"num_cpus": a.threads, "num_gpus": 1 if a.device != "cpu" else 0,
+                   "max_concurrency": a.inflight}
             self.actors.append(actor.options(**res).remote(a, opts, mode))
         self.load = [0] * len(self.actors)
         self.lock = threading.Lock()
@@ -88,6 +90,11 @@ class RayPool:
     @property
     def n(self) -> int:
         return len(self.actors)
+
+    @property
+    def slots(self) -> int:
+        """Tasks the actors run at once."""
+        return sum(a.inflight for a in self.assignments)
 
     def wait_ready(self) -> dict[int, int]:
         try:
@@ -115,7 +122,7 @@ class RayPool:
         return _Unwrapped(f)
 
     def imap(self, kind: str, items, window: int | None = None):
-        return workers.ordered(self.submit, kind, items, window or self.n + 1)
+        return workers.ordered(self.submit, kind, items, window or self.slots + 1)
 
     def close(self) -> None:
         for a in self.actors:

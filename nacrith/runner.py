@@ -166,6 +166,7 @@ class Job:
     recursive: bool = False                 # -r: walk directories (nacrith/batch.py)
     workers: Optional[int] = None           # worker processes / Ray actors (None: in-process)
     devices: List[str] = field(default_factory=list)
+    inflight: Optional[int] = None          # segments per worker at once (None: its default)
     engine: str = "local"                   # local | ray
     address: Optional[str] = None           # Ray cluster address
     resume: bool = False
@@ -211,10 +212,10 @@ def start_pool(job: Job):
     """Worker processes (or Ray actors), each with its model loaded; -v prints each one."""
     if job.engine == "ray":
         from .ray_engine import RayPool
-        pool = RayPool(job.workers, job.devices, job.opts, job.mode, job.address)
+        pool = RayPool(job.workers, job.devices, job.opts, job.mode, job.address, job.inflight)
     else:
         from .workers import LocalPool
-        pool = LocalPool(job.workers, job.devices, job.opts, job.mode)
+        pool = LocalPool(job.workers, job.devices, job.opts, job.mode, job.inflight)
     try:
         rss = pool.wait_ready()
     except BaseException:
@@ -238,13 +239,14 @@ def close_pool(job: Job) -> None:
 
 
 def run_files(job: Job, files: List[str], each=None) -> bool:
-    """Process files: in this thread, or (with a pool) as many at a time as there are workers,
-    so small files keep every worker busy. `each(name)` replaces `one`. True if any failed."""
+    """Process files: in this thread, or (with a pool) as many at a time as the workers code
+    segments at once, so small files keep every worker busy. `each(name)` replaces `one`.
+    True if any failed."""
     each = each or (lambda name: one(job, name))
     if job.pool is None or len(files) < 2:
         return any([guarded(job, name, each) is not None for name in files])
     from concurrent.futures import ThreadPoolExecutor
-    ex = ThreadPoolExecutor(max_workers=job.pool.n, thread_name_prefix="nacrith-file")
+    ex = ThreadPoolExecutor(max_workers=job.pool.slots, thread_name_prefix="nacrith-file")
     try:
         futs = [ex.submit(guarded, job, name, each) for name in files]
         return any([f.result() is not None for f in futs])

@@ -23,19 +23,22 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import itertools
 import multiprocessing as mp
 import os
 import signal
 import threading
 import time
-from concurrent.futures import CancelledError, Future, InvalidStateError
+from concurrent.futures import CancelledError, Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from . import api, models
+from . import api, hub, models
 from .errors import NacritError
 
+POLL = 0.01                     # s: a feeder with room for tasks looks for new ones this often
 MAX_DEFAULT_THREADS = 4         # as api.default_threads("llama"): more rarely helps a 135M model
 GPU_ALL_LAYERS = 999            # n_gpu_layers when a device is given and --gpu-layers is not
+DEVICE_INFLIGHT = 64            # segments per GPU worker by default (--inflight)
 
 
 @dataclass
@@ -47,10 +50,12 @@ class Assignment:
     n_gpu_layers: int = 0
     main_gpu: int = 0
     env: dict = field(default_factory=dict)
+    inflight: int = 1           # segments coded at once, their lanes batched (nacrith/hub.py)
 
     def describe(self) -> str:
         where = "cpu" if self.device == "cpu" else f"cuda:{self.device}"
-        return f"worker {self.index}: {where}, threads {self.threads}"
+        s = f"worker {self.index}: {where}, threads {self.threads}"
+        return s + (f", {self.inflight} segments in flight" if self.inflight > 1 else "")
 
 
 def parse_devices(spec: str | None) -> list[str]:
@@ -82,31 +87,64 @@ def worker_threads(opts: api.Options, n_workers: int = 1) -> int | None:
                api.auto_backend(opts.model, opts.n_gpu_layers))
     if backend != "portable":
         return None
-    return max(1, min(api.default_threads(backend), (os.cpu_count() or 1) // max(1, n_workers)))
+    return min(api.default_threads(backend), split_threads(n_workers, None))
 
 
 def assign(n_workers: int, devices: list[str], threads: int | None, n_gpu_layers: int = 0,
-           cpus: int | None = None) -> list[Assignment]:
+           cpus: int | None = None, inflight: int = 1) -> list[Assignment]:
     """Round-robin workers over devices. With devices, worker i sees only its GPU
     (CUDA_VISIBLE_DEVICES=dev, so main_gpu is 0 inside it) and offloads all layers unless
-    --gpu-layers says otherwise; without, workers share the CPUs (threads split)."""
+    --gpu-layers says otherwise; without, workers share the CPUs (threads split). Each worker
+    codes `inflight` segments at once."""
     if n_workers < 1:
         raise NacritError("--workers must be >= 1")
+    if inflight < 1:
+        raise NacritError("--inflight must be >= 1")
     t = split_threads(n_workers, threads, cpus)
     out = []
     for i in range(n_workers):
         if devices:
             dev = devices[i % len(devices)]
             out.append(Assignment(i, dev, t, n_gpu_layers or GPU_ALL_LAYERS, 0,
-                                  {"CUDA_VISIBLE_DEVICES": dev}))
+                                  {"CUDA_VISIBLE_DEVICES": dev}, inflight))
         else:
-            out.append(Assignment(i, "cpu", t, 0, 0, {"CUDA_VISIBLE_DEVICES": ""}))
+            out.append(Assignment(i, "cpu", t, 0, 0, {"CUDA_VISIBLE_DEVICES": ""}, inflight))
     return out
+
+
+def pool_backend(opts: api.Options, devices: list[str]) -> str:
+    """The engine workers run: the one asked for; else ("auto") the portable engine for the
+    default model, on the GPUs ("device") when devices are given and --gpu-layers is not (that
+    asks for llama.cpp's offload), else on the CPU; llama.cpp for other models."""
+    if opts.backend != "auto":
+        return opts.backend
+    b = api.auto_backend(opts.model, opts.n_gpu_layers)
+    return "device" if b == "portable" and devices else b
+
+
+def default_inflight(backend: str) -> int:
+    """Segments a worker codes at once when --inflight is not given: DEVICE_INFLIGHT on a GPU
+    (a step of one lane leaves the device idle), 1 on the CPU."""
+    return DEVICE_INFLIGHT if backend == "device" else 1
+
+
+def pool_inflight(opts: api.Options, devices: list[str], inflight: int | None) -> int:
+    """Segments each worker codes at once: --inflight, else default_inflight. More than one
+    needs the portable engine (its lanes are independent: nacrith/hub.py)."""
+    backend = pool_backend(opts, devices)
+    if inflight is None:
+        return default_inflight(backend)
+    if inflight > 1 and backend == "llama":
+        raise NacritError("--inflight above 1 needs the portable engine (llama.cpp codes one "
+                          "segment per worker at a time)")
+    return inflight
 
 
 def worker_options(opts: api.Options, a: Assignment, mode: str) -> api.Options:
     """The Options a worker codes with (compress: normalised, so the archive records them)."""
-    o = replace(opts, threads=a.threads, n_gpu_layers=a.n_gpu_layers, main_gpu=a.main_gpu)
+    backend = pool_backend(opts, [] if a.device == "cpu" else [a.device])
+    o = replace(opts, threads=a.threads, n_gpu_layers=a.n_gpu_layers, main_gpu=a.main_gpu,
+                backend=backend)
     return api.normalized(o) if mode == "compress" else o
 
 
@@ -116,32 +154,41 @@ def run_task(kind: str, arg, o: api.Options, cache: dict):
         return api.code_segment(arg, o)
     if kind == "decode":
         return api.decode_segment(*arg, o, cache=cache)
-    if kind == "bench":
+    if kind == "bench":                             # `copies` codings at once (--inflight)
+        copies = max(1, hub.lanes() // o.lanes)
         api.code_segment(arg[:64], o)               # warm-up: first-call costs out of the timing
         tokens: list = []
         t0 = time.perf_counter()
-        api.code_segment(arg, o, progress=tokens.append)
+        if copies == 1:
+            api.code_segment(arg, o, progress=tokens.append)
+        else:
+            with ThreadPoolExecutor(copies) as ex:
+                list(ex.map(lambda _: api.code_segment(arg, o, progress=tokens.append),
+                            range(copies)))
         return {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "tokens": sum(tokens), "seconds": time.perf_counter() - t0,
-                "peak_rss": peak_rss()}
+                "peak_rss": peak_rss(), "copies": copies}
     raise NacritError(f"unknown task {kind!r}")
 
 
 def bench(pool: "LocalPool", data: bytes) -> dict:
     """`nacrith bench`: every worker of a loaded pool codes `data` at the same time (one task
-    pinned to each, timed after a warm-up); a row per worker and the total: every worker's
-    bytes and tokens over the slowest worker's time, the sum of the peaks."""
+    pinned to each, timed after a warm-up; a worker with --inflight N codes N copies at once);
+    a row per worker and the total: every worker's bytes and tokens over the slowest worker's
+    time, the sum of the peaks."""
     if api.looks_binary(data):
         raise NacritError("not text: the bench codes text with the model")
     futures = [pool.submit("bench", data, slot=a.index) for a in pool.assignments]
     rows = []
     for a, f in zip(pool.assignments, futures):
         r = f.result()
-        rows.append({"worker": a.index, "device": a.device, **_rates(len(data), r),
-                     "threads": a.threads, "cuda_visible_devices": r["cuda_visible_devices"]})
+        rows.append({"worker": a.index, "device": a.device,
+                     **_rates(len(data) * r["copies"], r), "threads": a.threads,
+                     "in_flight": r["copies"], "cuda_visible_devices": r["cuda_visible_devices"]})
     total = {"tokens": sum(r["tokens"] for r in rows), "seconds": max(r["seconds"] for r in rows),
              "peak_rss": sum(r["peak_rss"] for r in rows)}
-    return {"bytes": len(data), "workers": rows, "total": _rates(len(data) * len(rows), total)}
+    return {"bytes": len(data), "workers": rows,
+            "total": _rates(sum(r["bytes"] for r in rows), total)}
 
 
 def _rates(n_bytes: int, r: dict) -> dict:
@@ -203,16 +250,53 @@ def _doomed(generation: int, kind: str, arg) -> bool:
     return kind == "encode" and spec.encode() in arg
 
 
+def _portable(task) -> bool:
+    """A decode task (frame, payload, model descriptor, ...) of a portable-engine archive."""
+    from .frames import E_PORTABLE
+    return getattr(task[2], "engine", None) == E_PORTABLE
+
+
+class Tasks:
+    """run_task for one worker (process or Ray actor) coding `inflight` tasks at once, each in a
+    thread of its own: the portable engine shared (hub.enable: lanes for `inflight` segments),
+    a decoding cache per thread; llama.cpp archives decode one at a time with one engine."""
+
+    def __init__(self, o: api.Options, inflight: int):
+        self.o, self.many = o, inflight > 1
+        if self.many:
+            hub.enable(inflight * o.lanes)
+        self.local = threading.local()
+        self.serial = threading.Lock()
+        self.shared: dict = {}
+
+    def run(self, kind: str, arg):
+        if self.many and kind == "decode" and not _portable(arg):
+            with self.serial:
+                return run_task(kind, arg, self.o, self.shared)
+        return run_task(kind, arg, self.o, self.local.__dict__.setdefault("cache", {}))
+
+
 def _worker(a: Assignment, opts: api.Options, mode: str, conn, parent: int,
             generation: int) -> None:
+    """Worker process: tasks (id, kind, arg) in, (id, ok, result) out; with a.inflight > 1
+    each task runs in a thread of its own, the engine shared (nacrith/hub.py)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     if os.getppid() != parent:
         return
     os.environ.update(a.env)
     o = worker_options(opts, a, mode)
+    tasks, sending = Tasks(o, a.inflight), threading.Lock()
     conn.send(load(o, mode))
-    cache: dict = {}
+
+    def do(tid, kind, arg):
+        try:
+            msg = (tid, True, tasks.run(kind, arg))
+        except BaseException as e:          # noqa: BLE001 - the parent reports it per file
+            msg = (tid, False, portable_error(e))
+        with sending:
+            conn.send(msg)
+    threads = ThreadPoolExecutor(a.inflight, "nacrith-task") if a.inflight > 1 else None
     while True:
         try:
             item = conn.recv()
@@ -220,13 +304,13 @@ def _worker(a: Assignment, opts: api.Options, mode: str, conn, parent: int,
             return
         if item is None or os.getppid() != parent:
             return
-        kind, arg = item
+        tid, kind, arg = item
         if _doomed(generation, kind, arg):
             os.kill(os.getpid(), signal.SIGKILL)
-        try:
-            conn.send((True, run_task(kind, arg, o, cache)))
-        except BaseException as e:          # noqa: BLE001 - the parent reports it per file
-            conn.send((False, portable_error(e)))
+        if threads is None:
+            do(tid, kind, arg)
+        else:
+            threads.submit(do, tid, kind, arg)
 
 
 # ---------------------------------------------------------------- the pool
@@ -262,9 +346,11 @@ class LocalPool:
     name = "local"
     MAX_RETRIES = 2
 
-    def __init__(self, n_workers: int, devices: list[str], opts: api.Options, mode: str):
+    def __init__(self, n_workers: int, devices: list[str], opts: api.Options, mode: str,
+                 inflight: int | None = None):
         threads = worker_threads(opts, n_workers) if not devices else opts.threads
-        self.assignments = assign(n_workers, devices, threads, opts.n_gpu_layers)
+        self.assignments = assign(n_workers, devices, threads, opts.n_gpu_layers,
+                                  inflight=pool_inflight(opts, devices, inflight))
         self.opts, self.mode = opts, mode
         self.ctx = mp.get_context("spawn")
         self.cond = threading.Condition()
@@ -286,6 +372,11 @@ class LocalPool:
     @property
     def n(self) -> int:
         return len(self.procs)
+
+    @property
+    def slots(self) -> int:
+        """Tasks the workers run at once."""
+        return sum(a.inflight for a in self.assignments)
 
     def _spawn(self, i: int) -> None:
         mine, theirs = self.ctx.Pipe()
@@ -310,7 +401,7 @@ class LocalPool:
         return t.future
 
     def imap(self, kind: str, items, window: int | None = None):
-        return ordered(self.submit, kind, items, window or self.n + 1)
+        return ordered(self.submit, kind, items, window or self.slots + 1)
 
     def _put(self, t: _Task) -> None:
         with self.cond:
@@ -320,47 +411,80 @@ class LocalPool:
                 return
         _settle(t.future, self.error, False)
 
-    def _take(self, i: int) -> _Task | None:
-        """The oldest task worker i may run; None once the pool is closing or failed."""
+    def _take(self, i: int, wait: bool, alone: bool) -> _Task | None:
+        """The oldest task worker i may run (alone=False: none that has killed a worker, which
+        runs with nothing beside it); None once the pool is closing or failed, or (wait=False)
+        when there is none now."""
         with self.cond:
             while self.error is None:
                 for t in self.tasks:
-                    if t.slot in (None, i):
+                    if t.slot in (None, i) and (alone or not t.deaths):
                         self.tasks.remove(t)
                         return t
+                if not wait:
+                    return None
                 self.cond.wait()
         return None
 
     def _feed(self, i: int) -> None:
-        """Worker i's feeder: one task at a time, so tasks go to whichever worker is free."""
+        """Worker i's feeder: up to its `inflight` tasks at the worker at once, so tasks go to
+        whichever worker has room. A task that has killed a worker runs alone (with nothing
+        else in flight), so one bad segment cannot use up the others' retries."""
         try:
             self.ready[i] = self.conns[i].recv()
         except (EOFError, OSError):
             if not self.closed:
                 self._fail(NacritError(f"{self._reap(i)} while loading"))
             return
-        while (t := self._take(i)) is not None:
-            if not t.deaths and not t.future.set_running_or_notify_cancel():
-                continue
+        room = self.assignments[i].inflight
+        held: dict[int, _Task] = {}             # task id -> task, at the worker now
+        ids = itertools.count()
+        while True:
             try:
-                if self.conns[i] is None:
-                    self._respawn(i)
-                self.conns[i].send((t.kind, t.arg))
-                ok, value = self.conns[i].recv()
+                while len(held) < room and not any(t.deaths for t in held.values()):
+                    t = self._take(i, wait=not held, alone=not held)
+                    if t is None:
+                        break
+                    if not t.deaths and not t.future.set_running_or_notify_cancel():
+                        continue
+                    if self.conns[i] is None:       # after a death (nothing held): a new one
+                        try:
+                            self._respawn(i)
+                        except (EOFError, OSError, CancelledError):
+                            if self.closed:
+                                _settle(t.future, CancelledError(), False)
+                                return
+                            self._died(i, [t])
+                            continue
+                    tid = next(ids)
+                    held[tid] = t
+                    self.conns[i].send((tid, t.kind, t.arg))
+                if not held:
+                    return                          # closing or failed
+                if len(held) < room and not self.conns[i].poll(POLL):
+                    continue                        # room for more: look for new tasks
+                tid, ok, value = self.conns[i].recv()
             except (EOFError, OSError, CancelledError):
                 if self.closed:
-                    _settle(t.future, CancelledError(), False)
+                    for t in held.values():
+                        _settle(t.future, CancelledError(), False)
                     return
-                why = self._reap(i)
-                self.deaths.append(why)
-                t.deaths += 1
-                if t.deaths > self.MAX_RETRIES:
-                    _settle(t.future, NacritError(
-                        f"worker died on this task {t.deaths} times (last: {why})"), False)
-                else:
-                    self._put(t)
+                self._died(i, list(held.values()))
+                held.clear()
                 continue
-            _settle(t.future, value, ok)
+            _settle(held.pop(tid).future, value, ok)
+
+    def _died(self, i: int, held: list) -> None:
+        """Worker i died holding `held`: each is queued again, or fails after MAX_RETRIES."""
+        why = self._reap(i)
+        self.deaths.append(why)
+        for t in held:
+            t.deaths += 1
+            if t.deaths > self.MAX_RETRIES:
+                _settle(t.future, NacritError(
+                    f"worker died on this task {t.deaths} times (last: {why})"), False)
+            else:
+                self._put(t)
 
     def _reap(self, i: int) -> str:
         """Worker i is gone (or its pipe is): make sure of it; why it ended."""

@@ -9,6 +9,7 @@ the first configuration's (same --threads per worker and segment size). Prints a
     python scripts/bench_scale.py                 # long form: 16 KB of each corpus text, 256 KB file
     python scripts/bench_scale.py --short         # a few KB: a smoke run that takes ~2 minutes
     python scripts/bench_scale.py --no-ray        # skip the Ray rows
+    python scripts/bench_scale.py --inflight 8    # also workers coding 8 segments at once
 """
 from __future__ import annotations
 
@@ -70,6 +71,8 @@ def main() -> None:
     ap.add_argument("--big", type=int, help="bytes of the large file (default 262144)")
     ap.add_argument("--segment-size", type=int, help="segment size for the large file")
     ap.add_argument("--no-ray", action="store_true")
+    ap.add_argument("--inflight", type=int, default=0,
+                    help="also rows of workers coding N segments at once (nacrith/hub.py)")
     a = ap.parse_args()
     slice_ = a.slice or (1024 if a.short else 16384)
     big = a.big or (4096 if a.short else 256 << 10)
@@ -78,11 +81,17 @@ def main() -> None:
            "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
     work = Path(tempfile.mkdtemp(prefix="nacrith-bench-scale-"))
     rows = []
-    # (label, extra CLI args); every configuration uses 1 llama.cpp thread per worker except
-    # the single-process 2-thread row (the default on 2 cores, for reference)
+    # (label, extra CLI args): one thread per worker except the single-process 2-thread row
+    # (the default on 2 cores, for reference); the portable engine's bytes do not depend on
+    # threads, workers or segments in flight, so every row is compared with the first
     configs = [("1 worker x 1 thread", ["--workers", "1", "--threads", "1"]),
                ("2 workers x 1 thread", ["--workers", "2", "--threads", "1"]),
                ("1 process x 2 threads", ["--threads", "2"])]
+    if a.inflight:
+        configs += [(f"1 worker x 2 threads, {a.inflight} in flight",
+                     ["--workers", "1", "--threads", "2", "--inflight", str(a.inflight)]),
+                    (f"2 workers x 1 thread, {a.inflight} in flight",
+                     ["--workers", "2", "--threads", "1", "--inflight", str(a.inflight)])]
     ray_addr = None
     if not a.no_ray:
         try:
@@ -108,8 +117,7 @@ def main() -> None:
                 dt = run(["compress", "-r", "-q", *extra, *args, "--manifest",
                           str(d) + ".jsonl", str(d)], work, env)
                 out = sum(p.stat().st_size for p in d.rglob("*.nc"))
-                same = "-" if first is None or "2 threads" in label else \
-                    ("yes" if same_archives(first, d) else "NO")
+                same = "-" if first is None else ("yes" if same_archives(first, d) else "NO")
                 first = first or d
                 rows.append((job, label, size, dt, size / dt, out * 8 / size, same))
                 print(f"{job:24} {label:26} {size:8d} B {dt:7.1f} s {size / dt:8.1f} B/s "

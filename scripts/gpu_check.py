@@ -13,6 +13,8 @@ shapes (30 layers, d 576, 9/3 heads, ff 1536, vocab 49152; --sim: the tests' tin
    against a 1-lane device engine: the number of differing logits;
 2. archives: a text coded with the device engine and decoded with the CPU engine and the
    reverse (neural.encode_segment / decode_lanes, LLM-only coding); payload bytes compared;
+   continuous batching (nacrith/hub.py): 6 texts (--batch-texts) coded at once through one device backend,
+   each payload against the text coded alone on the CPU, then all decoded at once;
 3. speed (not with --sim): tokens/s of the device forward pass (logits left on the device) at
    each --lanes count, ctx 2048, windows at fill 0, 1024 and 2040, and the peak device memory;
    then the host's share: the same steps with the logits copied to the host.
@@ -103,6 +105,43 @@ def check_archives(path, DB, PB, win, nbytes):
     return same, out["device"][1], out["cpu"][1], len(out["cpu"][0]), len(text)
 
 
+def check_batching(path, DB, PB, win, nbytes, n=6):
+    """Continuous batching (nacrith/hub.py): n texts of 1-3 lanes coded at once, started at
+    different times, through one device backend with room for min(5, n + 1) lanes (later ones
+    wait for lanes), with the ensemble (multi-token catch-up groups): each payload against the same
+    text coded alone on a CPU engine of its own; then all decoded at once through the hub."""
+    import threading
+    from nacrith import hub, neural
+    from nacrith.mixer import DEFAULTS as mix, column_table
+    base = (b"Lanes of other files share each step; none of them may change a bit of this "
+            b"one. \r\n\x00\xff ") * 8
+    texts = [base[i:i + nbytes + 3 * i] for i in range(n)]
+    lanes = [1 + i % 3 for i in range(n)]
+    kw = dict(threads=1, group=mix.skip_cap + 1, **win)
+
+    def engine(cls, k):
+        b = cls(path, lanes=k, **kw)
+        t = byte_tokenizer(b)
+        return SimpleNamespace(backend=b, tokenizer=t, column_table=column_table(t.pieces),
+                               params={})
+    ref = [neural.encode_segment(engine(PB, k), t, k, len(t), mix=mix)
+           for t, k in zip(texts, lanes)]
+    h = hub.Hub(engine(DB, min(5, n + 1)))
+    got, back = [None] * n, [None] * n
+
+    def code(i):
+        time.sleep(0.05 * i)
+        e = h.engine_for(lanes[i])
+        got[i] = neural.encode_segment(e, texts[i], lanes[i], len(texts[i]), mix=mix)
+        back[i] = neural.decode_lanes(e, ref[i], mix=mix)
+    threads = [threading.Thread(target=code, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return got == ref, back == texts, h.batches
+
+
 def split(dev, lanes, reps):
     """ms per step of the matrix products alone and of attention alone (fill 1024), launched
     eagerly (so each includes its launch cost)."""
@@ -191,7 +230,8 @@ def main(argv=None):
     ap.add_argument("--n-keep", type=int, default=1)
     ap.add_argument("--text-bytes", type=int, default=714, help="size of the archive check's text")
     ap.add_argument("--speed-steps", type=int, default=5)
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: logits,archives,speed")
+    ap.add_argument("--batch-texts", type=int, default=6, help="texts of the batching check")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: logits,archives,batching,speed")
     a = ap.parse_args(argv)
     if a.sim:
         os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
@@ -225,6 +265,12 @@ def main(argv=None):
         ok &= same and d2c and c2d
         print(f"archives: device payload == cpu payload: {same} ({nbytes} bytes for {ntext}); "
               f"device->cpu round trip: {d2c}; cpu->device round trip: {c2d}", flush=True)
+    if "batching" not in skip:
+        same, back, batches = check_batching(path, DeviceBackend, PortableBackend, win,
+                                             a.text_bytes, a.batch_texts)
+        ok &= same and back
+        print(f"continuous batching: {a.batch_texts} texts at once on one device backend == each alone on "
+              f"the CPU: {same}; decoded at once: {back} ({batches} device feeds)", flush=True)
     if not a.sim and "speed" not in skip:
         lanes = [int(x) for x in a.lanes.split(",")]
         from nacrith.portable.device import _use_triton

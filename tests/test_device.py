@@ -148,13 +148,14 @@ def test_triton_matmul_ptx_has_no_contraction(cc):
 def test_gpu_check_under_simulator():
     """scripts/gpu_check.py's emulated mode (the CUDA simulator, the tiny model): the device
     kernels equal the CPU engine bit for bit with slides (2 kept slots re-rotated), multi-token
-    groups and 2 lanes, lane 0 of the batch equals the lane alone, and a text coded on the
-    device decodes on the CPU and the reverse, with identical payloads."""
+    groups and 2 lanes, lane 0 of the batch equals the lane alone, a text coded on the
+    device decodes on the CPU and the reverse, with identical payloads, and texts coded at once
+    through one shared device backend (continuous batching) equal each coded alone on the CPU."""
     _numba_cuda()
     env = dict(os.environ, PYTHONPATH=str(REPO))
     r = subprocess.run([sys.executable, "-W", "ignore", "scripts/gpu_check.py", "--sim",
                         "--ctx", "8", "--slide", "2", "--n-keep", "2", "--steps", "7",
-                        "--check-lanes", "2", "--text-bytes", "8"],
+                        "--check-lanes", "2", "--text-bytes", "8", "--batch-texts", "2"],
                        env=env, capture_output=True, timeout=1200, cwd=REPO)
     out = r.stdout.decode()
     assert r.returncode == 0, out + r.stderr.decode()[-3000:]
@@ -165,6 +166,8 @@ def test_gpu_check_under_simulator():
     assert int(slides) >= 4, out
     assert ("archives: device payload == cpu payload: True" in out
             and "device->cpu round trip: True; cpu->device round trip: True" in out), out
+    assert ("continuous batching: 2 texts at once on one device backend == each alone on the "
+            "CPU: True; decoded at once: True" in out), out
     assert out.rstrip().endswith("ALL OK"), out
 
 

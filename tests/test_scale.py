@@ -135,8 +135,80 @@ def test_workers_make_the_same_archives_and_decode_them(tmp_path, reference):
     assert {n: (d / n).read_bytes() for n in files} == files
 
 
+def test_inflight_workers_make_the_same_archives_and_decode_them(tmp_path, reference):
+    """--inflight 3 (one worker, its 3 segments' lanes batched through one shared engine:
+    nacrith/hub.py): exactly the single-process archives; decompress -r --inflight 3 restores
+    every byte."""
+    files = _files()
+    d = _tree(tmp_path, files)
+    r = run("-r", "-v", "--inflight", "3", *NEURAL, ".", cwd=d, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.decode().splitlines()[0].startswith(
+        "worker 0: cpu, threads 1, 3 segments in flight, peak RSS "), r.stderr
+    assert _archives(d) == reference
+    for name in files:
+        (d / name).unlink()
+    r = run("-d", "-r", "--inflight", "3", "--threads", "1", ".", cwd=d, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert {n: (d / n).read_bytes() for n in files} == files
+
+
+def test_inflight_needs_the_portable_engine(tmp_path):
+    put(tmp_path, "a.txt", b"hello " * 20)
+    r = run("--inflight", "2", "--backend", "llama", "a.txt", cwd=tmp_path)
+    assert (r.returncode, r.stderr.decode()) == (
+        1, "nacrith: --inflight above 1 needs the portable engine (llama.cpp codes one segment "
+           "per worker at a time)\n")
+    r = run("--inflight", "0", "a.txt", cwd=tmp_path)
+    assert r.returncode == 2 and b"--inflight" in r.stderr
+
+
+def test_pool_backend_and_inflight_defaults():
+    """--devices with the default model runs the portable engine on the GPUs with
+    DEVICE_INFLIGHT segments per worker; --gpu-layers or another model keeps llama.cpp."""
+    O = workers.api.Options
+    assert workers.pool_backend(O(), ["0"]) == "device"
+    assert workers.pool_backend(O(), []) == "portable"
+    assert workers.pool_backend(O(n_gpu_layers=99), ["0"]) == "llama"
+    assert workers.pool_backend(O(backend="portable"), ["0"]) == "portable"
+    assert workers.pool_inflight(O(), ["0"], None) == workers.DEVICE_INFLIGHT == 64
+    assert workers.pool_inflight(O(), [], None) == 1
+    assert workers.pool_inflight(O(n_gpu_layers=99), ["0"], None) == 1
+    with pytest.raises(NacritError):
+        workers.pool_inflight(O(backend="llama"), [], 2)
+    a = workers.assign(1, ["0"], 1, inflight=64)[0]
+    assert a.describe() == "worker 0: cuda:0, threads 1, 64 segments in flight"
+    assert workers.worker_options(O(), a, "compress").backend == "device"
+    assert workers.worker_options(O(), workers.assign(1, [], 1)[0], "decompress").backend == \
+        "portable"
+
+
 # ---------------------------------------------------------------- a worker that dies
 DIES = "NACRITH_TEST_WORKER_DIES"           # test hook: nacrith.workers._doomed
+
+
+def test_a_task_that_kills_its_worker_runs_alone_on_retry(monkeypatch):
+    """3 tasks in flight per worker, one of which kills it: the two beside it are retried (and
+    succeed), the killer is then tried alone, so it fails after MAX_RETRIES retries without
+    using up its neighbours' retries; the pool goes on."""
+    monkeypatch.setenv(DIES, "KILLME")
+    opts = workers.api.Options(neural=False, threads=1)
+    blocks = [b"alpha beta " * 30, b"xKILLMEx " * 30, b"gamma delta " * 30, b"eps " * 40]
+    pool = workers.LocalPool(1, [], opts, "compress", inflight=3)
+    try:
+        pool.wait_ready()
+        assert pool.slots == 3
+        futures = [pool.submit("encode", b) for b in blocks]
+        for i in (0, 2, 3):
+            assert futures[i].result(timeout=300) == \
+                workers.api.code_segment(blocks[i], workers.api.normalized(opts))
+        with pytest.raises(NacritError) as e:
+            futures[1].result(timeout=300)
+        assert str(e.value) == \
+            "worker died on this task 3 times (last: nacrith-worker-0 killed by SIGKILL)"
+        assert len(pool.deaths) == 3
+    finally:
+        pool.close()
 
 
 def test_pool_replaces_a_dead_worker_retries_its_task_but_not_a_task_error(monkeypatch):
@@ -230,13 +302,13 @@ def test_bench_reports_one_row_per_device_each_seeing_only_its_device(tmp_path):
     from inside the worker) and codes the same text; the total adds the rows up."""
     text = corpus("alice29.txt")[2000:2300]
     put(tmp_path, "t.txt", text)
-    r = run("bench", "--devices", "0,1", "--threads", "1", "--file", "t.txt", "--json",
-            cwd=tmp_path, timeout=600)
+    r = run("bench", "--devices", "0,1", "--backend", "portable", "--threads", "1", "--file",
+            "t.txt", "--json", cwd=tmp_path, timeout=600)
     assert (r.returncode, r.stderr) == (0, b""), r.stderr
     rep = json.loads(r.stdout)
     rows = rep["workers"]
-    assert [(x["worker"], x["device"], x["cuda_visible_devices"], x["threads"], x["bytes"])
-            for x in rows] == [(0, "0", "0", 1, 300), (1, "1", "1", 1, 300)]
+    assert [(x["worker"], x["device"], x["cuda_visible_devices"], x["threads"], x["bytes"],
+             x["in_flight"]) for x in rows] == [(0, "0", "0", 1, 300, 1), (1, "1", "1", 1, 300, 1)]
     assert (rep["text"], rep["bytes"]) == ("t.txt", 300)
     assert rows[0]["tokens"] == rows[1]["tokens"] > 50             # same text, same tokens
     for x in rows:
@@ -251,13 +323,14 @@ def test_bench_reports_one_row_per_device_each_seeing_only_its_device(tmp_path):
 def test_bench_table_round_robin_and_a_missing_file(tmp_path):
     """3 workers on 2 fake devices, the built-in text, the table form; a missing --file is one
     error line before any worker starts."""
-    r = run("bench", "--workers", "3", "--devices", "0,1", "--threads", "1", cwd=tmp_path,
-            timeout=600)
+    r = run("bench", "--workers", "3", "--devices", "0,1", "--backend", "portable", "--threads",
+            "1", cwd=tmp_path, timeout=600)
     assert (r.returncode, r.stderr) == (0, b""), r.stderr
     lines = r.stdout.decode().splitlines()
-    assert lines[0] == f"<built-in text>: {len(workers.BENCH_TEXT)} bytes per worker"
-    assert lines[1].split() == ["worker", "device", "CUDA_VISIBLE_DEVICES", "tokens", "seconds",
-                                "tokens/s", "bytes/s", "peak", "RSS"]
+    assert lines[0] == (f"<built-in text>: {len(workers.BENCH_TEXT)} bytes per coding, each "
+                        "worker codes it --inflight times at once")
+    assert lines[1].split() == ["worker", "device", "CUDA_VISIBLE_DEVICES", "in", "flight",
+                                "tokens", "seconds", "tokens/s", "bytes/s", "peak", "RSS"]
     assert [x.split()[:3] for x in lines[2:]] == [
         ["0", "cuda:0", "0"], ["1", "cuda:1", "1"], ["2", "cuda:0", "0"], ["total", "3", "workers"]]
     r = run("bench", "--file", "nope.txt", cwd=tmp_path)
@@ -423,9 +496,11 @@ def ray_address():
 
 
 def test_ray_engine_makes_the_same_archives(tmp_path, reference, ray_address):
-    """The CLI on a local Ray, 2 actors: the same archives as one process."""
+    """The CLI on a local Ray, 2 threaded actors coding 2 segments at once each (--inflight 2,
+    one shared engine per actor): the same archives as one process."""
     d = _tree(tmp_path / "d", _files())
-    r = run("-r", "--engine", "ray", "--address", ray_address, "--workers", "2", *NEURAL,
+    r = run("-r", "--engine", "ray", "--address", ray_address, "--workers", "2",
+            "--inflight", "2", *NEURAL,
             "--manifest", "m.jsonl", "d", cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr
     assert r.stderr.decode().startswith("4 files compressed, 0 failed;"), r.stderr

@@ -75,9 +75,11 @@ class PortableBackend:
             t = self._teams = Team(self.threads)
         return t
 
-    def reset(self) -> None:
-        self.pos[:] = 0
-        self.off[:] = 0
+    def reset(self, lanes=None) -> None:
+        """Empty every lane's window, or only those of `lanes` (a shared engine: hub.py)."""
+        sel = slice(None) if lanes is None else lanes
+        self.pos[sel] = 0
+        self.off[sel] = 0
 
     def _cs(self, apos):
         cs = np.empty((len(apos), self.m.n_rot // 2, 2), np.float32)

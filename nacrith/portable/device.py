@@ -444,9 +444,11 @@ class DeviceBackend:
     def fingerprint(self) -> str:
         return fingerprint()
 
-    def reset(self) -> None:
-        self.pos[:] = 0
-        self.off[:] = 0
+    def reset(self, lanes=None) -> None:
+        """Empty every lane's window, or only those of `lanes` (a shared engine: hub.py)."""
+        sel = slice(None) if lanes is None else lanes
+        self.pos[sel] = 0
+        self.off[sel] = 0
 
     def piece(self, token: int) -> bytes:
         return self._pieces[token]
