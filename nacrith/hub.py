@@ -19,7 +19,11 @@ Invariants:
   between segments (tokenizing, writing) holds nobody up;
 - lanes are taken at reset() and given back at done(); a coder waits for free lanes only when
   more lanes are asked for than the backend has;
-- a failure of the shared feed is raised in every coder of that batch; the hub goes on.
+- a failure of the shared feed is raised in every coder of that batch; the hub goes on;
+  after cancel(err) every waiting and later feed raises err (an interrupted -r unwinds).
+
+In the CLI, `-r` without --workers codes several files at once this way in its own process
+(runner.run_files), and a worker with --inflight N codes N segments (nacrith/workers.py).
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ class Hub:
         self.stepping = 0
         self.pending: list = []                 # [_Ask] of the next batch
         self.batches = 0                        # backend feeds run (tests, diagnostics)
+        self.cancelled: BaseException | None = None
 
     def engine_for(self, lanes: int):
         """An Engine for one coder: this hub's model and tokenizer, a View of `lanes` lanes
@@ -54,10 +59,21 @@ class Hub:
         return e
 
     # ---------------------------------------------------------------- called by views
+    def cancel(self, err: BaseException) -> None:
+        """Every coder waiting now or feeding later gets `err` (an interrupted run unwinds)."""
+        with self.cond:
+            self.cancelled = err
+            for a in self.pending:
+                a.out = err
+            self.pending = []
+            self.cond.notify_all()
+
     def _begin(self, view: "View") -> None:
         with self.cond:
             if view.phys is None:
                 while len(self.free) < view.k:
+                    if self.cancelled is not None:
+                        raise self.cancelled
                     self.cond.wait()
                 view.phys = np.array(self.free[:view.k], np.int64)
                 del self.free[:view.k]
@@ -79,6 +95,8 @@ class Hub:
             raise NacritError("internal error: feed before reset on a shared engine")
         ask = _Ask([int(view.phys[lane]) for lane in lanes], groups)
         with self.cond:
+            if self.cancelled is not None:
+                raise self.cancelled
             self.pending.append(ask)
             self._run_if_ready()
             while ask.out is None:
@@ -166,6 +184,22 @@ def enable(lanes: int) -> None:
 
 def lanes() -> int:
     return _LANES
+
+
+def disable() -> None:
+    """No more sharing; the shared engines are dropped (engines in use stay with their coders)."""
+    global _LANES
+    with _LOCK:
+        _LANES = 0
+        _HUBS.clear()
+
+
+def cancel(err: BaseException) -> None:
+    """Cancel every hub of this process (hub.cancel)."""
+    with _LOCK:
+        hubs = list(_HUBS.values())
+    for h in hubs:
+        h.cancel(err)
 
 
 def hub_for(key, make) -> Hub:

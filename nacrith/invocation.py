@@ -119,6 +119,12 @@ def run(job: R.Job, files: List[str]) -> int:
         if job.recursive and not job.solid:
             from .batch import Batch
             job.batch = Batch(job, files)
+            if job.workers is None and job.engine == "local":
+                from . import hub
+                from .workers import files_at_once
+                job.files_at_once = files_at_once(job.opts, job.mode, len(job.batch.files))
+                if job.files_at_once > 1:
+                    hub.enable(job.files_at_once * job.opts.lanes)
         if job.mode != "info" and (job.workers or job.engine == "ray"):
             job.pool = R.start_pool(job)
     except (Refusal, NacritError, OSError) as e:
@@ -134,6 +140,10 @@ def run(job: R.Job, files: List[str]) -> int:
     except BaseException:
         _terminate(job)
         raise
+    finally:
+        if job.files_at_once > 1:
+            from . import hub
+            hub.disable()
     R.close_pool(job)
     return 1 if failed else 0
 

@@ -167,6 +167,7 @@ class Job:
     workers: Optional[int] = None           # worker processes / Ray actors (None: in-process)
     devices: List[str] = field(default_factory=list)
     inflight: Optional[int] = None          # segments per worker at once (None: its default)
+    files_at_once: int = 1                  # without a pool: files coded at once here (hub.py)
     engine: str = "local"                   # local | ray
     address: Optional[str] = None           # Ray cluster address
     resume: bool = False
@@ -239,19 +240,24 @@ def close_pool(job: Job) -> None:
 
 
 def run_files(job: Job, files: List[str], each=None) -> bool:
-    """Process files: in this thread, or (with a pool) as many at a time as the workers code
-    segments at once, so small files keep every worker busy. `each(name)` replaces `one`.
-    True if any failed."""
+    """Process files: in this thread, or as many at a time as the workers code segments at once
+    (with a pool), or job.files_at_once here (sharing one engine: hub.py), so small files keep
+    every worker busy. `each(name)` replaces `one`. True if any failed."""
     each = each or (lambda name: one(job, name))
-    if job.pool is None or len(files) < 2:
+    n = job.pool.slots if job.pool is not None else job.files_at_once
+    if n < 2 or len(files) < 2:
         return any([guarded(job, name, each) is not None for name in files])
     from concurrent.futures import ThreadPoolExecutor
-    ex = ThreadPoolExecutor(max_workers=job.pool.slots, thread_name_prefix="nacrith-file")
+    ex = ThreadPoolExecutor(max_workers=n, thread_name_prefix="nacrith-file")
     try:
         futs = [ex.submit(guarded, job, name, each) for name in files]
         return any([f.result() is not None for f in futs])
-    except BaseException:
-        job.pool.terminate()            # tasks in flight fail: every thread cleans up and ends
+    except BaseException as e:
+        if job.pool is not None:
+            job.pool.terminate()        # tasks in flight fail: every thread cleans up and ends
+        else:
+            from . import hub
+            hub.cancel(NacritError(f"interrupted ({type(e).__name__})"))   # coders unwind
         ex.shutdown(wait=True, cancel_futures=True)
         raise
     finally:

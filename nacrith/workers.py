@@ -39,6 +39,7 @@ POLL = 0.01                     # s: a feeder with room for tasks looks for new 
 MAX_DEFAULT_THREADS = 4         # as api.default_threads("llama"): more rarely helps a 135M model
 GPU_ALL_LAYERS = 999            # n_gpu_layers when a device is given and --gpu-layers is not
 DEVICE_INFLIGHT = 64            # segments per GPU worker by default (--inflight)
+FILES_AT_ONCE = 8               # files at once of -r without --workers (portable engine, CPU)
 
 
 @dataclass
@@ -126,6 +127,17 @@ def default_inflight(backend: str) -> int:
     """Segments a worker codes at once when --inflight is not given: DEVICE_INFLIGHT on a GPU
     (a step of one lane leaves the device idle), 1 on the CPU."""
     return DEVICE_INFLIGHT if backend == "device" else 1
+
+
+def files_at_once(opts: api.Options, mode: str, n_files: int) -> int:
+    """Files `compress -r` codes at once in its own process (no --workers): FILES_AT_ONCE when
+    the portable engine codes them on the CPU, sharing one engine (hub.py; measured: 1.54x one
+    at a time on 8 small corpus texts, docs/benchmarks.md), else 1. Not for decompress/test:
+    an archive may need llama.cpp, whose engines cannot be shared (one per thread)."""
+    if mode != "compress" or n_files < 2 or not opts.neural or \
+            pool_backend(opts, []) != "portable":
+        return 1
+    return FILES_AT_ONCE
 
 
 def pool_inflight(opts: api.Options, devices: list[str], inflight: int | None) -> int:

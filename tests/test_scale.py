@@ -165,7 +165,8 @@ def test_inflight_needs_the_portable_engine(tmp_path):
 
 def test_pool_backend_and_inflight_defaults():
     """--devices with the default model runs the portable engine on the GPUs with
-    DEVICE_INFLIGHT segments per worker; --gpu-layers or another model keeps llama.cpp."""
+    DEVICE_INFLIGHT segments per worker; --gpu-layers or another model keeps llama.cpp;
+    compress -r without workers codes FILES_AT_ONCE files at once with the portable engine."""
     O = workers.api.Options
     assert workers.pool_backend(O(), ["0"]) == "device"
     assert workers.pool_backend(O(), []) == "portable"
@@ -176,6 +177,11 @@ def test_pool_backend_and_inflight_defaults():
     assert workers.pool_inflight(O(n_gpu_layers=99), ["0"], None) == 1
     with pytest.raises(NacritError):
         workers.pool_inflight(O(backend="llama"), [], 2)
+    assert workers.files_at_once(O(), "compress", 2) == workers.FILES_AT_ONCE == 8
+    assert [workers.files_at_once(O(), "compress", 1),          # one file: nothing to share
+            workers.files_at_once(O(), "decompress", 9),        # may need llama.cpp
+            workers.files_at_once(O(neural=False), "compress", 9),
+            workers.files_at_once(O(backend="llama"), "compress", 9)] == [1, 1, 1, 1]
     a = workers.assign(1, ["0"], 1, inflight=64)[0]
     assert a.describe() == "worker 0: cuda:0, threads 1, 64 segments in flight"
     assert workers.worker_options(O(), a, "compress").backend == "device"
@@ -478,6 +484,30 @@ def test_ctrl_c_terminates_workers_and_removes_temp_files(tmp_path):
     assert (p.returncode, err) == (130, b"nacrith: interrupted\n")
     assert listing(d) == {"a.txt", "b.txt"}
     assert _gone(kids)
+
+
+def test_ctrl_c_during_files_at_once_removes_temp_files(tmp_path):
+    """-r without --workers codes its files at once in one process (hub.py): Ctrl-C while both
+    are being coded ends the run with 130 at once (the waiting coders are cancelled), no temp
+    file and no archive left."""
+    d = _tree(tmp_path, {"a.txt": corpus("alice29.txt")[:3000],
+                         "b.txt": corpus("asyoulik.txt")[:3000]})
+    p = popen("-r", "--threads", "1", ".", cwd=d, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while sum(n.endswith(".tmp") for n in listing(d)) < 2:
+        assert p.poll() is None, p.stderr.read()
+        if time.monotonic() > deadline:
+            p.kill()
+            raise AssertionError("no temp files after 300 s")
+        time.sleep(0.05)
+    time.sleep(6)                                   # the model loaded, both files coding
+    assert p.poll() is None, p.stderr.read()
+    t = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert (p.returncode, err) == (130, b"nacrith: interrupted\n")
+    assert time.monotonic() - t < 10
+    assert listing(d) == {"a.txt", "b.txt", "nacrith-manifest.jsonl"}
 
 
 # ---------------------------------------------------------------- Ray
