@@ -53,6 +53,7 @@ class Hub:
     def engine_for(self, lanes: int):
         """An Engine for one coder: this hub's model and tokenizer, a View of `lanes` lanes
         (its header parameters say `lanes`, like an engine of its own)."""
+        self.engine.column_table                # the mixer's table, computed once, shared
         e = copy.copy(self.engine)
         e.backend = View(self, lanes)
         e.params = {**self.engine.params, "lanes": lanes}
