@@ -181,6 +181,7 @@ def split(dev, lanes, reps):
 
 def speed(path, lanes_list, steps, DB):
     from numba import cuda
+    from nacrith.portable.device import GRAPH_AFTER
     from nacrith.portable.model import load
     m = load(path)
     rows = []
@@ -196,7 +197,8 @@ def speed(path, lanes_list, steps, DB):
         for fill in (0, 1024, 2040):
             dev.pos[:] = fill
             toks = [[int(t)] for t in rng.integers(0, m.n_vocab, lanes)]
-            dev.forward(ls, toks)                              # warm-up (compiles)
+            for _ in range(GRAPH_AFTER + 1):                   # warm-up: compiles, captures
+                dev.forward(ls, toks)
             cuda.synchronize()
             dev.pos[:] = fill
             t0 = time.perf_counter()

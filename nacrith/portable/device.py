@@ -31,6 +31,8 @@ from .backend import PortableBackend, fingerprint
 from .mathx import rope_turns
 from .model import load
 
+GRAPH_AFTER = 2     # a step shape is captured as a CUDA graph at its third run: continuous
+MAX_GRAPHS = 32     # batching makes many shapes that never come back (hub.py)
 NT = 256                         # threads per attention block (16 in the simulator: same bits)
 FLUSH = 256                      # int32 partial sums of P*V (|term| < 2^22) flushed this often
 
@@ -400,6 +402,7 @@ class DeviceBackend:
                                  m.n_kv, ctx)
         self.triton = not self.sim and _use_triton()
         self.graphs = self.triton and not os.environ.get("NACRITH_NO_GRAPHS")
+        self._graphs = 0                           # graphs captured (at most MAX_GRAPHS)
         self._tstream = None
         self.graph_error = None
         self.nt = nt("sim" if self.sim else "cuda")
@@ -574,10 +577,10 @@ class DeviceBackend:
     def forward(self, lanes, groups):
         """The forward pass; returns the logits as a device array (len(groups), n_vocab).
 
-        On a GPU with PyTorch, the second step of a given shape (tokens, returned rows) is
-        captured as a CUDA graph and later steps of that shape replay it: the same kernels on
-        the same buffers (the plan is uploaded into them first), without the host's
-        per-launch cost."""
+        On a GPU with PyTorch, the third step of a given shape (tokens, returned rows) is
+        captured as a CUDA graph (at most MAX_GRAPHS shapes) and later steps of that shape
+        replay it: the same kernels on the same buffers (the plan is uploaded into them first),
+        without the host's per-launch cost."""
         toks, lane_of, slot_of, apos, sel = self._plan(lanes, groups)
         T, S = len(toks), len(sel)
         self._buffers(T)
@@ -585,7 +588,7 @@ class DeviceBackend:
         st.plan.copy_to_device(np.concatenate([toks, lane_of, slot_of, apos, sel]))
         if st.graph is not None:
             st.graph.replay()
-        elif self.graphs and st.runs >= 1:
+        elif self.graphs and st.runs >= GRAPH_AFTER and self._graphs < MAX_GRAPHS:
             self._capture(st)
         else:
             self._body(st, st.L)
@@ -610,6 +613,7 @@ class DeviceBackend:
             self._body(st, st.L)
             return
         st.graph = g
+        self._graphs += 1
         g.replay()
 
     def _body(self, st, L):
