@@ -326,6 +326,20 @@ def test_bench_reports_one_row_per_device_each_seeing_only_its_device(tmp_path):
         rows[0]["peak_rss"] + rows[1]["peak_rss"])
 
 
+def test_bench_inflight_codes_that_many_copies_at_once(tmp_path):
+    """--inflight 2: the worker codes two copies of the text at once through one shared engine;
+    its row counts both (twice the bytes and tokens of one coding)."""
+    put(tmp_path, "t.txt", corpus("alice29.txt")[2000:2200])
+    r = run("bench", "--inflight", "2", "--threads", "1", "--file", "t.txt", "--json",
+            cwd=tmp_path, timeout=600)
+    assert (r.returncode, r.stderr) == (0, b""), r.stderr
+    rep = json.loads(r.stdout)
+    (row,) = rep["workers"]
+    assert (row["device"], row["in_flight"], row["bytes"], rep["bytes"]) == ("cpu", 2, 400, 200)
+    assert row["tokens"] % 2 == 0 and row["tokens"] > 60
+    assert rep["total"]["bytes"] == 400 and rep["total"]["tokens"] == row["tokens"]
+
+
 def test_bench_table_round_robin_and_a_missing_file(tmp_path):
     """3 workers on 2 fake devices, the built-in text, the table form; a missing --file is one
     error line before any worker starts."""
