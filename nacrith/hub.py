@@ -163,10 +163,7 @@ class View:
     def feed(self, lanes, groups) -> np.ndarray:
         return self.hub._feed(self, lanes, groups)
 
-    def step(self, lanes, tokens) -> np.ndarray:
-        return self.feed(lanes, [[t] for t in tokens])
-
-    def close(self) -> None:
+    def close(self) -> None:                    # never the shared backend's close()
         self.done()
 
 

@@ -84,8 +84,7 @@ def worker_threads(opts: api.Options, n_workers: int = 1) -> int | None:
     workers split the CPUs (split_threads)."""
     if opts.threads:
         return opts.threads
-    backend = (opts.backend if opts.backend != "auto" else
-               api.auto_backend(opts.model, opts.n_gpu_layers))
+    backend = pool_backend(opts, [])
     if backend != "portable":
         return None
     return min(api.default_threads(backend), split_threads(n_workers, None))

@@ -448,10 +448,7 @@ class DeviceBackend:
         return fingerprint()
 
     def reset(self, lanes=None) -> None:
-        """Empty every lane's window, or only those of `lanes` (a shared engine: hub.py)."""
-        sel = slice(None) if lanes is None else lanes
-        self.pos[sel] = 0
-        self.off[sel] = 0
+        PortableBackend.reset(self, lanes)
 
     def piece(self, token: int) -> bytes:
         return self._pieces[token]
