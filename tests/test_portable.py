@@ -3,7 +3,8 @@
 Heavy checks run on the real default model in two fresh processes at once (host CPU, 2 threads,
 also lane 0 of a 4-lane batch, vs NUMBA_CPU_NAME=generic, 1 thread, each with its own empty
 Numba cache so it really compiles for its target), over N_TOKENS real tokens sliding a 256-token
-window; the generic one also decodes every round-trip archive; the rest uses the
+window, and on a tiny random gemma3 (tests/test_gemma.py has the rest of gemma3's checks); the
+generic one also decodes every round-trip archive; the rest uses the
 module's backend or a tiny random llama GGUF.  Long runs belong in scripts/bench.py.
 """
 import hashlib
@@ -130,12 +131,18 @@ singles = [T.logit_hash(b.feed([0], [[t]])) for t in seq]
 b.reset()
 prefill = [T.logit_hash(b.feed([0], [seq[:94]]))]
 prefill += [T.logit_hash(b.feed([0], [[t]])) for t in seq[94:]]
+import tempfile                             # gemma3 (ENGINE.md §10): a tiny random model
+from nacrith.portable.tiny import write_tiny_gemma
+gb = PortableBackend(str(write_tiny_gemma(tempfile.mkdtemp() + "/g.gguf")), ctx=48, lanes=lanes,
+                     threads=threads, slide=12, n_keep=2)
+gtoks = [int(t) for t in np.random.default_rng(2).integers(3, 512, 150)]
+gemma = T.run_hashes(gb, gtoks, lane=0, lanes_used=lanes)
 ir = T.check_all_ir() if sys.argv[4] == "ir" else {}
 decoded = [hashlib.sha256(nacrith.decompress(open(p, "rb").read(), threads=1)).hexdigest()
            for p in sys.argv[6:]]
 print(json.dumps({"hashes": hashes, "lane0": lane0, "ir": ir, "cpu": numba.config.CPU_NAME,
                   "hidden": hidden, "singles": singles, "prefill": prefill,
-                  "threads": b.threads, "decoded": decoded}))
+                  "threads": b.threads, "decoded": decoded, "gemma": gemma}))
 """
 
 
@@ -518,11 +525,11 @@ def test_team_threads_end_with_their_backend(tiny):
 
 
 def test_other_architecture_refused(tmp_path):
-    p = write_tiny_llama(tmp_path / "g.gguf", arch="gemma3")
+    p = write_tiny_llama(tmp_path / "g.gguf", arch="qwen2")
     with pytest.raises(NacritError) as e:
         PortableBackend(str(p), ctx=256, lanes=1, threads=1, slide=64, n_keep=1)
     assert str(e.value).endswith(
-        "portable engine supports llama-architecture GGUFs only; this model is gemma3")
+        "portable engine supports llama and gemma3 GGUFs only; this model is qwen2")
 
 
 def test_unsupported_tensor_type_refused(tmp_path):
@@ -568,6 +575,9 @@ def test_fresh_processes_host_vs_generic_cpu_and_threads(children):
     for r in (host, generic):
         assert r["prefill"] == r["singles"][-len(r["prefill"]):] and len(r["prefill"]) == 12
     assert host["singles"] == generic["singles"]
+    # gemma3's kernels (K-quant kinds, NEOX RoPE, GeGLU, sliding windows): lane 0 of a batch,
+    # 2 threads, host ISA = 1 lane, 1 thread, generic ISA
+    assert len(host["gemma"]) > 30 and host["gemma"] == generic["gemma"]
 
 
 def test_portable_archives_decode_on_another_cpu_target_in_a_fresh_process(children):

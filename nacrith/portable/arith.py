@@ -42,6 +42,8 @@ F1 = np.float32(1.0)
 F127 = np.float32(127.0)
 P_MAX = 32767                    # attention weights are integers in [0, P_MAX]
 P_MAX_F = np.float32(32767.0)
+GELU_A = np.float32(0.044715)
+GELU_2K = np.float32(2.0 * math.sqrt(2.0 / math.pi))   # 2 sqrt(2/pi), rounded once
 E_ONE = np.float32(16777216.0)   # softmax normaliser: e_s as integers of 2^-24
 LOGIT_SCALE = 65536.0            # logits are integers of 2^-16
 LOGIT_MAX = (1 << 24) - 1
@@ -147,6 +149,19 @@ def swiglu(g, u):
     return fmul(silu(g), np.float32(u))
 
 
+def gelu(g):
+    """GELU, tanh form: 0.5 g (1 + tanh(k (g + A g^3))) = g * sigmoid(2k (g + A g^3)), with
+    k = sqrt(2/pi), A = 0.044715 (ENGINE.md §10); sigmoid from exp_nonpos like SiLU's."""
+    g = np.float32(g)
+    z = fmul(GELU_2K, fadd(g, fmul(GELU_A, fmul(fmul(g, g), g))))
+    return fmul(g, sigmoid(z))
+
+
+def geglu(g, u):
+    """a = gelu(g) * u (Gemma-3's feed-forward, ENGINE.md §10)."""
+    return fmul(gelu(g), np.float32(u))
+
+
 # ---------------------------------------------------------------- §4.3 RoPE
 def sincos_turn(a):
     """(sin, cos) of 2*pi*a/2^64 for uint64 a, as float32 (rounded once from float64)."""
@@ -207,6 +222,18 @@ def rope_apply(v, vo, n_rot, cs, tt):
         v[vo + 2 * i + 1] = fadd(fmul(x0, s), fmul(x1, c))
 
 
+def rope_neox(v, vo, n_rot, cs, tt):
+    """NEOX RoPE (pairs i, i + n_rot/2: Gemma-3, ENGINE.md §10) in place on v[vo:vo+n_rot]."""
+    h = n_rot // 2
+    for i in range(h):
+        c = cs[tt, i, 0]
+        s = cs[tt, i, 1]
+        x0 = v[vo + i]
+        x1 = v[vo + i + h]
+        v[vo + i] = fsub(fmul(x0, c), fmul(x1, s))
+        v[vo + i + h] = fadd(fmul(x0, s), fmul(x1, c))
+
+
 # ---------------------------------------------------------------- §2 quantisation, RMSNorm
 def quant_block(x, xo, n, q, qo):
     """Quantise x[xo:xo+n] (float32) to int8 q[qo:qo+n]; return (scale d, sum of codes as f32).
@@ -259,6 +286,13 @@ def rmsnorm(x, w, eps, out):
         out[i] = fmul(fmul(x[i], r), w[i])
 
 
+def add_norm(x, o, w, eps, h):
+    """x += RMSNorm(o, w) (Gemma-3's post-attention / post-feed-forward norms; h: scratch)."""
+    rmsnorm(o, w, eps, h)
+    for i in range(x.shape[0]):
+        x[i] = fadd(x[i], h[i])
+
+
 # ---------------------------------------------------------------- §3, §5 embedding, §5 output
 def mm_block(acc, wd, da, s, wm, sa, q4):
     """One block of ENGINE.md §3: acc + (wd*da)*f32(S) [+ (wm*da)*sa]."""
@@ -274,6 +308,11 @@ def dequant(d, q, m, q4):
     if q4:
         v = fadd(v, m)
     return v
+
+
+def embed_scale(v, s):
+    """An embedding element times the model's scale (Gemma-3: f32(sqrt(D))); s == 0: none."""
+    return v if s == F0 else fmul(v, s)
 
 
 def fixed_logit(y):
@@ -320,8 +359,9 @@ def att_out(a, cmax, z):
 
 
 # the family, in dependency order (each may call only those before it)
-FAMILY = (exp_nonpos, sigmoid, silu, swiglu, sincos_turn, rope_entry, rope_apply, quant_block,
-          rms_scale, rmsnorm, mm_block, dequant, fixed_logit, att_score, att_e, att_z, att_c,
+FAMILY = (exp_nonpos, sigmoid, silu, swiglu, gelu, geglu, sincos_turn, rope_entry, rope_apply,
+          rope_neox, quant_block, rms_scale, rmsnorm, add_norm, mm_block, dequant, embed_scale,
+          fixed_logit, att_score, att_e, att_z, att_c,
           att_gain, att_p, att_out)
 
 

@@ -49,6 +49,8 @@ class PortableBackend:
         self.n_vocab, self.bos = m.n_vocab, m.bos
         self._pieces = m.pieces
         self.turns = rope_turns(m.rope_base, m.n_rot)
+        # the sliding-window layers' RoPE (gemma3: another base); None: every layer uses turns
+        self.turns_swa = rope_turns(m.rope_base_swa, m.n_rot) if m.swa.any() else None
         self.kq_scale = np.float32(1.0 / math.sqrt(m.head_dim))
         L, hd, nkv = m.n_layer, m.head_dim, m.n_kv
         self.kc = np.zeros((L, lanes, nkv, ctx * hd), np.int8)
@@ -81,11 +83,21 @@ class PortableBackend:
         self.pos[sel] = 0
         self.off[sel] = 0
 
-    def _cs(self, apos):
+    def _cs(self, apos, turns=None):
+        turns = self.turns if turns is None else turns
         cs = np.empty((len(apos), self.m.n_rot // 2, 2), np.float32)
         for i, p in enumerate(apos):
-            rope_table(int(p), self.turns, cs[i])
+            rope_table(int(p), turns, cs[i])
         return cs
+
+    def _tables(self, apos):
+        """(every layer's RoPE table, the sliding-window layers' one) for positions apos."""
+        cs = self._cs(apos)
+        return cs, self._cs2(apos, cs)
+
+    def _cs2(self, apos, cs):
+        """The sliding-window layers' table for positions apos (cs itself when they share it)."""
+        return cs if self.turns_swa is None else self._cs(apos, self.turns_swa)
 
     def _slide(self, lane: int) -> None:
         k, s, n = self.n_keep, self.slide, int(self.pos[lane])
@@ -98,11 +110,13 @@ class PortableBackend:
             a[:, :, k * w:(n - s) * w] = a[:, :, (k + s) * w:n * w].copy()
         self.pos[lane] -= s
         self.off[lane] += s
-        cs = self._cs([j + int(self.off[lane]) for j in range(k)])
+        apos = [j + int(self.off[lane]) for j in range(k)]
+        cs = self._cs(apos)
+        cs2 = self._cs2(apos, cs)
         m = self.m
         for layer in range(m.n_layer):
             K.rerotate(self.kraw[layer, lane], self.kc[layer, lane], self.kd[layer, lane],
-                       k, m.n_kv, hd, m.n_rot, cs)
+                       k, m.n_kv, hd, m.n_rot, cs2 if m.swa[layer] else cs, m.arch == "gemma3")
 
     def step(self, lanes, tokens) -> np.ndarray:
         return self.feed(lanes, [[t] for t in tokens])
@@ -123,20 +137,22 @@ class PortableBackend:
     def team_args(self, toks, lane_of, slot_of, cs, sel, x, out, att_chunk=K.ATT_CHUNK,
                   whole_heads=K.WHOLE_HEADS, nth=None) -> tuple:
         """kernels.feed_team's arguments after (tid, nth, bar) for one planned feed by a team of
-        nth threads (default: this backend's): att_chunk and whole_heads split attention
-        (speed only)."""
+        nth threads (default: this backend's), cs the pair of RoPE tables of _plan: att_chunk
+        and whole_heads split attention (speed only)."""
         m = self.m
         e, a, o, gu, dn, h = m.embd, m.wqkv, m.wo, m.wgu, m.wdn, m.out
         n32, n8, ni32, ni64 = K.team_scratch(len(toks), slot_of, m.d_model, m.n_head, m.n_kv,
                                              m.head_dim, dn.d.shape[2] // 16 * 32, att_chunk,
-                                             whole_heads, self.threads if nth is None else nth)
+                                             whole_heads, self.threads if nth is None else nth,
+                                             m.window)
+        cs, cs2 = cs
         return (toks, e.kind, e.q, e.d, e.m, x, lane_of, slot_of, cs, m.attn_norm, m.ffn_norm,
-                m.eps, m.kind, a.q, a.d, a.m, o.q, o.d, o.m, gu.q, gu.d, gu.m, dn.q, dn.d, dn.m,
+                m.eps, m.kinds, a.q, a.d, a.m, o.q, o.d, o.m, gu.q, gu.d, gu.m, dn.q, dn.d, dn.m,
                 self.kc, self.kd, self.vc, self.vd, self.kraw, self.n_keep, m.n_head, m.n_kv,
                 m.head_dim, m.n_rot, self.kq_scale, sel, m.out_norm, h.kind, h.q, h.d, h.m, out,
                 np.empty(n32, np.float32), np.empty(n8, np.int8), np.empty(ni32, np.int32),
                 np.empty(ni64, np.int64), self.clock if self.clock is not None else _NO_CLOCK,
-                att_chunk, whole_heads)
+                att_chunk, whole_heads, K.arch(m, cs, cs2))
 
     def _plan(self, lanes, groups):
         """Slide lanes as needed and assign slots: (tokens, lane_of, slot_of, RoPE tables,
@@ -159,7 +175,7 @@ class PortableBackend:
                 self.pos[lane] += 1
             sel.append(len(toks) - 1)
         return (np.array(toks, np.int64), np.array(lane_of, np.int64),
-                np.array(slot_of, np.int64), self._cs(apos), np.array(sel, np.int64))
+                np.array(slot_of, np.int64), self._tables(apos), np.array(sel, np.int64))
 
     def piece(self, token: int) -> bytes:
         return self._pieces[token]

@@ -393,6 +393,9 @@ class DeviceBackend:
         self.path = str(path)
         self.ctx, self.lanes, self.slide, self.n_keep, self.group = ctx, lanes, slide, n_keep, group
         m = self.m = model if model is not None else load(self.path)
+        if m.arch != "llama":
+            raise NacritError(f"{self.path}: the device engine runs llama-architecture models "
+                              f"only (this one is {m.arch}: use the CPU portable engine)")
         self.n_vocab, self.bos = m.n_vocab, m.bos
         self._pieces = m.pieces
         self.turns_h = rope_turns(m.rope_base, m.n_rot)

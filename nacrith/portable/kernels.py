@@ -24,6 +24,7 @@ Invariants (what makes the logits identical on every machine, thread count and b
 """
 from __future__ import annotations
 
+from collections import namedtuple
 
 import numpy as np
 from numba import njit
@@ -31,9 +32,10 @@ from numba import njit
 from .arith import F0, LOGIT_MAX, LOGIT_SCALE, P_MAX  # noqa: F401
 from .mathx import CPU
 from .team import claim, cycles, next_chunk, share, tick, wait
-from .simd import R, axpy_i8x64, bits_f32, blk16_q4, blk16_q8, dot_i8x32, dots16_i8x64, f32_bits
+from .simd import (R, axpy_i8x64, bits_f32, blk16_q4, blk16_q6, blk16_q8, dot_i8x32,
+                   dots16_i8x64, f32_bits)
 
-Q8_0, Q4_1 = 0, 1                # matrix kinds (codes: int8 / packed uint4 + min)
+Q8_0, Q4_1, Q6 = 0, 1, 2         # matrix kinds (codes: int8 / packed uint4 + min / int8, 2 scales)
 FLUSH = 256                      # int32 value accumulators are flushed to int64 this often
 
 # the element-wise arithmetic (arith.py: one source for the CPU and the device kernels)
@@ -42,7 +44,11 @@ rmsnorm = CPU["rmsnorm"]
 rope_apply = CPU["rope_apply"]
 fixed_logit = CPU["fixed_logit"]
 swiglu = CPU["swiglu"]
+geglu = CPU["geglu"]
+rope_neox = CPU["rope_neox"]
+add_norm = CPU["add_norm"]
 dequant = CPU["dequant"]
+embed_scale = CPU["embed_scale"]
 att_score, att_e, att_z, att_c = CPU["att_score"], CPU["att_e"], CPU["att_z"], CPU["att_c"]
 att_gain, att_p, att_out = CPU["att_gain"], CPU["att_p"], CPU["att_out"]
 
@@ -70,6 +76,10 @@ def mm_group(kind, W, Wd, Wm, g, qa, da, sa, t, acc):
     if kind == Q4_1:
         for b in range(da.shape[1]):
             blk16_q4(acc, W, wo + b * 256, qa, xo + b * 32, Wd, Wm, so + b * R, mo + b * R,
+                     da[t, b], sa[t, b])
+    elif kind == Q6:
+        for b in range(da.shape[1]):
+            blk16_q6(acc, W, wo + b * 512, qa, xo + b * 32, Wd, Wm, so + b * R, so + b * R,
                      da[t, b], sa[t, b])
     else:
         for b in range(da.shape[1]):
@@ -217,18 +227,30 @@ def _norm_quant(x, w, eps, h, qa, da, sa, t):
 
 
 @njit(cache=True)
+def _rotate(v, vo, n_rot, cs, tt, neox):
+    if neox:
+        rope_neox(v, vo, n_rot, cs, tt)
+    else:
+        rope_apply(v, vo, n_rot, cs, tt)
+
+
+@njit(cache=True)
 def _rope_item(qkv, i, lane_of, slot_of, cs, kraw, n_keep, qq, dq, n_head, n_kv, hd, n_rot,
-               kc, kd, vc, vd):
+               kc, kd, vc, vd, qn, kn, eps, neox):
     """Item i of the RoPE step for T tokens (each touches one head of one token): for
-    i < T*n_head (token, query head) rotated and quantised into qq/dq; then (token, KV head):
-    its raw key kept (slot < n_keep), the key rotated, key and value quantised into the cache."""
+    i < T*n_head (token, query head) normed (qn non-empty: Gemma-3), rotated and quantised
+    into qq/dq; then (token, KV head): the key normed (kn), kept un-rotated (slot < n_keep),
+    rotated, key and value quantised into the cache."""
     nq = n_head * hd
     nk = n_kv * hd
     T = qq.shape[0]
     if i < T * n_head:
         t = i // n_head
         hh = i % n_head
-        rope_apply(qkv[t], hh * hd, n_rot, cs, t)
+        if qn.shape[0]:
+            v = qkv[t, hh * hd:(hh + 1) * hd]
+            rmsnorm(v, qn, eps, v)
+        _rotate(qkv[t], hh * hd, n_rot, cs, t, neox)
         d, _ = quant_block(qkv[t], hh * hd, hd, qq[t], hh * hd)
         dq[t, hh] = d
         return
@@ -238,22 +260,28 @@ def _rope_item(qkv, i, lane_of, slot_of, cs, kraw, n_keep, qq, dq, n_head, n_kv,
     lane = lane_of[t]
     slot = slot_of[t]
     row = qkv[t]
+    if kn.shape[0]:
+        v = row[nq + g * hd:nq + (g + 1) * hd]
+        rmsnorm(v, kn, eps, v)
     if slot < n_keep:
         for j in range(g * hd, (g + 1) * hd):
             kraw[lane, slot, j] = row[nq + j]
-    rope_apply(row, nq + g * hd, n_rot, cs, t)
+    _rotate(row, nq + g * hd, n_rot, cs, t, neox)
     store_kv(row, nq + g * hd, row, nq + nk + g * hd, hd,
              kc[lane, g], kd[lane, g], vc[lane, g], vd[lane, g], slot)
 
 
 @njit(cache=True)
-def _swiglu_blocks(gu, t, F, b0, b1, qa, da, sa):
-    """SwiGLU of token t's 32-blocks b0..b1-1 (gate gu[t, :F], up gu[t, F:]) quantised into
-    qa/da/sa: each block alone, as quant_row does."""
+def _swiglu_blocks(gu, t, F, b0, b1, qa, da, sa, gelu):
+    """SwiGLU (GeGLU with gelu) of token t's 32-blocks b0..b1-1 (gate gu[t, :F], up gu[t, F:])
+    quantised into qa/da/sa: each block alone, as quant_row does."""
     act = np.empty(32, np.float32)
     for b in range(b0, b1):
         for i in range(32):
-            act[i] = swiglu(gu[t, b * 32 + i], gu[t, F + b * 32 + i])
+            if gelu:
+                act[i] = geglu(gu[t, b * 32 + i], gu[t, F + b * 32 + i])
+            else:
+                act[i] = swiglu(gu[t, b * 32 + i], gu[t, F + b * 32 + i])
         d, s = quant_block(act, 0, 32, qa[t], b * 32)
         da[t, b] = d
         sa[t, b] = s
@@ -268,34 +296,55 @@ STAGES = ("embed", "norms, quantisation, SwiGLU", "matrices", "RoPE + cache stor
 
 
 @njit(cache=True)
-def att_plan(slot_of, n_head, size):
+def att_plan(slot_of, lo_of, n_head, size):
     """The attention chunks of a team for tokens with slots slot_of: head j = t*n_head + hh
-    (token t sees positions 0..slot_of[t]) has chunks first[j]..first[j+1]-1, chunk c covering
-    positions [c0[c], c1[c]) of head cj[c] (`size` positions each, the last one shorter)."""
+    (token t sees positions lo_of[t]..slot_of[t]) has chunks first[j]..first[j+1]-1, chunk c
+    covering positions [c0[c], c1[c]) of head cj[c] (`size` positions each, the last one
+    shorter), its scores at so[c] of the scratch (head j's window at j*Nmax); and Nmax, the
+    longest window."""
     T = slot_of.shape[0]
     H = T * n_head
+    Nmax = 0
+    for t in range(T):
+        Nmax = max(Nmax, slot_of[t] + 1 - lo_of[t])
     first = np.empty(H + 1, np.int64)
     nc = 0
     for j in range(H):
         first[j] = nc
-        nc += (slot_of[j // n_head] + size) // size
+        t = j // n_head
+        nc += (slot_of[t] - lo_of[t] + size) // size
     first[H] = nc
     cj = np.empty(nc, np.int64)
     c0 = np.empty(nc, np.int64)
     c1 = np.empty(nc, np.int64)
+    so = np.empty(nc, np.int64)
     for j in range(H):
-        n = slot_of[j // n_head] + 1
+        t = j // n_head
+        n = slot_of[t] + 1
         for c in range(first[j], first[j + 1]):
             cj[c] = j
-            c0[c] = (c - first[j]) * size
+            c0[c] = lo_of[t] + (c - first[j]) * size
             c1[c] = min(n, c0[c] + size)
-    return first, cj, c0, c1
+            so[c] = j * Nmax + c0[c] - lo_of[t]
+    return first, cj, c0, c1, so, Nmax
 
 
-# the 13 steps of a layer in feed_team: their stage, and which matrix the products use
+@njit(cache=True)
+def window_starts(slot_of, window):
+    """The first position each token sees in a sliding-window layer (window 0: none)."""
+    lo = np.zeros(slot_of.shape[0], np.int64)
+    if window > 0:
+        for t in range(slot_of.shape[0]):
+            lo[t] = max(0, slot_of[t] - window + 1)
+    return lo
+
+
+# the 15 steps of a layer in feed_team, in the order they run (13: the post-attention norm,
+# 14: the post-feed-forward norm, Gemma-3 only), their stage, which matrix the products use
+_STEPS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 13, 9, 10, 11, 12, 14)
 _STEP_STAGE = (S_ELEM, S_MAT, S_ROPE, S_ATT, S_ATT, S_ATT, S_ATT, S_ELEM, S_MAT, S_ELEM, S_MAT,
-               S_ELEM, S_MAT)
-_STEP_MAT = (-1, 0, -1, -1, -1, -1, -1, -1, 1, -1, 2, -1, 3)
+               S_ELEM, S_MAT, S_ELEM, S_ELEM)
+_STEP_MAT = (-1, 0, -1, -1, -1, -1, -1, -1, 1, -1, 2, -1, 3, -1, -1)
 
 
 @njit(cache=True)
@@ -330,12 +379,13 @@ def _take(buf, o, r, c):
 
 
 @njit(cache=True)
-def _att_layout(slot_of, n_head, size, whole_heads, nth):
-    """How a team of nth threads splits attention: (per head?, att_plan's chunks, the longest
-    window Nmax of the chunked scores' scratch; no chunks and Nmax 0 per head)."""
+def _att_layout(slot_of, lo_of, n_head, size, whole_heads, nth):
+    """How a team of nth threads splits attention: (per head?, att_plan's chunks and the
+    longest window Nmax of the chunked scores' scratch; per head: no chunks, Nmax 0)."""
     whole = slot_of.shape[0] * n_head >= whole_heads * nth
-    first, cj, c0, c1 = att_plan(slot_of[:0] if whole else slot_of, n_head, size)
-    return whole, first, cj, c0, c1, 0 if whole else slot_of.max() + 1
+    if whole:
+        return (whole,) + att_plan(slot_of[:0], lo_of[:0], n_head, size)
+    return (whole,) + att_plan(slot_of, lo_of, n_head, size)
 
 
 @njit(cache=True)
@@ -350,6 +400,7 @@ def _carve(f32, i8, i32, i64, T, D, n_head, n_kv, hd, F, NC, Nmax):
     dq, o = _take(f32, o, T, n_head)
     sc, o = _take(f32, o, 1, T * n_head * Nmax)
     att, o = _take(f32, o, T, nq)
+    mo, o = _take(f32, o, T, D)
     da2, o = _take(f32, o, T, nq // 32)
     sa2, o = _take(f32, o, T, nq // 32)
     gu, o = _take(f32, o, T, 2 * F)
@@ -362,42 +413,51 @@ def _carve(f32, i8, i32, i64, T, D, n_head, n_kv, hd, F, NC, Nmax):
     pm, o32 = _take(i32, 0, NC, 2)
     pz, o64 = _take(i64, 0, 1, NC)
     ptot, o64 = _take(i64, o64, NC, hd)
-    return (h, da, sa, qkv, dq, sc[0] if sc.shape[0] else sc.reshape(0), att, da2, sa2, gu,
+    return (h, da, sa, qkv, dq, sc[0] if sc.shape[0] else sc.reshape(0), att, mo, da2, sa2, gu,
             da3, sa3, qa, qq, qa2, qa3, pm, pz[0] if pz.shape[0] else pz.reshape(0), ptot,
             (o, o8, o32, o64))
 
 
 @njit(nogil=True, cache=True)
 def team_phases(n_layer):
-    """Phases of feed_team: embed, 13 per layer, the head's norm and its matrix."""
-    return 1 + 13 * n_layer + 2
+    """Phases of feed_team at most: embed, 15 per layer, the head's norm and its matrix."""
+    return 1 + 15 * n_layer + 2
 
 
 @njit(nogil=True, cache=True)
 def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs, attn_w, ffn_w,
-              eps, kind, wqkv, wqkv_d, wqkv_m, wo, wo_d, wo_m, wgu, wgu_d, wgu_m, wdn, wdn_d,
+              eps, kinds, wqkv, wqkv_d, wqkv_m, wo, wo_d, wo_m, wgu, wgu_d, wgu_m, wdn, wdn_d,
               wdn_m, kc, kd, vc, vd, kraw, n_keep, n_head, n_kv, hd, n_rot, kq_scale,
               sel, norm_w, hkind, hw, hwd, hwm, out, f32, i8, i32, i64, clk, att_chunk,
-              whole_heads):
-    """One feed (formats/ENGINE.md §5: embedding, every block, the head) of T tokens, run by
-    every thread of a team (team.py), in phases whose chunks the threads claim: embed by token;
-    per layer: norm + quantise by token, the products by row groups (each group for all T
-    tokens: a weight block is read once per feed), RoPE and the cache store by (token, head),
+              whole_heads, ar):
+    """One feed (formats/ENGINE.md §5, §10: embedding, every block, the head) of T tokens, run
+    by every thread of a team (team.py), in phases whose chunks the threads claim: embed by
+    token; per layer: norm + quantise by token, the products by row groups (each group for all
+    T tokens: a weight block is read once per feed), RoPE and the cache store by (token, head),
     attention per head (whole_heads or more heads per thread) or, for fewer heads, its three
     passes over chunks of att_chunk positions of each head with partial maxima and integer sums
-    combined per head (the cut cannot change them: attend), quantise by token, SwiGLU +
-    quantise by 32-blocks; the head's norm by token and its matrix by row groups.  Each output
-    element is computed by one chunk, so neither the thread count nor who claims a chunk
-    changes a number.  f32/i8/i32/i64: the shared scratch (team_scratch elements); clk: a stage
+    combined per head (the cut cannot change them: attend), quantise by token, [Gemma-3: the
+    post-attention norm by token], SwiGLU/GeGLU + quantise by 32-blocks, [the post-feed-forward
+    norm]; the head's norm by token and its matrix by row groups.  Each output element is
+    computed by one chunk, so neither the thread count nor who claims a chunk changes a
+    number.  kinds [L, 4]: the kind of each layer's four matrices; ar: the architecture's
+    extras (Arch: empty norms and window 0 for llama, whose steps 13/14 are skipped by every
+    thread alike).  f32/i8/i32/i64: the shared scratch (team_scratch elements); clk: a stage
     profile (team.tick, stages STAGES) or an empty [0, k] array."""
     T, D = x.shape
     F = wdn_d.shape[2] // R * 32
     H = T * n_head
     grp = n_head // n_kv
-    whole, first, cj, c0, c1, Nmax = _att_layout(slot_of, n_head, att_chunk, whole_heads, nth)
-    NC = cj.shape[0]
-    (h, da, sa, qkv, dq, sc, att, da2, sa2, gu, da3, sa3, qa, qq, qa2, qa3, pm, pz, ptot,
-     need) = _carve(f32, i8, i32, i64, T, D, n_head, n_kv, hd, F, NC, Nmax)
+    post = ar.pan.shape[1] > 0
+    lo_g = np.zeros(T, np.int64)
+    lo_s = window_starts(slot_of, ar.window)
+    whole, gfirst, gcj, gc0, gc1, gso, gN = _att_layout(slot_of, lo_g, n_head, att_chunk,
+                                                        whole_heads, nth)
+    _, sfirst, scj, sc0, sc1, sso, sN = _att_layout(slot_of, lo_s, n_head, att_chunk,
+                                                    whole_heads, nth)
+    NC = max(gcj.shape[0], scj.shape[0])
+    (h, da, sa, qkv, dq, sc, att, mo, da2, sa2, gu, da3, sa3, qa, qq, qa2, qa3, pm, pz, ptot,
+     need) = _carve(f32, i8, i32, i64, T, D, n_head, n_kv, hd, F, NC, max(gN, sN))
     if need[0] > f32.shape[0] or need[1] > i8.shape[0] or need[2] > i32.shape[0] \
             or need[3] > i64.shape[0]:
         raise ValueError("feed_team: scratch too small")
@@ -412,7 +472,15 @@ def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs,
     L = wqkv.shape[0]
     p = 0
     for l in range(-1, L + 1):
-        for step in range(13 if 0 <= l < L else 1 if l < 0 else 2):
+        swa = 0 <= l < L and ar.swa[l] != 0
+        first, cj, c0, c1, so = (sfirst, scj, sc0, sc1, sso) if swa else (gfirst, gcj, gc0,
+                                                                           gc1, gso)
+        lo_of = lo_s if swa else lo_g
+        csl = ar.cs2 if swa else cs
+        for si_ in range(15 if 0 <= l < L else 1 if l < 0 else 2):
+            step = _STEPS[si_] if 0 <= l < L else si_
+            if 0 <= l < L and step >= 13 and not post:
+                continue                                # every thread alike: no phase
             if l < 0:
                 stage, n, per = S_EMBED, T, 1
             elif l == L:
@@ -428,7 +496,7 @@ def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs,
                 elif 3 <= step <= 6 and whole:
                     n = 0
                 elif 3 <= step <= 5:
-                    n, per = NC, 4
+                    n, per = cj.shape[0], 4
                 elif step == 6:
                     n = H
                 elif step == 11:
@@ -438,7 +506,7 @@ def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs,
             while u >= 0:
                 lo, hi = share(n, u, nu)
                 if l < 0:
-                    _embed_rows(toks, ekind, ew, ewd, ewm, x, lo, hi)
+                    _embed_rows(toks, ekind, ew, ewd, ewm, x, lo, hi, ar.escale)
                 elif l == L:
                     if step == 0:
                         for i in range(lo, hi):
@@ -448,33 +516,36 @@ def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs,
                         _head_rows(hkind, hw, hwd, hwm, qa, da, sa, out, lo, hi, acc)
                 elif stage == S_MAT:
                     k = _STEP_MAT[step]
+                    kind = kinds[l, k]
                     if k == 0:
                         mm_range(kind, wqkv[l], wqkv_d[l], wqkv_m[l], qa, da, sa, qkv, False,
                                  lo, hi, acc)
                     elif k == 1:
-                        mm_range(kind, wo[l], wo_d[l], wo_m[l], qa2, da2, sa2, x, True,
-                                 lo, hi, acc)
+                        mm_range(kind, wo[l], wo_d[l], wo_m[l], qa2, da2, sa2,
+                                 mo if post else x, not post, lo, hi, acc)
                     elif k == 2:
                         mm_range(kind, wgu[l], wgu_d[l], wgu_m[l], qa, da, sa, gu, False,
                                  lo, hi, acc)
                     else:
-                        mm_range(kind, wdn[l], wdn_d[l], wdn_m[l], qa3, da3, sa3, x, True,
-                                 lo, hi, acc)
+                        mm_range(kind, wdn[l], wdn_d[l], wdn_m[l], qa3, da3, sa3,
+                                 mo if post else x, not post, lo, hi, acc)
                 else:
                     for i in range(lo, hi):
                         if step == 0:
                             _norm_quant(x, attn_w[l], eps, h, qa, da, sa, i)
                         elif step == 2:
-                            _rope_item(qkv, i, lane_of, slot_of, cs, kraw[l], n_keep, qq, dq,
-                                       n_head, n_kv, hd, n_rot, kc[l], kd[l], vc[l], vd[l])
+                            _rope_item(qkv, i, lane_of, slot_of, csl, kraw[l], n_keep, qq, dq,
+                                       n_head, n_kv, hd, n_rot, kc[l], kd[l], vc[l], vd[l],
+                                       ar.qn[l], ar.kn[l], eps, ar.neox)
                         elif step == 3 and whole:       # attention, a whole head per item
                             t = i // n_head
                             hh = i % n_head
                             g = hh // grp
-                            attend(qq[t], hh * hd, dq[t, hh], kc[l, lane_of[t], g],
-                                   kd[l, lane_of[t], g], vc[l, lane_of[t], g],
-                                   vd[l, lane_of[t], g], slot_of[t] + 1, hd, kq_scale, att[t],
-                                   hh * hd)
+                            a0 = lo_of[t]
+                            attend(qq[t], hh * hd, dq[t, hh], kc[l, lane_of[t], g, a0 * hd:],
+                                   kd[l, lane_of[t], g, a0:], vc[l, lane_of[t], g, a0 * hd:],
+                                   vd[l, lane_of[t], g, a0:], slot_of[t] + 1 - a0, hd,
+                                   kq_scale, att[t], hh * hd)
                         elif step == 3:                 # attention pass 1: scores, max keys
                             j = cj[i]
                             t = j // n_head
@@ -483,14 +554,14 @@ def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs,
                             pm[i, 0] = att_scores(
                                 qq[t], hh * hd, dq[t, hh], kc[l, lane_of[t], g, c0[i] * hd:c1[i] * hd],
                                 kd[l, lane_of[t], g, c0[i]:c1[i]], hd, kq_scale,
-                                sc[j * Nmax + c0[i]:j * Nmax + c1[i]], si)
+                                sc[so[i]:so[i] + c1[i] - c0[i]], si)
                         elif step == 4:                 # pass 2: exp, z, product maxima
                             j = cj[i]
                             mk = pm[first[j], 0]
                             for k in range(first[j] + 1, first[j + 1]):
                                 mk = max(mk, pm[k, 0])
                             z, cb = att_weights(
-                                sc[j * Nmax + c0[i]:j * Nmax + c1[i]],
+                                sc[so[i]:so[i] + c1[i] - c0[i]],
                                 vd[l, lane_of[j // n_head], (j % n_head) // grp, c0[i]:c1[i]],
                                 _unkey(mk))
                             pz[i] = z
@@ -504,7 +575,7 @@ def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs,
                             for e in range(hd):
                                 ptot[i, e] = 0
                             if cmax != F0:
-                                att_values(sc[j * Nmax + c0[i]:j * Nmax + c1[i]],
+                                att_values(sc[so[i]:so[i] + c1[i] - c0[i]],
                                            vc[l, lane_of[j // n_head], (j % n_head) // grp,
                                               c0[i] * hd:c1[i] * hd], hd, att_gain(cmax),
                                            ptot[i], ai)
@@ -525,21 +596,43 @@ def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs,
                             quant_row(att[i], qa2[i], da2[i], sa2[i])
                         elif step == 9:
                             _norm_quant(x, ffn_w[l], eps, h, qa, da, sa, i)
-                        else:                           # step 11
+                        elif step == 11:
                             b0, b1 = share(nbF, i % fch, fch)
-                            _swiglu_blocks(gu, i // fch, F, b0, b1, qa3, da3, sa3)
+                            _swiglu_blocks(gu, i // fch, F, b0, b1, qa3, da3, sa3, ar.gelu)
+                        elif step == 13:
+                            add_norm(x[i], mo[i], ar.pan[l], eps, h[i])
+                        else:                           # step 14
+                            add_norm(x[i], mo[i], ar.pfn[l], eps, h[i])
                 u = next_chunk(bar, p, nu, tid, nth)
             p = wait(bar, p, nu, nth)
             t0 = tick(clk, tid, stage, t0)
 
 
-def team_scratch(T, slot_of, d_model, n_head, n_kv, hd, ffn, att_chunk, whole_heads, nth):
+def team_scratch(T, slot_of, d_model, n_head, n_kv, hd, ffn, att_chunk, whole_heads, nth,
+                 window=0):
     """Sizes of feed_team's shared scratch (float32, int8, int32, int64 elements): its layout
-    (_carve) laid over empty buffers."""
-    _, _, cj, _, _, Nmax = _att_layout(slot_of, n_head, att_chunk, whole_heads, nth)
+    (_carve) laid over empty buffers, for the larger of the global and sliding-window plans."""
+    plans = [_att_layout(slot_of, lo, n_head, att_chunk, whole_heads, nth)
+             for lo in (np.zeros(len(slot_of), np.int64), window_starts(slot_of, window))]
     e = np.empty(0, np.float32)
     return _carve(e, e.view(np.int8), e.view(np.int32), np.empty(0, np.int64), T, d_model,
-                  n_head, n_kv, hd, ffn, cj.shape[0], Nmax)[-1]
+                  n_head, n_kv, hd, ffn, max(p[2].shape[0] for p in plans),
+                  max(p[6] for p in plans))[-1]
+
+
+Arch = namedtuple("Arch", ("gelu", "neox", "escale", "qn", "kn", "pan", "pfn", "swa", "window",
+                           "cs2"))
+Arch.__doc__ = """feed_team's architecture extras (ENGINE.md §10): GeGLU and NEOX RoPE flags, the
+embedding scale (0: none), per-layer q/k norms [L, hd] and post norms [L, D] (llama: [L, 0]),
+the sliding-window flags [L] with the window (0: none) and the RoPE table of those layers."""
+
+
+def arch(m, cs, cs2) -> Arch:
+    """The Arch of model m (model.Model) for one feed's RoPE tables (cs2: sliding-window
+    layers; cs for a llama model)."""
+    gem = m.arch == "gemma3"
+    return Arch(gem, gem, np.float32(m.emb_scale), m.q_norm, m.k_norm, m.post_attn, m.post_ffn,
+                m.swa, int(m.window), cs2)
 
 
 @njit(cache=True)
@@ -551,7 +644,9 @@ def final_hidden(x, sel, norm_w, eps, out):
 
 
 @njit(nogil=True, cache=True)
-def _embed_rows(tokens, kind, W, Wd, Wm, out, t0, t1):
+def _embed_rows(tokens, kind, W, Wd, Wm, out, t0, t1, escale):
+    """Rows of the embedding, dequantised per element (kind 2: each half its scale), times
+    escale (0: not scaled)."""
     D = out.shape[1]
     for t in range(t0, t1):
         g = tokens[t] // R
@@ -567,12 +662,15 @@ def _embed_rows(tokens, kind, W, Wd, Wm, out, t0, t1):
                     out[t, b * 32 + 16 + j] = dequant(d, byte >> 4, m, True)
             else:
                 for j in range(32):
+                    dj = Wm[g, b * R + r] if kind == Q6 and j >= 16 else d
                     out[t, b * 32 + j] = dequant(
-                        d, np.int8(w[b * 512 + (j // 4) * 64 + 4 * r + j % 4]), F0, False)
+                        dj, np.int8(w[b * 512 + (j // 4) * 64 + 4 * r + j % 4]), F0, False)
+            for j in range(32):
+                out[t, b * 32 + j] = embed_scale(out[t, b * 32 + j], escale)
 
 
 @njit(cache=True)
-def rerotate(kraw, kc, kd, n_keep, n_kv, hd, n_rot, cs):
+def rerotate(kraw, kc, kd, n_keep, n_kv, hd, n_rot, cs, neox):
     """Kept positions j < n_keep of one lane and layer: rotate the raw key by table cs[j] and
     re-quantise it into slot j (after a slide moved the lane's offset)."""
     tmp = np.empty(hd, np.float32)
@@ -580,6 +678,6 @@ def rerotate(kraw, kc, kd, n_keep, n_kv, hd, n_rot, cs):
         for g in range(n_kv):
             for i in range(hd):
                 tmp[i] = kraw[j, g * hd + i]
-            rope_apply(tmp, 0, n_rot, cs, j)
+            _rotate(tmp, 0, n_rot, cs, j, neox)
             d, _ = quant_block(tmp, 0, hd, kc[g], j * hd)
             kd[g, j] = d

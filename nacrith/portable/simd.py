@@ -295,6 +295,37 @@ def blk16_q8(typingctx, acc, w, wo, x, xo, wd, wm, so, mo, da, sa):
     return sig, codegen
 
 
+@intrinsic
+def blk16_q6(typingctx, acc, w, wo, x, xo, wd, wm, so, mo, da, sa):
+    """One block with two half scales (kind 2, from Q6_K: 512 interleaved int8 codes w[wo:],
+    codes 0-15 of a row scaled by wd[so+r], codes 16-31 by wm[mo+r]) of 16 rows times int8
+    activations x[xo:xo+32]: acc[r] = acc[r] + ((wd*da)*f32(S_lo,r) + (wm*da)*f32(S_hi,r)),
+    S_lo/S_hi exact int32 sums over the two halves (|S| <= 2^18); sa is unused."""
+    sig = types.void(acc, w, wo, x, xo, wd, wm, so, mo, da, sa)
+
+    def codegen(context, builder, sig, args):
+        def steps(k0):
+            for k in range(k0, k0 + 4):
+                v = _chunk(context, builder, sig.args[1], args[1], args[2], k)
+                yield v, _load4(context, builder, sig.args[3], args[3], args[4], 4 * k)
+        lo = _row_sums(builder, steps(0), True)
+        hi = _row_sums(builder, steps(4), True)
+        f32 = ir.FloatType()
+        pa = _ptr(context, builder, sig.args[0], args[0], ir.Constant(ir.IntType(64), 0),
+                  _vec(f32, R))
+        wd = _load(builder, _ptr(context, builder, sig.args[5], args[5], args[7], _vec(f32, R)),
+                   None)
+        wm = _load(builder, _ptr(context, builder, sig.args[6], args[6], args[8], _vec(f32, R)),
+                   None)
+        da = _splat(builder, args[9], f32, R)
+        t = builder.fadd(builder.fmul(builder.fmul(wd, da), builder.sitofp(lo, _vec(f32, R))),
+                         builder.fmul(builder.fmul(wm, da), builder.sitofp(hi, _vec(f32, R))))
+        builder.store(builder.fadd(builder.load(pa, align=4), t), pa, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 # ---------------------------------------------------------------- attention scores
 def _pair_sums(builder, a, b):
     """[pair sums of a's lanes | pair sums of b's lanes] (same width as a and b)."""

@@ -1,4 +1,5 @@
-"""A tiny random llama GGUF (Q4_1 blocks, Q8_0 tied embedding), for tests and the CUDA simulator.
+"""Tiny random GGUFs for tests and the CUDA simulator: a llama (Q4_1 blocks, Q8_0 tied
+embedding) and a gemma3 (the matrix types of Gemma-3-270M Q4_K_M, sliding-window layers).
 
 Written with gguf.GGUFWriter / gguf.quants, so it exercises the same loader as a real model."""
 from __future__ import annotations
@@ -52,6 +53,88 @@ def write_tiny_llama(path, *, seed=0, n_layer=2, d=64, n_head=2, n_kv=1, n_ff=12
         mat(p + "ffn_gate.weight", n_ff, d)
         mat(p + "ffn_up.weight", n_ff, d)
         mat(p + "ffn_down.weight", d, n_ff)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def _f16(a):
+    return np.asarray(a, np.float16).view(np.uint8).reshape(*np.shape(a), 2)
+
+
+def _kquant_blocks(rng, rows, cols, qt):
+    """Random but valid Q4_K / Q6_K bytes [rows, cols/256 * block] (gguf cannot quantise them):
+    small positive fp16 scales, random packed scales and codes."""
+    from gguf import GGMLQuantizationType as Q
+    n = cols // 256
+    if qt == Q.Q4_K:
+        b = rng.integers(0, 256, (rows, n, 144), dtype=np.uint8)
+        b[:, :, 0:2] = _f16(rng.uniform(0.004, 0.006, (rows, n)))
+        b[:, :, 2:4] = _f16(rng.uniform(0.002, 0.004, (rows, n)))
+        return b.reshape(rows, n * 144)
+    b = rng.integers(0, 256, (rows, n, 210), dtype=np.uint8)
+    b[:, :, 192:208] = rng.integers(-40, 40, (rows, n, 16)).astype(np.int8).view(np.uint8)
+    b[:, :, 208:210] = _f16(rng.uniform(0.0003, 0.0005, (rows, n)))
+    return b.reshape(rows, n * 210)
+
+
+def write_tiny_gemma(path, *, seed=0, n_layer=3, d=64, n_head=4, n_kv=2, hd=64, n_ff=256,
+                     n_vocab=512, window=8, pattern=3):
+    """A tiny random gemma3 GGUF with every matrix type of Gemma-3-270M's Q4_K_M file: Q5_0 and
+    Q8_0 (q/k/v, gate/up, embedding), Q4_K and Q6_K (attention output, feed-forward down:
+    per-layer kinds differ), query/key norms, post norms, a sliding window of `window`
+    positions on every layer but each `pattern`-th; n_head * hd != d."""
+    import gguf
+    from gguf import GGMLQuantizationType as Q
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    w.add_block_count(n_layer)
+    w.add_context_length(4096)
+    w.add_embedding_length(d)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_rope_freq_base(1000000.0)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_sliding_window(window)
+    w.add_sliding_window_pattern(pattern)
+    w.add_tokenizer_model("llama")
+    toks = ["<pad>", "<eos>", "<bos>"] + [f"t{i}" for i in range(3, n_vocab)]
+    w.add_token_list(toks[:n_vocab])
+    w.add_token_types([3, 3, 3] + [1] * (n_vocab - 3))
+    w.add_bos_token_id(2)
+    w.add_eos_token_id(1)
+
+    def mat(name, rows, cols, qt, scale=0.2):
+        if qt in (Q.Q4_K, Q.Q6_K):
+            w.add_tensor(name, _kquant_blocks(rng, rows, cols, qt), raw_dtype=qt)
+            return
+        a = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+        w.add_tensor(name, gguf.quants.quantize(a, qt), raw_dtype=qt)
+
+    def vec(name, n, base=1.0):
+        w.add_tensor(name, (base + 0.1 * rng.standard_normal(n)).astype(np.float32))
+
+    mat("token_embd.weight", n_vocab, d, Q.Q8_0, 0.05)
+    vec("output_norm.weight", d)
+    nq = n_head * hd
+    for i in range(n_layer):
+        p = f"blk.{i}."
+        for nm in ("attn_norm", "ffn_norm", "post_attention_norm", "post_ffw_norm"):
+            vec(p + nm + ".weight", d)
+        vec(p + "attn_q_norm.weight", hd)
+        vec(p + "attn_k_norm.weight", hd)
+        mat(p + "attn_q.weight", nq, d, Q.Q5_0)
+        mat(p + "attn_k.weight", n_kv * hd, d, Q.Q5_0)
+        mat(p + "attn_v.weight", n_kv * hd, d, Q.Q8_0 if i % 2 else Q.Q5_0)
+        mat(p + "attn_output.weight", d, nq, Q.Q4_K if nq % 256 == 0 else Q.Q5_0)
+        mat(p + "ffn_gate.weight", n_ff, d, Q.Q5_0)
+        mat(p + "ffn_up.weight", n_ff, d, Q.Q5_0)
+        mat(p + "ffn_down.weight", d, n_ff, Q.Q6_K if i % 2 else Q.Q4_K)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
