@@ -264,11 +264,11 @@ def backend_child(job: dict) -> dict:
     data = job["data"].encode("latin-1")
     th, ctx = job["threads"], job["ctx"]
     kw = dict(ctx=ctx, lanes=1, threads=th, slide=ctx // 4, n_keep=1)
-    path = str(models.resolve(None))
+    path = str(models.resolve(job.get("model")))
     b = (PortableBackend if job["backend"] == "portable" else Backend)(path, **kw)
     toks = [int(t) for t in b.tokenize(data)]
     nbytes = sum(len(b.piece(t)) for t in toks)
-    warm = dict(backend=job["backend"], threads=th, ctx=ctx)
+    warm = dict(backend=job["backend"], threads=th, ctx=ctx, model=job.get("model"))
     nacrith.compress(data[:600], **warm)            # Numba cache / model load outside the timing
     b.feed([0], [[b.bos]])
     res = {"tokens": len(toks)}
@@ -388,6 +388,7 @@ def compare_backends(args, files, load) -> None:
         data = load(name)
         for be in names:
             job = {"backend": be, "data": data.decode("latin-1"), "threads": ths[be], "ctx": args.ctx,
+                   "model": args.model,
                    "probe": args.probe, "verify": not args.no_decompress,
                    "fills": fills if i == 0 else [],
                    "lanes": [int(k) for k in args.lanes_sweep.split(",") if k] if i == 0 else []}

@@ -1,4 +1,4 @@
-"""GGUF loading for the portable engine (PyPI `gguf`): llama and gemma3 architectures.
+"""GGUF loading for the portable engine (ggufio.py): llama and gemma3 architectures.
 
 Invariants:
 - general.architecture "llama" (ENGINE.md §1) or "gemma3" (§10); matrices in Q4_1, Q8_0, Q5_0,
@@ -131,14 +131,7 @@ def _field(r, key, default=None, required=True, path=""):
         if required and default is None:
             _fail(path, f"portable engine: GGUF metadata {key} missing")
         return default
-    try:
-        return f.contents()
-    except Exception:
-        _fail(path, f"portable engine: GGUF metadata {key} unreadable")
-
-
-def _raw_strings(f):
-    return [bytes(f.parts[i]) for i in f.data]
+    return f
 
 
 def _mat(t, rows, cols, path) -> Mat:
@@ -262,12 +255,9 @@ def _cat(mats, path):
 
 
 def load(path: str) -> Model:
+    from .ggufio import Reader
     try:
-        import gguf
-    except ImportError as e:  # pragma: no cover - install problem
-        raise NacritError(f"the portable engine needs the gguf package ({e})") from None
-    try:
-        r = gguf.GGUFReader(str(path), "r")
+        r = Reader(str(path))
     except NacritError:
         raise
     except Exception as e:
@@ -341,7 +331,9 @@ def _load(r, path) -> Model:
     tok = r.fields.get("tokenizer.ggml.tokens")
     if tok is None:
         _fail(path, "portable engine: GGUF has no tokenizer.ggml.tokens")
-    texts = _raw_strings(tok)
+    if not isinstance(tok, list) or not all(isinstance(t, bytes) for t in tok):
+        _fail(path, "portable engine: tokenizer.ggml.tokens is not a list of strings")
+    texts = tok
     V = len(texts)
     types = _field(r, "tokenizer.ggml.token_type", [], required=False, path=path) or []
     pieces = build_pieces(texts, list(types), _field(r, "tokenizer.ggml.model", path=path))
