@@ -58,7 +58,7 @@ class Options:
     backend: str = "auto"                       # "llama" (llama.cpp) | "portable" (ENGINE.md) |
                                                 # "device": the portable engine on a CUDA GPU
                                                 # (the same logits: the same archives) |
-                                                # "auto": portable for SmolLM2 on the CPU, else llama
+                                                # "auto": portable for the presets on the CPU, else llama
     swa_full: bool | None = None                # llama.cpp's full-size cache for the sliding-
                                                 # window layers (Gemma-3); None = on (llama.cpp's
                                                 # default). Off: faster long windows, other
@@ -237,11 +237,12 @@ def _options(opts: Options | None, kw) -> Options:
 
 
 def auto_backend(model: str | None, n_gpu_layers: int = 0) -> str:
-    """The default engine: the portable integer engine for the default model (SmolLM2) on the
-    CPU — its archives decode on any machine, and it measured as good a ratio and a faster
-    compress than llama.cpp here (README, "Portable engine") — llama.cpp for other models (the
-    portable engine implements the Llama architecture of SmolLM2 only) and for GPUs."""
-    return "portable" if model in (None, models.DEFAULT) and not n_gpu_layers else "llama"
+    """The default engine: the portable integer engine for the two shipped models (SmolLM2,
+    Gemma-3) on the CPU — its archives decode on any machine, and it measured as good a ratio
+    (within 0.1-0.3%) and a faster compress than llama.cpp here (docs/benchmarks.md, "Portable
+    engine", "Gemma-3 on the portable engine") — llama.cpp for custom GGUFs (the portable
+    engine implements only the llama and gemma3 architectures) and for GPU offload."""
+    return "portable" if model in (None, *models.PRESETS) and not n_gpu_layers else "llama"
 
 
 def _replace(opts: Options | None, kw) -> Options:

@@ -113,13 +113,14 @@ def assign(n_workers: int, devices: list[str], threads: int | None, n_gpu_layers
 
 
 def pool_backend(opts: api.Options, devices: list[str]) -> str:
-    """The engine workers run: the one asked for; else ("auto") the portable engine for the
-    default model, on the GPUs ("device") when devices are given and --gpu-layers is not (that
-    asks for llama.cpp's offload), else on the CPU; llama.cpp for other models."""
+    """The engine workers run: the one asked for; else ("auto") api.auto_backend's, moved to
+    the GPUs ("device") for the default model when devices are given (the device engine runs
+    the llama architecture only: Gemma-3 stays on the CPU's portable engine)."""
     if opts.backend != "auto":
         return opts.backend
     b = api.auto_backend(opts.model, opts.n_gpu_layers)
-    return "device" if b == "portable" and devices else b
+    on_gpu = devices and opts.model in (None, models.DEFAULT)
+    return "device" if b == "portable" and on_gpu else b
 
 
 def default_inflight(backend: str) -> int:

@@ -35,7 +35,7 @@ def test_each_level_maps_to_its_options(level):
     for k, v in levels.LEVELS[level].items():
         assert getattr(o, k) == v
     assert o.slide == o.ctx // 4 and o.skip_cap == (api.DEFAULT_SKIP_CAP if o.skip else None)
-    assert o.backend == api.auto_backend(o.model)       # portable for SmolLM2, else llama.cpp
+    assert o.backend == api.auto_backend(o.model)       # portable for the presets on the CPU
     assert o.threads == api.default_threads(o.backend)  # min(2, cpus) for the portable engine
     derived = {"level", "slide", "skip_cap", "backend", "threads"}
     rest = {k for k in vars(api.Options()) if k not in levels.LEVELS[level]} - derived

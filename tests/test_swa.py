@@ -129,7 +129,7 @@ def test_gemma3_swa_off_slides_and_decodes_in_fresh_process(tmp_path):
     # ~1000 tokens of repeats (fast: confidence skip), then ~450 new tokens that the LLM codes
     # at positions past the cache's first reuse (1024) and the slide (1280)
     data = alice[:700] * 5 + alice[2000:3700]
-    kw = dict(model="gemma3", ctx=1280, threads=2, skip=58982)
+    kw = dict(model="gemma3", backend="llama", ctx=1280, threads=2, skip=58982)
     off = nacrith.compress(data, swa_full=False, **kw)
     eng = api.get_engine(models.resolve("gemma3"), api.normalized(swa_full=False, **kw))
     assert eng.backend.swa_full is False and eng.backend.n_swa == 512
