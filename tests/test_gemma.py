@@ -163,6 +163,31 @@ def test_logits_do_not_depend_on_grouping_lanes_threads_or_slides(tg):
     assert grouped == [singles[e] for e in ends]
 
 
+@pytest.mark.parametrize("ctx,slide,n_keep", [(48, 12, 2), (40, 30, 1), (24, 20, 3)])
+def test_small_sliding_window_cache_gives_the_full_caches_bits(tg, ctx, slide, n_keep):
+    """The sliding-window layers' own rows (compacted before a feed runs past them, lowered by
+    slides, enlarged for a long group) give the logits of a full-size cache (swa_rows=ctx), bit
+    for bit, on 3 lanes fed different group sizes through many slides; slide 20 of ctx 24 brings
+    the kept slots back inside the window (base 0 again) after every slide."""
+    rng = np.random.default_rng(ctx)
+    kw = dict(ctx=ctx, slide=slide, n_keep=n_keep, lanes=3, threads=1)
+    small, full = PortableBackend(tg, **kw), PortableBackend(tg, swa_rows=ctx, **kw)
+    assert full.swa_rows == ctx and small.swa_rows == min(ctx, n_keep + 2 * 8 + 1)
+    moved = 0
+    for k in range(60):
+        lanes = [int(x) for x in rng.permutation(3)[:1 + k % 3]]
+        cap = min(ctx - n_keep, 14 if k % 7 == 0 else 4)        # k % 7 == 0: longer groups
+        groups = [[int(t) for t in rng.integers(3, 512, rng.integers(1, cap + 1))]
+                  for _ in lanes]
+        a, b = small.feed(lanes, groups), full.feed(lanes, groups)
+        assert a.tobytes() == b.tobytes(), k
+        moved += int(small.base.any())
+    assert moved > 10                                   # compacted rows were in use
+    assert small.swa_rows > n_keep + 2 * 8 + 1          # a long group enlarged them
+    small.close()
+    full.close()
+
+
 def test_team_splits_of_sliding_window_attention(tg):
     """One thread of a team of 3 alone, attention per head or cut into chunks of 1 or 5
     positions (chunks start at each token's window), gives a 1-thread feed's logits."""

@@ -11,6 +11,13 @@ Invariants (on top of kernels.py's):
   re-rotated to j + o after each slide, exactly as if they had been written at that position;
 - the logits of a token depend only on its lane's history, never on the thread count, on other
   lanes, or on how tokens were grouped into feed calls;
+- sliding-window layers (Gemma-3) keep only the rows their window can reach: slot j >= n_keep of
+  a lane lives in row j - base[lane] of their own cache (kc2 ...; rows < n_keep: the kept
+  slots), so the rows of a window are consecutive; before a feed that would run past the last
+  row the lane's rows are compacted (base moves up to where the window of its first new token
+  starts), a slide lowers base (moving rows only when it would go below 0). Rows hold exactly
+  the keys and values a full cache holds at those slots, so the logits are the same bits as
+  with a full-size cache (tested with swa_rows=ctx);
 - decoding needs no llama.cpp: only `tokenize` imports it (lazily).
 """
 from __future__ import annotations
@@ -36,7 +43,7 @@ def fingerprint() -> str:
 
 class PortableBackend:
     def __init__(self, path: str, *, ctx: int, lanes: int, threads: int, slide: int, n_keep: int,
-                 group: int = 1, **ignored):
+                 group: int = 1, swa_rows: int | None = None, **ignored):
         if not 1 <= n_keep < ctx or not 1 <= slide <= ctx - n_keep:
             raise NacritError(f"bad window settings (ctx={ctx}, slide={slide}, n_keep={n_keep})")
         if lanes < 1 or threads < 1:
@@ -53,10 +60,17 @@ class PortableBackend:
         self.turns_swa = rope_turns(m.rope_base_swa, m.n_rot) if m.swa.any() else None
         self.kq_scale = np.float32(1.0 / math.sqrt(m.head_dim))
         L, hd, nkv = m.n_layer, m.head_dim, m.n_kv
-        self.kc = np.zeros((L, lanes, nkv, ctx * hd), np.int8)
-        self.vc = np.zeros((L, lanes, nkv, ctx * hd), np.int8)
-        self.kd = np.zeros((L, lanes, nkv, ctx), np.float32)
-        self.vd = np.zeros((L, lanes, nkv, ctx), np.float32)
+        swa = m.swa != 0
+        self.li = np.zeros(L, np.int64)                 # each layer's index in its cache set
+        self.li[swa] = np.arange(swa.sum())
+        self.li[~swa] = np.arange((~swa).sum())
+        # sliding-window rows: the kept slots, two windows and a group (compaction every ~window
+        # tokens); never more than ctx (then nothing is ever compacted)
+        rows = swa_rows or n_keep + 2 * m.window + group
+        self.swa_rows = min(ctx, rows) if swa.any() else 0
+        self.kc, self.vc, self.kd, self.vd = self._cache(int((~swa).sum()), ctx)
+        self.kc2, self.vc2, self.kd2, self.vd2 = self._cache(int(swa.sum()), self.swa_rows)
+        self.base = np.zeros(lanes, dtype=np.int64)     # slot j >= n_keep: row j - base
         self.kraw = np.zeros((L, lanes, n_keep, nkv * hd), np.float32)
         self.pos = np.zeros(lanes, dtype=np.int64)
         self.off = np.zeros(lanes, dtype=np.int64)
@@ -70,6 +84,40 @@ class PortableBackend:
     def fingerprint(self) -> str:
         return fingerprint()
 
+    def _cache(self, n_layers, rows):
+        """Zeroed int8 keys, values and their float32 scales for n_layers layers of `rows`."""
+        m = self.m
+        shape = (n_layers, self.lanes, m.n_kv, rows)
+        return (np.zeros(shape[:3] + (rows * m.head_dim,), np.int8),
+                np.zeros(shape[:3] + (rows * m.head_dim,), np.int8),
+                np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+
+    def _move(self, lane, arrs, a, b, dst):
+        """Rows [a, b) of lane in the cache set `arrs` move to rows [dst, dst + b - a)."""
+        hd = self.m.head_dim
+        for arr, w in zip(arrs, (hd, hd, 1, 1)):
+            x = arr[:, lane]
+            x[:, :, dst * w:(dst + b - a) * w] = x[:, :, a * w:b * w].copy()
+
+    def _swa_room(self, lane: int, n: int) -> None:
+        """Before lane's next n tokens: rows for them and for the window of the first, compacting
+        (or, for a group longer than the rows allow, enlarging) the sliding-window cache."""
+        k, W, pos, b = self.n_keep, self.m.window, int(self.pos[lane]), int(self.base[lane])
+        if not self.swa_rows or pos + n - b <= self.swa_rows:
+            return
+        if n > self.swa_rows - W - k + 1:               # a long group: more rows for every lane
+            rows = min(self.ctx, k + 2 * W + n)
+            old = (self.kc2, self.vc2, self.kd2, self.vd2)
+            self.kc2, self.vc2, self.kd2, self.vd2 = new = self._cache(len(old[2]), rows)
+            for o, x in zip(old, new):
+                x[..., :o.shape[-1]] = o
+            self.swa_rows = rows
+            if pos + n - b <= rows:
+                return
+        nb = max(0, pos - W + 1 - k)                    # row k: the first new token's window
+        self._move(lane, (self.kc2, self.vc2, self.kd2, self.vd2), k + nb - b, pos - b, k)
+        self.base[lane] = nb
+
     def _team(self) -> Team:
         """This process's team of self.threads threads (a forked child starts its own)."""
         t = self._teams
@@ -82,6 +130,7 @@ class PortableBackend:
         sel = slice(None) if lanes is None else lanes
         self.pos[sel] = 0
         self.off[sel] = 0
+        self.base[sel] = 0
 
     def _cs(self, apos, turns=None):
         turns = self.turns if turns is None else turns
@@ -104,10 +153,11 @@ class PortableBackend:
         # only reachable with slide > pos - n_keep (slide close to ctx): drop what there is,
         # never let a slot index go below n_keep (the kernels do not bounds-check)
         s = min(s, n - k)
-        hd = self.m.head_dim
-        for arr, w in ((self.kc, hd), (self.vc, hd), (self.kd, 1), (self.vd, 1)):
-            a = arr[:, lane]
-            a[:, :, k * w:(n - s) * w] = a[:, :, (k + s) * w:n * w].copy()
+        self._move(lane, (self.kc, self.vc, self.kd, self.vd), k + s, n, k)
+        b = int(self.base[lane]) - s            # the sliding-window rows stay where they are ...
+        if b < 0 and self.swa_rows:             # ... unless base would go below 0
+            self._move(lane, (self.kc2, self.vc2, self.kd2, self.vd2), k - b, n - s - b, k)
+        self.base[lane] = max(b, 0)
         self.pos[lane] -= s
         self.off[lane] += s
         apos = [j + int(self.off[lane]) for j in range(k)]
@@ -115,8 +165,10 @@ class PortableBackend:
         cs2 = self._cs2(apos, cs)
         m = self.m
         for layer in range(m.n_layer):
-            K.rerotate(self.kraw[layer, lane], self.kc[layer, lane], self.kd[layer, lane],
-                       k, m.n_kv, hd, m.n_rot, cs2 if m.swa[layer] else cs, m.arch == "gemma3")
+            c, w = self.li[layer], m.swa[layer]
+            K.rerotate(self.kraw[layer, lane], (self.kc2 if w else self.kc)[c, lane],
+                       (self.kd2 if w else self.kd)[c, lane], k, m.n_kv, m.head_dim, m.n_rot,
+                       cs2 if w else cs, m.arch == "gemma3")
 
     def step(self, lanes, tokens) -> np.ndarray:
         return self.feed(lanes, [[t] for t in tokens])
@@ -148,22 +200,31 @@ class PortableBackend:
         cs, cs2 = cs
         return (toks, e.kind, e.q, e.d, e.m, x, lane_of, slot_of, cs, m.attn_norm, m.ffn_norm,
                 m.eps, m.kinds, a.q, a.d, a.m, o.q, o.d, o.m, gu.q, gu.d, gu.m, dn.q, dn.d, dn.m,
-                self.kc, self.kd, self.vc, self.vd, self.kraw, self.n_keep, m.n_head, m.n_kv,
+                self._kv(lane_of, slot_of), self.n_keep, m.n_head, m.n_kv,
                 m.head_dim, m.n_rot, self.kq_scale, sel, m.out_norm, h.kind, h.q, h.d, h.m, out,
                 np.empty(n32, np.float32), np.empty(n8, np.int8), np.empty(ni32, np.int32),
                 np.empty(ni64, np.int64), self.clock if self.clock is not None else _NO_CLOCK,
                 att_chunk, whole_heads, K.arch(m, cs, cs2))
 
+    def _kv(self, lane_of, slot_of) -> K.KV:
+        """kernels.KV for tokens at slot_of of lanes lane_of (their sliding-window rows)."""
+        slot2 = np.where(slot_of >= self.n_keep, slot_of - self.base[lane_of], slot_of)
+        return K.KV(self.kc, self.kd, self.vc, self.vd, self.kc2, self.kd2, self.vc2, self.vd2,
+                    self.li, slot2, self.kraw)
+
     def _plan(self, lanes, groups):
         """Slide lanes as needed and assign slots: (tokens, lane_of, slot_of, RoPE tables,
         indices of the tokens whose logits are returned)."""
         toks, lane_of, slot_of, apos, sel = [], [], [], [], []
+        if len(set(lanes)) < len(lanes):
+            raise NacritError("a lane twice in one feed")
         for lane, g in zip(lanes, groups):
             n = len(g)
             if not 1 <= n <= self.ctx - self.n_keep or not 0 <= lane < self.lanes:
                 raise NacritError(f"batch of {n} tokens for lane {lane} does not fit")
             while self.pos[lane] + n > self.ctx:
                 self._slide(lane)
+            self._swa_room(lane, n)
             for t in g:
                 t = int(t)
                 if not 0 <= t < self.n_vocab:

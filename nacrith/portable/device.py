@@ -434,6 +434,7 @@ class DeviceBackend:
                              for l in range(L)]
         self.pos = np.zeros(lanes, dtype=np.int64)
         self.off = np.zeros(lanes, dtype=np.int64)
+        self.base = np.zeros(lanes, dtype=np.int64)     # (PortableBackend.reset's: no SWA here)
         self._cap = 0
         self._tok = None
         self.keep_hidden = False

@@ -427,7 +427,7 @@ def team_phases(n_layer):
 @njit(nogil=True, cache=True)
 def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs, attn_w, ffn_w,
               eps, kinds, wqkv, wqkv_d, wqkv_m, wo, wo_d, wo_m, wgu, wgu_d, wgu_m, wdn, wdn_d,
-              wdn_m, kc, kd, vc, vd, kraw, n_keep, n_head, n_kv, hd, n_rot, kq_scale,
+              wdn_m, kv, n_keep, n_head, n_kv, hd, n_rot, kq_scale,
               sel, norm_w, hkind, hw, hwd, hwm, out, f32, i8, i32, i64, clk, att_chunk,
               whole_heads, ar):
     """One feed (formats/ENGINE.md §5, §10: embedding, every block, the head) of T tokens, run
@@ -442,7 +442,7 @@ def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs,
     computed by one chunk, so neither the thread count nor who claims a chunk changes a
     number.  kinds [L, 4]: the kind of each layer's four matrices; ar: the architecture's
     extras (Arch: empty norms and window 0 for llama, whose steps 13/14 are skipped by every
-    thread alike).  f32/i8/i32/i64: the shared scratch (team_scratch elements); clk: a stage
+    thread alike); kv: the caches (KV: sliding-window layers in their own rows).  f32/i8/i32/i64: the shared scratch (team_scratch elements); clk: a stage
     profile (team.tick, stages STAGES) or an empty [0, k] array."""
     T, D = x.shape
     F = wdn_d.shape[2] // R * 32
@@ -450,10 +450,10 @@ def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs,
     grp = n_head // n_kv
     post = ar.pan.shape[1] > 0
     lo_g = np.zeros(T, np.int64)
-    lo_s = window_starts(slot_of, ar.window)
+    lo_s = window_starts(slot_of, ar.window) + kv.slot2 - slot_of     # as rows of kv.kc2
     whole, gfirst, gcj, gc0, gc1, gso, gN = _att_layout(slot_of, lo_g, n_head, att_chunk,
                                                         whole_heads, nth)
-    _, sfirst, scj, sc0, sc1, sso, sN = _att_layout(slot_of, lo_s, n_head, att_chunk,
+    _, sfirst, scj, sc0, sc1, sso, sN = _att_layout(kv.slot2, lo_s, n_head, att_chunk,
                                                     whole_heads, nth)
     NC = max(gcj.shape[0], scj.shape[0])
     (h, da, sa, qkv, dq, sc, att, mo, da2, sa2, gu, da3, sa3, qa, qq, qa2, qa3, pm, pz, ptot,
@@ -477,6 +477,11 @@ def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs,
                                                                            gc1, gso)
         lo_of = lo_s if swa else lo_g
         csl = ar.cs2 if swa else cs
+        c = kv.li[min(max(l, 0), L - 1)]
+        if swa:
+            slots, kcl, kdl, vcl, vdl = kv.slot2, kv.kc2[c], kv.kd2[c], kv.vc2[c], kv.vd2[c]
+        else:
+            slots, kcl, kdl, vcl, vdl = slot_of, kv.kc[c], kv.kd[c], kv.vc[c], kv.vd[c]
         for si_ in range(15 if 0 <= l < L else 1 if l < 0 else 2):
             step = _STEPS[si_] if 0 <= l < L else si_
             if 0 <= l < L and step >= 13 and not post:
@@ -534,17 +539,17 @@ def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs,
                         if step == 0:
                             _norm_quant(x, attn_w[l], eps, h, qa, da, sa, i)
                         elif step == 2:
-                            _rope_item(qkv, i, lane_of, slot_of, csl, kraw[l], n_keep, qq, dq,
-                                       n_head, n_kv, hd, n_rot, kc[l], kd[l], vc[l], vd[l],
+                            _rope_item(qkv, i, lane_of, slots, csl, kv.kraw[l], n_keep, qq, dq,
+                                       n_head, n_kv, hd, n_rot, kcl, kdl, vcl, vdl,
                                        ar.qn[l], ar.kn[l], eps, ar.neox)
                         elif step == 3 and whole:       # attention, a whole head per item
                             t = i // n_head
                             hh = i % n_head
                             g = hh // grp
                             a0 = lo_of[t]
-                            attend(qq[t], hh * hd, dq[t, hh], kc[l, lane_of[t], g, a0 * hd:],
-                                   kd[l, lane_of[t], g, a0:], vc[l, lane_of[t], g, a0 * hd:],
-                                   vd[l, lane_of[t], g, a0:], slot_of[t] + 1 - a0, hd,
+                            attend(qq[t], hh * hd, dq[t, hh], kcl[lane_of[t], g, a0 * hd:],
+                                   kdl[lane_of[t], g, a0:], vcl[lane_of[t], g, a0 * hd:],
+                                   vdl[lane_of[t], g, a0:], slots[t] + 1 - a0, hd,
                                    kq_scale, att[t], hh * hd)
                         elif step == 3:                 # attention pass 1: scores, max keys
                             j = cj[i]
@@ -552,8 +557,8 @@ def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs,
                             hh = j % n_head
                             g = hh // grp
                             pm[i, 0] = att_scores(
-                                qq[t], hh * hd, dq[t, hh], kc[l, lane_of[t], g, c0[i] * hd:c1[i] * hd],
-                                kd[l, lane_of[t], g, c0[i]:c1[i]], hd, kq_scale,
+                                qq[t], hh * hd, dq[t, hh], kcl[lane_of[t], g, c0[i] * hd:c1[i] * hd],
+                                kdl[lane_of[t], g, c0[i]:c1[i]], hd, kq_scale,
                                 sc[so[i]:so[i] + c1[i] - c0[i]], si)
                         elif step == 4:                 # pass 2: exp, z, product maxima
                             j = cj[i]
@@ -562,7 +567,7 @@ def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs,
                                 mk = max(mk, pm[k, 0])
                             z, cb = att_weights(
                                 sc[so[i]:so[i] + c1[i] - c0[i]],
-                                vd[l, lane_of[j // n_head], (j % n_head) // grp, c0[i]:c1[i]],
+                                vdl[lane_of[j // n_head], (j % n_head) // grp, c0[i]:c1[i]],
                                 _unkey(mk))
                             pz[i] = z
                             pm[i, 1] = cb
@@ -576,7 +581,7 @@ def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs,
                                 ptot[i, e] = 0
                             if cmax != F0:
                                 att_values(sc[so[i]:so[i] + c1[i] - c0[i]],
-                                           vc[l, lane_of[j // n_head], (j % n_head) // grp,
+                                           vcl[lane_of[j // n_head], (j % n_head) // grp,
                                               c0[i] * hd:c1[i] * hd], hd, att_gain(cmax),
                                            ptot[i], ai)
                         elif step == 6:                 # per head: combine, att_out
@@ -625,6 +630,15 @@ Arch = namedtuple("Arch", ("gelu", "neox", "escale", "qn", "kn", "pan", "pfn", "
 Arch.__doc__ = """feed_team's architecture extras (ENGINE.md §10): GeGLU and NEOX RoPE flags, the
 embedding scale (0: none), per-layer q/k norms [L, hd] and post norms [L, D] (llama: [L, 0]),
 the sliding-window flags [L] with the window (0: none) and the RoPE table of those layers."""
+
+
+KV = namedtuple("KV", ("kc", "kd", "vc", "vd", "kc2", "kd2", "vc2", "vd2", "li", "slot2", "kraw"))
+KV.__doc__ = """feed_team's caches: int8 keys/values with their scales per position of the global
+layers (kc, kd, vc, vd: [layers, lanes, n_kv, ctx*hd | ctx]) and of the sliding-window layers
+(kc2 ...: [layers, lanes, n_kv, rows*hd | rows], their own, smaller rows: backend.py), li [L]:
+layer l's index in its set, slot2 [T]: each token's row in the sliding-window set (rows < n_keep:
+the kept slots; a window's slots are consecutive rows), kraw [L, lanes, n_keep, n_kv*hd]: the kept
+slots' un-rotated keys."""
 
 
 def arch(m, cs, cs2) -> Arch:
