@@ -89,7 +89,13 @@ def cases():
     # slides at 1280; the repeats are coded fast by the confidence skip, the new text after them
     # by the LLM past both points. Needs nacrith[gemma3]
     yield "v5-gemma3-swa", alice[17000:17700] * 5 + alice[18000:19300], \
-        {"threads": 1, "model": "gemma3", "ctx": 1280, "swa_full": False, "skip": 58982}
+        {"threads": 1, "model": "gemma3", "backend": "llama", "ctx": 1280, "swa_full": False,
+         "skip": 58982}
+    # Gemma-3 on the portable engine (ENGINE.md §10: K-quant blocks, sliding-window layers): ctx
+    # 1280 > its sliding-window rows (1058), so they are compacted, and the window slides at
+    # 1280; decodes on any machine. Needs nacrith[gemma3]
+    yield "v5-gemma3-portable", alice[19500:20200] * 5 + alice[20500:21800], \
+        {"threads": 2, "model": "gemma3", "backend": "portable", "ctx": 1280, "skip": 58982}
 
 
 def solid_cases():

@@ -83,8 +83,11 @@ def test_every_feature_is_covered():
                     "solid"]:
         assert f"v4-{feature}.nc" in names
     for feature in ["zstd", "neural", "neural-llm", "guard-custom", "guard-off", "skip-2lanes",
-                    "gemma3-swa"]:
+                    "gemma3-swa", "gemma3-portable"]:
         assert f"v5-{feature}.nc" in names
+    from nacrith import frames as F
+    d = F.scan_bytes((GOLDEN / "v5-gemma3-portable.nc").read_bytes())[1]
+    assert (d.engine, d.engine_check, d.params["ctx"]) == (F.E_PORTABLE, 1, 1280)
 
 
 def test_mixer_presets_of_the_golden_archives():
