@@ -108,8 +108,8 @@ BACKEND = typer.Option("auto", "--backend", metavar="auto|llama|portable|device"
                             "machine, formats/ENGINE.md), device (the portable engine on a CUDA "
                             "GPU, the same archives; pip install 'nacrith[gpu]' torch) or llama "
                             "(llama.cpp: archives decode on a build with the same CPU kernels); "
-                            "auto (default): portable for the presets (device for SmolLM2 "
-                            "with --devices), else llama.")
+                            "auto (default): portable for the presets on the CPU (device for "
+                            "SmolLM2 with --devices), else llama.")
 IGNORE = typer.Option(False, "--ignore-backend",
                       help="Decode even if the archive was made on another llama.cpp backend "
                            "(checksums still verify the result).")

@@ -113,14 +113,16 @@ def assign(n_workers: int, devices: list[str], threads: int | None, n_gpu_layers
 
 
 def pool_backend(opts: api.Options, devices: list[str]) -> str:
-    """The engine workers run: the one asked for; else ("auto") api.auto_backend's, moved to
-    the GPUs ("device") for the default model when devices are given (the device engine runs
-    the llama architecture only: Gemma-3 stays on the CPU's portable engine)."""
+    """The engine workers run: the one asked for; else ("auto") api.auto_backend's on the CPU;
+    with devices the portable engine on the GPUs ("device") for the default model unless
+    --gpu-layers asks for llama.cpp's offload, llama.cpp offloaded for other models (the
+    device engine runs the llama architecture only, not Gemma-3)."""
     if opts.backend != "auto":
         return opts.backend
     b = api.auto_backend(opts.model, opts.n_gpu_layers)
-    on_gpu = devices and opts.model in (None, models.DEFAULT)
-    return "device" if b == "portable" and on_gpu else b
+    if devices and b == "portable":
+        return "device" if opts.model in (None, models.DEFAULT) else "llama"
+    return b
 
 
 def default_inflight(backend: str) -> int:

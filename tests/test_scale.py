@@ -165,15 +165,15 @@ def test_inflight_needs_the_portable_engine(tmp_path):
 
 def test_pool_backend_and_inflight_defaults():
     """--devices with the default model runs the portable engine on the GPUs with
-    DEVICE_INFLIGHT segments per worker; Gemma-3 the portable engine on the CPU; --gpu-layers or
-    a custom GGUF keeps llama.cpp;
+    DEVICE_INFLIGHT segments per worker; Gemma-3 the portable engine on the CPU and llama.cpp
+    with --devices (no device gemma3); --gpu-layers or a custom GGUF keeps llama.cpp;
     compress -r without workers codes FILES_AT_ONCE files at once with the portable engine."""
     O = workers.api.Options
     assert workers.pool_backend(O(), ["0"]) == "device"
     assert workers.pool_backend(O(), []) == "portable"
     assert workers.pool_backend(O(n_gpu_layers=99), ["0"]) == "llama"
     assert workers.pool_backend(O(backend="portable"), ["0"]) == "portable"
-    assert workers.pool_backend(O(model="gemma3"), ["0"]) == "portable"   # CPU: no device gemma3
+    assert workers.pool_backend(O(model="gemma3"), ["0"]) == "llama"      # offloaded: no device
     assert workers.pool_backend(O(model="gemma3"), []) == "portable"
     assert workers.pool_backend(O(model="x.gguf"), []) == "llama"
     assert workers.pool_inflight(O(), ["0"], None) == workers.DEVICE_INFLIGHT == 64
