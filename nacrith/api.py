@@ -58,7 +58,7 @@ class Options:
     backend: str = "auto"                       # "llama" (llama.cpp) | "portable" (ENGINE.md) |
                                                 # "device": the portable engine on a CUDA GPU
                                                 # (the same logits: the same archives) |
-                                                # "auto": portable for the presets on the CPU, else llama
+                                                # "auto": portable for presets on CPU, else llama
     swa_full: bool | None = None                # llama.cpp's full-size cache for the sliding-
                                                 # window layers (Gemma-3); None = on (llama.cpp's
                                                 # default). Off: faster long windows, other
@@ -113,7 +113,7 @@ class Engine:
         self.backend = cls(str(path), ctx=opts.ctx, lanes=opts.lanes, threads=opts.threads,
                            slide=opts.slide, n_keep=opts.n_keep, n_gpu_layers=opts.n_gpu_layers,
                            main_gpu=opts.main_gpu, group=group,
-                           swa_full=opts.swa_full is not False)     # (the portable engine: no SWA)
+                           swa_full=opts.swa_full is not False)     # (portable: ignored)
         self.tokenizer = ExactTokenizer(self.backend)
         self._tcol = None
         self.fingerprint = fingerprint()

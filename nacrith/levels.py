@@ -11,9 +11,11 @@ from __future__ import annotations
 DEFAULT = 6
 FAST, BEST = 1, 9
 
-# skip is the confidence-skip threshold / 2^16 (0.90, 0.95, 0.98). Level 9: Gemma-3 with
-# llama.cpp's small SWA cache (swa_full off) reaches ctx 32768 at ctx 8192's full-cache speed and
-# a smaller ratio (README, "gemma3 preset"); on a model without SWA, swa_full does nothing
+# skip is the confidence-skip threshold / 2^16 (0.90, 0.95, 0.98). Level 9: Gemma-3 at ctx 32768
+# on the portable engine (auto), whose sliding-window layers keep only their window's rows;
+# swa_full=False gives `--backend llama` llama.cpp's small SWA cache, which reaches ctx 32768 at
+# ctx 8192's full-cache speed (docs/benchmarks.md, "gemma3 preset"); without SWA (SmolLM2) or
+# on the portable engine swa_full does nothing
 LEVELS: dict[int, dict] = {
     1: dict(lanes=4, ctx=512, skip=58982),
     2: dict(lanes=4, ctx=1024, skip=62259),

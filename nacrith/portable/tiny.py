@@ -12,14 +12,8 @@ def write_tiny_llama(path, *, seed=0, n_layer=2, d=64, n_head=2, n_kv=1, n_ff=12
     import gguf
     from gguf import GGMLQuantizationType as Q
     rng = np.random.default_rng(seed)
-    w = gguf.GGUFWriter(str(path), arch)
+    w = _writer(path, arch, n_layer, d, n_ff, n_head, n_kv)
     hd = d // n_head
-    w.add_block_count(n_layer)
-    w.add_context_length(4096)
-    w.add_embedding_length(d)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
     w.add_rope_dimension_count(hd)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
@@ -53,11 +47,7 @@ def write_tiny_llama(path, *, seed=0, n_layer=2, d=64, n_head=2, n_kv=1, n_ff=12
         mat(p + "ffn_gate.weight", n_ff, d)
         mat(p + "ffn_up.weight", n_ff, d)
         mat(p + "ffn_down.weight", d, n_ff)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return _finish(w, path)
 
 
 def _f16(a):
@@ -89,13 +79,7 @@ def write_tiny_gemma(path, *, seed=0, n_layer=3, d=64, n_head=4, n_kv=2, hd=64, 
     import gguf
     from gguf import GGMLQuantizationType as Q
     rng = np.random.default_rng(seed)
-    w = gguf.GGUFWriter(str(path), "gemma3")
-    w.add_block_count(n_layer)
-    w.add_context_length(4096)
-    w.add_embedding_length(d)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
+    w = _writer(path, "gemma3", n_layer, d, n_ff, n_head, n_kv)
     w.add_key_length(hd)
     w.add_value_length(hd)
     w.add_rope_freq_base(1000000.0)
@@ -135,6 +119,23 @@ def write_tiny_gemma(path, *, seed=0, n_layer=3, d=64, n_head=4, n_kv=2, hd=64, 
         mat(p + "ffn_gate.weight", n_ff, d, Q.Q5_0)
         mat(p + "ffn_up.weight", n_ff, d, Q.Q5_0)
         mat(p + "ffn_down.weight", d, n_ff, Q.Q6_K if i % 2 else Q.Q4_K)
+    return _finish(w, path)
+
+
+def _writer(path, arch, n_layer, d, n_ff, n_head, n_kv):
+    """A GGUFWriter with the shape keys both tiny models share."""
+    import gguf
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(n_layer)
+    w.add_context_length(4096)
+    w.add_embedding_length(d)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    return w
+
+
+def _finish(w, path):
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
