@@ -66,10 +66,9 @@ class PortableBackend:
         self.li[~swa] = np.arange((~swa).sum())
         # sliding-window rows: the kept slots, two windows and a group (compaction every ~window
         # tokens); never more than ctx (then nothing is ever compacted)
-        rows = swa_rows or n_keep + 2 * m.window + group
-        self.swa_rows = min(ctx, rows) if swa.any() else 0
+        rows = min(ctx, swa_rows or n_keep + 2 * m.window + group) if swa.any() else 0
         self.kc, self.vc, self.kd, self.vd = self._cache(int((~swa).sum()), ctx)
-        self.kc2, self.vc2, self.kd2, self.vd2 = self._cache(int(swa.sum()), self.swa_rows)
+        self.kc2, self.vc2, self.kd2, self.vd2 = self._cache(int(swa.sum()), rows)
         self.base = np.zeros(lanes, dtype=np.int64)     # slot j >= n_keep: row j - base
         self.kraw = np.zeros((L, lanes, n_keep, nkv * hd), np.float32)
         self.pos = np.zeros(lanes, dtype=np.int64)
@@ -83,6 +82,11 @@ class PortableBackend:
 
     def fingerprint(self) -> str:
         return fingerprint()
+
+    @property
+    def swa_rows(self) -> int:
+        """Rows per lane of the sliding-window layers' cache (0: the model has none)."""
+        return self.kd2.shape[3]
 
     def _cache(self, n_layers, rows):
         """Zeroed int8 keys, values and their float32 scales for n_layers layers of `rows`."""
@@ -111,7 +115,6 @@ class PortableBackend:
             self.kc2, self.vc2, self.kd2, self.vd2 = new = self._cache(len(old[2]), rows)
             for o, x in zip(old, new):
                 x[..., :o.shape[-1]] = o
-            self.swa_rows = rows
             if pos + n - b <= rows:
                 return
         nb = max(0, pos - W + 1 - k)                    # row k: the first new token's window

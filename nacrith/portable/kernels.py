@@ -442,8 +442,9 @@ def feed_team(tid, nth, bar, toks, ekind, ew, ewd, ewm, x, lane_of, slot_of, cs,
     computed by one chunk, so neither the thread count nor who claims a chunk changes a
     number.  kinds [L, 4]: the kind of each layer's four matrices; ar: the architecture's
     extras (Arch: empty norms and window 0 for llama, whose steps 13/14 are skipped by every
-    thread alike); kv: the caches (KV: sliding-window layers in their own rows).  f32/i8/i32/i64: the shared scratch (team_scratch elements); clk: a stage
-    profile (team.tick, stages STAGES) or an empty [0, k] array."""
+    thread alike); kv: the caches (KV: sliding-window layers in their own rows).
+    f32/i8/i32/i64: the shared scratch (team_scratch elements); clk: a stage profile
+    (team.tick, stages STAGES) or an empty [0, k] array."""
     T, D = x.shape
     F = wdn_d.shape[2] // R * 32
     H = T * n_head
