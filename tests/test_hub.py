@@ -128,8 +128,14 @@ def test_a_failed_shared_feed_reaches_its_coders_and_the_hub_goes_on(tiny, alone
             raise NacritError("device failed")
         return real(lanes, groups)
     h.backend.feed = feed
-    got, errs = _at_once(lambda i: neural.encode_segment(h.engine_for(1), TEXTS[i], 1,
-                                                         len(TEXTS[i]), mix=MIX), 3, stagger=0)
+    ready = threading.Barrier(3, timeout=30)
+
+    def enc(i):                             # all three step before any feeds: one first batch
+        e = h.engine_for(1)
+        reset = e.backend.reset
+        e.backend.reset = lambda: (reset(), ready.wait())
+        return neural.encode_segment(e, TEXTS[i], 1, len(TEXTS[i]), mix=MIX)
+    got, errs = _at_once(enc, 3, stagger=0)
     assert [str(e) for e in errs if e is not None] == ["device failed"] * 3
     assert (sorted(h.free), h.stepping) == ([0, 1, 2], 0)
     e = h.engine_for(2)
