@@ -26,6 +26,13 @@ hypothesis reaches costs ~ log2(256 / EPS) bits, and the heaviest hypothesis tak
 token prefixes of its bytes: "dead").
 
     python scripts/byte_mix.py --bytes 8192 --out /work/cache/bytemix
+    python scripts/byte_mix.py --bytes 32768 --ctx 8192 --files alice29.txt --models smollm2 &
+    python scripts/byte_mix.py --bytes 32768 --ctx 8192 --files alice29.txt --models gemma3
+    python scripts/byte_mix.py --bytes 32768 --ctx 8192 --files alice29.txt --models  # table
+
+Results (per model and text, with their calls and seconds) are kept in --out; a run prints the
+table once both models' results exist. Slides: the anchor's lane slides (ctx / 4) before a feed
+would pass ctx, so a probe never slides and its roll-back is exact.
 """
 from __future__ import annotations
 
@@ -48,7 +55,7 @@ from nacrith.portable.vocab import BYTE, CONTROL, NORMAL  # noqa: E402
 CORPUS = ROOT.parent / "shared" / "corpus"
 FILES = ("alice29.txt", "asyoulik.txt", "lcet10.txt", "plrabn12.txt", "fields.c", "xargs.1")
 EPS = 2.0 ** -12
-ALPHAS = (0.0, 0.01, 0.05, 0.2)
+ALPHAS = (0.01, 0.05, 0.2, 0.5, 1.0)
 
 
 def _succ(q: bytes):
@@ -104,9 +111,15 @@ class Track:
         C = np.concatenate([[0.0], np.cumsum(e[self.order])])
         return C / C[-1], e / e.sum()
 
+    def _room(self, n: int) -> None:
+        """Slide the anchor lane before a feed of n tokens would (a probe never slides)."""
+        while self.b.pos[0] + n > self.b.ctx:
+            self.b._slide(0)
+
     def probe(self, toks) -> np.ndarray:
         """C after the anchor and toks (fed, then rolled back)."""
         self.calls += 1
+        self._room(len(toks))
         lg = self.b.feed([0], [list(toks)])[0]
         self.b.pos[0] -= len(toks)
         return self.dist(lg)[0]
@@ -114,7 +127,7 @@ class Track:
     def commit(self, toks):
         """Feed toks to the anchor lane for good."""
         self.calls += 1
-        assert self.b.pos[0] + len(toks) < self.b.ctx, "text too long for --ctx"
+        self._room(len(toks))
         return self.dist(self.b.feed([0], [list(toks)])[0])[0]
 
     def canonical(self, data: bytes) -> float:
@@ -219,7 +232,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bytes", type=int, default=8192)
     ap.add_argument("--files", nargs="*", default=list(FILES))
-    ap.add_argument("--ctx", type=int, default=4096)
+    ap.add_argument("--ctx", type=int, default=4096, help="SmolLM2's window (slide ctx / 4)")
+    ap.add_argument("--ctx-g", type=int, default=0, help="Gemma-3's window (default: --ctx)")
+    ap.add_argument("--models", nargs="*", default=["smollm2", "gemma3"],
+                    help="compute only these (two processes at once); print when both exist")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--beam", type=int, default=4, help="K: hypotheses kept per model")
     ap.add_argument("--rel", type=float, default=1e-3, help="drop hypotheses under rel x best")
@@ -233,10 +249,13 @@ def main() -> None:
         data = data[:a.bytes] if a.bytes else data
         res = {}
         for m in ("smollm2", "gemma3"):
-            f = a.out / f"{name}-{len(data)}-ctx{a.ctx}-K{a.beam}-r{a.rel:g}-l{a.lag}.{m}.npz"
+            ctx = a.ctx_g or a.ctx if m == "gemma3" else a.ctx
+            f = a.out / f"{name}-{len(data)}-ctx{ctx}-K{a.beam}-r{a.rel:g}-l{a.lag}.{m}.npz"
+            if not f.is_file() and m not in a.models:
+                continue
             if not f.is_file():
                 if m not in tracks:
-                    tracks[m] = Track(m, a.ctx, a.threads)
+                    tracks[m] = Track(m, ctx, a.threads)
                 t = tracks[m]
                 t0 = time.perf_counter()
                 t.calls = 0
@@ -246,6 +265,8 @@ def main() -> None:
                 print(f"  {m} {name}: {sec:.0f} s, {calls} calls", file=sys.stderr, flush=True)
                 np.savez(f, prob=prob, dead=dead, calls=calls, canonical=canon, sec=sec)
             res[m] = dict(np.load(f))
+        if len(res) < 2:
+            continue
         A, B = res["smollm2"], res["gemma3"]
         pa, pb = ((1 - EPS) * r["prob"] + EPS / 256 for r in (A, B))
         row = dict(name=name, n=len(data), tA=float(A["canonical"]), tB=float(B["canonical"]),
@@ -254,6 +275,8 @@ def main() -> None:
         for al in ALPHAS:
             row[al] = mix(pa, pb, al)
         rows.append(row)
+    if not rows:
+        return
     rows.append({k: ("all" if k == "name" else sum(r[k] for r in rows)) for k in rows[0]})
     print(f"beam K={a.beam}, rel={a.rel:g}, lag {a.lag}, ctx {a.ctx}: bpb of the bare models "
           "(tok: canonical tokens; byte: the byte coder), mixtures, best mix / Gemma-3's tokens, "
