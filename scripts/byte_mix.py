@@ -51,8 +51,8 @@ from nacrith import models  # noqa: E402
 from nacrith.portable.backend import PortableBackend  # noqa: E402
 from nacrith.portable.ggufio import Reader  # noqa: E402
 from nacrith.portable.vocab import BYTE, CONTROL, NORMAL  # noqa: E402
+from two_models import ablation, mix  # noqa: E402  (segment mixing: the same Bayes weight)
 
-CORPUS = ROOT.parent / "shared" / "corpus"
 FILES = ("alice29.txt", "asyoulik.txt", "lcet10.txt", "plrabn12.txt", "fields.c", "xargs.1")
 EPS = 2.0 ** -12
 ALPHAS = (0.01, 0.05, 0.2, 0.5, 1.0)
@@ -106,10 +106,14 @@ class Track:
         return int(self.order[lo]) if lo < len(self.S) and self.S[lo] == q else None
 
     def dist(self, lg):
+        """Cumulative mass over the sorted usable tokens (C[hi] - C[lo]: a range's mass)."""
         lg = lg.astype(np.float64)
-        e = np.exp(lg - lg.max())
-        C = np.concatenate([[0.0], np.cumsum(e[self.order])])
-        return C / C[-1], e / e.sum()
+        C = np.concatenate([[0.0], np.cumsum(np.exp(lg[self.order] - lg.max()))])
+        return C / C[-1]
+
+    def weight(self, h) -> float:
+        """W_h: hypothesis h's mass (its weight times its open token's prefix mass)."""
+        return h.w * (self.mass(h.C, h.p) if h.p else 1.0)
 
     def _room(self, n: int) -> None:
         """Slide the anchor lane before a feed of n tokens would (a probe never slides)."""
@@ -122,23 +126,23 @@ class Track:
         self._room(len(toks))
         lg = self.b.feed([0], [list(toks)])[0]
         self.b.pos[0] -= len(toks)
-        return self.dist(lg)[0]
+        return self.dist(lg)
 
     def commit(self, toks):
         """Feed toks to the anchor lane for good."""
         self.calls += 1
         self._room(len(toks))
-        return self.dist(self.b.feed([0], [list(toks)])[0])[0]
+        return self.dist(self.b.feed([0], [list(toks)])[0])
 
     def canonical(self, data: bytes) -> float:
         """Bits of the canonical tokenization (llama.cpp's tokenizer), bare model."""
         self.b.reset()
         toks = [int(t) for t in self.b.tokenize(data)]
-        full = self.dist(self.b.feed([0], [[self.b.bos]])[0])[1]
         bits = 0.0
-        for t in toks:
-            bits -= np.log2(full[t])
-            full = self.dist(self.b.feed([0], [[t]])[0])[1]
+        for prev, t in zip([self.b.bos] + toks, toks):
+            lg = self.b.feed([0], [[prev]])[0].astype(np.float64)
+            e = np.exp(lg - lg.max())
+            bits -= np.log2(e[t] / e.sum())
         return bits
 
     def branch(self, H, bb: bytes, probes: dict):
@@ -147,7 +151,7 @@ class Track:
         Z = num = 0.0
         nxt = []
         for h in H:
-            Z += h.w * (self.mass(h.C, h.p) if h.p else 1.0)
+            Z += self.weight(h)
             q = h.p + bb
             cont = h.w * self.mass(h.C, q)
             if cont > 0:
@@ -180,7 +184,7 @@ class Track:
             prob[i] = num / Z
             if not nxt:                         # dead: the heaviest, longest token prefixes
                 dead += 1
-                h = max(H, key=lambda h: h.w * (self.mass(h.C, h.p) if h.p else 1.0))
+                h = max(H, key=self.weight)
                 toks, rest, w, C = h.toks, h.p + bb, h.w, h.C
                 while self.mass(C, rest) == 0:
                     k = len(rest) - 1
@@ -191,7 +195,7 @@ class Track:
                     C = self.probe(toks)
                     rest = rest[k:]
                 nxt = [Hyp(toks, rest, C, w)]
-            mw = [h.w * self.mass(h.C, h.p) for h in nxt]
+            mw = [self.weight(h) for h in nxt]
             top = max(mw)
             keep = sorted((j for j in range(len(nxt)) if mw[j] >= rel * top),
                           key=lambda j: (-mw[j], len(nxt[j].toks)))[:K]
@@ -219,15 +223,6 @@ class Track:
         return prob, dead
 
 
-def mix(pa, pb, alpha):
-    w, bits = 0.5, 0.0
-    for a, b in zip(pa, pb):
-        m = w * a + (1 - w) * b
-        bits -= np.log2(m)
-        w = (1 - alpha) * (w * a / m) + alpha * 0.5
-    return bits
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bytes", type=int, default=8192)
@@ -245,7 +240,7 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     tracks, rows = {}, []
     for name in a.files:
-        data = (CORPUS / name).read_bytes()
+        data = (ablation.CORPUS / name).read_bytes()
         data = data[:a.bytes] if a.bytes else data
         res = {}
         for m in ("smollm2", "gemma3"):
@@ -268,19 +263,19 @@ def main() -> None:
         if len(res) < 2:
             continue
         A, B = res["smollm2"], res["gemma3"]
-        pa, pb = ((1 - EPS) * r["prob"] + EPS / 256 for r in (A, B))
+        ca, cb = (-np.log2((1 - EPS) * r["prob"] + EPS / 256) for r in (A, B))   # bits
         row = dict(name=name, n=len(data), tA=float(A["canonical"]), tB=float(B["canonical"]),
-                   bA=-np.log2(pa).sum(), bB=-np.log2(pb).sum(), cA=int(A["calls"]),
+                   bA=ca.sum(), bB=cb.sum(), cA=int(A["calls"]),
                    cB=int(B["calls"]), dA=int(A["dead"]), dB=int(B["dead"]))
         for al in ALPHAS:
-            row[al] = mix(pa, pb, al)
+            row[al] = mix(ca, cb, al)           # two_models' segments, here single bytes
         rows.append(row)
     if not rows:
         return
     rows.append({k: ("all" if k == "name" else sum(r[k] for r in rows)) for k in rows[0]})
-    print(f"beam K={a.beam}, rel={a.rel:g}, lag {a.lag}, ctx {a.ctx}: bpb of the bare models "
-          "(tok: canonical tokens; byte: the byte coder), mixtures, best mix / Gemma-3's tokens, "
-          "calls per byte")
+    print(f"beam K={a.beam}, rel={a.rel:g}, lag {a.lag}, ctx {a.ctx} / {a.ctx_g or a.ctx}: "
+          "bpb of the bare models (tok: canonical tokens; byte: the byte coder), mixtures, "
+          "best mix / Gemma-3's tokens, calls per byte")
     print(f"{'file':13s} {'S tok':>6s} {'S byte':>6s} {'G tok':>6s} {'G byte':>6s} "
           + " ".join(f"{'a=' + str(al):>7s}" for al in ALPHAS)
           + f" {'best/G':>6s} {'calls S':>7s} {'calls G':>7s} dead")
