@@ -113,6 +113,7 @@ class Model:
     window: int = 0             # sliding window (positions a token sees, itself included)
     rope_base_swa: float = 0.0  # RoPE base of the sliding-window layers
     emb_scale: np.float32 = np.float32(0)   # embedding scale (0 = none)
+    token_types: tuple = ()     # GGUF token types (vocab.NORMAL ...; empty: all NORMAL)
 
     @property
     def kind(self) -> int:
@@ -378,4 +379,5 @@ def _load(r, path) -> Model:
                      post_attn=np.stack(norms["post_attention_norm"]),
                      post_ffn=np.stack(norms["post_ffw_norm"]))
     return Model(L, D, H, Hkv, hd, F, V, n_rot, base, eps, kinds, np.stack(an), np.stack(fn),
-                 _vec(T("output_norm.weight"), D, path), *mats, embd, out, bos, pieces, **extra)
+                 _vec(T("output_norm.weight"), D, path), *mats, embd, out, bos, pieces,
+                 token_types=tuple(int(t) for t in types), **extra)

@@ -8,7 +8,10 @@ import numpy as np
 
 
 def write_tiny_llama(path, *, seed=0, n_layer=2, d=64, n_head=2, n_kv=1, n_ff=128, n_vocab=512,
-                     arch="llama", head_type=None):
+                     arch="llama", head_type=None, words=None):
+    """A tiny random llama GGUF (BPE vocabulary "t1" ... and 256 byte-like pieces); words (a
+    list of str): the 256 single bytes (GPT-2's byte-to-unicode mapping) and these pieces instead
+    (the byte coder's tests: every byte is a token, pieces overlap)."""
     import gguf
     from gguf import GGMLQuantizationType as Q
     rng = np.random.default_rng(seed)
@@ -20,6 +23,12 @@ def write_tiny_llama(path, *, seed=0, n_layer=2, d=64, n_head=2, n_kv=1, n_ff=12
     w.add_tokenizer_model("gpt2")
     toks = ["<|endoftext|>"] + [f"t{i}" for i in range(1, n_vocab - 256)] + \
            [chr(0x100 + i) if i < 33 else chr(i) for i in range(256)]
+    if words is not None:
+        from .vocab import _gpt2_unicode_to_byte
+        to_u = {b: u for u, b in _gpt2_unicode_to_byte().items()}
+        toks = (["<|endoftext|>"] + [to_u[b] for b in range(256)]
+                + ["".join(to_u[b] for b in wd.encode()) for wd in words])
+        toks += [f"t{i}" for i in range(len(toks), n_vocab)]
     w.add_token_list(toks[:n_vocab])
     w.add_token_types([3] + [1] * (n_vocab - 1))
     w.add_bos_token_id(0)
@@ -71,11 +80,13 @@ def _kquant_blocks(rng, rows, cols, qt):
 
 
 def write_tiny_gemma(path, *, seed=0, n_layer=3, d=64, n_head=4, n_kv=2, hd=64, n_ff=256,
-                     n_vocab=512, window=8, pattern=3):
+                     n_vocab=512, window=8, pattern=3, words=None):
     """A tiny random gemma3 GGUF with every matrix type of Gemma-3-270M's Q4_K_M file: Q5_0 and
     Q8_0 (q/k/v, gate/up, embedding), Q4_K and Q6_K (attention output, feed-forward down:
     per-layer kinds differ), query/key norms, post norms, a sliding window of `window`
-    positions on every layer but each `pattern`-th; n_head * hd != d."""
+    positions on every layer but each `pattern`-th; n_head * hd != d. words (a list of str): an
+    SPM vocabulary of the 256 byte tokens "<0xXX>" and these pieces ("\u2581" a space) instead
+    of "t3" ... (the byte coder's tests: every byte is a token, pieces overlap)."""
     import gguf
     from gguf import GGMLQuantizationType as Q
     rng = np.random.default_rng(seed)
@@ -88,8 +99,14 @@ def write_tiny_gemma(path, *, seed=0, n_layer=3, d=64, n_head=4, n_kv=2, hd=64, 
     w.add_sliding_window_pattern(pattern)
     w.add_tokenizer_model("llama")
     toks = ["<pad>", "<eos>", "<bos>"] + [f"t{i}" for i in range(3, n_vocab)]
+    types = [3, 3, 3] + [1] * (n_vocab - 3)
+    if words is not None:
+        toks = ["<pad>", "<eos>", "<bos>"] + [f"<0x{b:02X}>" for b in range(256)] + list(words)
+        types = [3, 3, 3] + [6] * 256 + [1] * len(words)
+        toks += [f"t{i}" for i in range(len(toks), n_vocab)]
+        types += [1] * (n_vocab - len(types))
     w.add_token_list(toks[:n_vocab])
-    w.add_token_types([3, 3, 3] + [1] * (n_vocab - 3))
+    w.add_token_types(types[:n_vocab])
     w.add_bos_token_id(2)
     w.add_eos_token_id(1)
 

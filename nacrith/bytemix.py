@@ -1,0 +1,338 @@
+"""Byte-level segment codec that mixes two models (issue 23 item 2; measured: scripts/byte_mix.py).
+
+The coded unit is the byte. Each model (a `Track`) gives its probability of the next byte given
+the bytes so far, without a tokenization of text the decoder has not seen: it keeps a beam of
+tokenizations of the bytes since its anchor. A hypothesis h holds the tokens it adds to the
+anchor, the bytes p of its open token, the model's distribution C at its last boundary and its
+weight w (P(tokens), relative); its mass is W_h = w M(p), M(q) the mass under C of the tokens
+whose piece starts with q (one range of the vocabulary sorted by piece bytes). Byte b has
+
+    P(b) = sum_h w_h [ M_h(p + b) + P_h(t = p) F'_h(b) ] / sum_h W_h
+
+F' the first-byte masses after p as a token (a model call, a "probe"). Each h branches into
+"p + b goes on" and "p ended, b starts the next token"; branches lighter than REL x the
+heaviest are dropped, at most K stay, and a hypothesis may hold at most LAG tokens beyond the
+anchor before the heaviest one's first token wins. The tokens all hypotheses share are fed to the
+anchor lane for good. When no branch lives, the heaviest hypothesis's bytes are re-cut into its
+longest token prefixes ("dead"). The two models' distributions (each smoothed by EPS) are mixed
+linearly with a two-expert Bayes weight and a fixed share ALPHA, quantized to 256 frequencies
+(each >= 1, total 2^24) and coded with coder.py.
+
+Invariants:
+- before byte i, encoder and decoder hold the same state, a function of the settings and of
+  bytes [0, i) alone, and code byte i with the same 256 frequencies; every byte value codes;
+- the arithmetic is the same bits on every machine: token frequencies are cdf.quantize's
+  integers of the portable engine's logits (themselves identical everywhere); masses are integer
+  sums over ranges (order-free); weights and probabilities are float64 with + - * / only,
+  element-wise (numpy) or in a fixed sequential order (CPython scalars, Numba without fastmath);
+  no float reduction runs in numpy (its pairwise, SIMD-blocked sums are not fixed);
+- model calls go to lane 0 of each model's own backend: a probe feeds a hypothesis's tokens
+  after the anchor and rolls the lane back (pos -= n), which is exact because a token's logits
+  depend only on the rows before it; the lane slides (its own ctx / 4) before a feed would pass
+  ctx, never inside a probe; the anchor's tokens whose rows the last probe already wrote are
+  committed by moving pos (the same rows a feed would write);
+- a vocabulary is usable only when every single byte is the piece of some non-control token
+  (else a dead end could not be re-cut): checked when a Track is built.
+"""
+from __future__ import annotations
+
+import bisect
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+from . import cdf
+from .coder import Decoder, Encoder
+from .errors import NacritError
+from .portable.vocab import BYTE, CONTROL
+
+
+class Settings(NamedTuple):
+    """What encoder and decoder must share beyond the models (an archive records it)."""
+    beam: int = 4               # K: hypotheses kept per model
+    rel: float = 1e-3           # drop a hypothesis under rel x the heaviest
+    lag: int = 2                # tokens a hypothesis may hold beyond the anchor
+    alpha: float = 0.2          # fixed share of the two-expert Bayes mixture
+    eps: float = 2.0 ** -12     # each model's smoothing: (1 - eps) P + eps / 256
+
+
+class Vocab(NamedTuple):
+    """A vocabulary sorted by piece bytes: the usable tokens whose piece starts with q are the
+    sorted indices [lo, hi). Built once per model."""
+    order: np.ndarray           # int64 [N]: token id of sorted index i
+    buf: np.ndarray             # uint8: the sorted pieces, concatenated
+    off: np.ndarray             # int64 [N + 1]: piece i is buf[off[i]:off[i + 1]]
+    fb: np.ndarray              # int64 [257]: first-byte ranges [fb[c], fb[c + 1])
+    pieces: list                # the sorted pieces (bytes), for bisect
+
+
+class Dist(NamedTuple):
+    """One model distribution over the sorted vocabulary."""
+    fs: np.ndarray              # int64 [N]: cdf.quantize frequencies in sorted order
+    total: int                  # sum of fs (the usable mass)
+    first: np.ndarray           # int64 [256]: mass of the tokens starting with each byte
+
+
+def vocab(pieces, types) -> Vocab:
+    """Sort the usable tokens (non-empty piece, not CONTROL) by (piece, BYTE type last, id)."""
+    V = len(pieces)
+    types = list(types) or [1] * V
+    use = [t for t in range(V) if pieces[t] and int(types[t]) != CONTROL]
+    use.sort(key=lambda t: (pieces[t], int(types[t]) == BYTE, t))
+    S = [pieces[t] for t in use]
+    fb = np.array([bisect.bisect_left(S, bytes([c])) for c in range(256)] + [len(S)], np.int64)
+    missing = [c for c in range(256) if fb[c] == len(S) or S[fb[c]] != bytes([c])]
+    if missing:
+        raise NacritError(f"the byte coder needs every byte as a token (missing: {missing[:4]})")
+    off = np.zeros(len(S) + 1, np.int64)
+    off[1:] = np.cumsum([len(s) for s in S])
+    return Vocab(np.array(use, np.int64), np.frombuffer(b"".join(S), np.uint8).copy(), off,
+                 fb, S)
+
+
+@njit(cache=True)
+def _scan(fs, buf, off, lo, hi, L, cont, sub):
+    """Over the sorted range [lo, hi) of tokens starting with a prefix of L bytes: cont[b] =
+    mass of those whose next byte is b, sub[b] / sub[256 + b] = their range; returns the
+    mass of the tokens equal to the prefix (they sort first)."""
+    for b in range(256):
+        cont[b] = 0
+        sub[b] = 0
+        sub[256 + b] = 0
+    exact = 0
+    i = lo
+    while i < hi and off[i + 1] - off[i] == L:
+        exact += fs[i]
+        i += 1
+    while i < hi:
+        b = buf[off[i] + L]
+        if cont[b] == 0 and sub[256 + b] == 0:
+            sub[b] = i
+        cont[b] += fs[i]
+        sub[256 + b] = i + 1
+        i += 1
+    return exact
+
+
+@njit(cache=True)
+def _quantize_probs(p, freqs):
+    """freqs[:] = 1 + int(p_i (TOTAL - n) / S), S the sequential sum of p; the remainder to the
+    first maximum (cdf.quantize's last two passes, for a distribution given as floats)."""
+    n = p.shape[0]
+    s = 0.0
+    best = -1.0
+    arg = 0
+    for i in range(n):
+        s += p[i]
+        if p[i] > best:
+            best = p[i]
+            arg = i
+    scale = (cdf.TOTAL - n) / s
+    tot = 0
+    for i in range(n):
+        f = 1 + np.int64(p[i] * scale)
+        freqs[i] = f
+        tot += f
+    freqs[arg] += cdf.TOTAL - tot
+
+
+def _succ(q: bytes):
+    """The least byte string above every string starting with q (None: there is none)."""
+    q = q.rstrip(b"\xff")
+    return None if not q else q[:-1] + bytes([q[-1] + 1])
+
+
+class _Hyp:
+    __slots__ = ("toks", "p", "lo", "hi", "dist", "w")
+
+    def __init__(self, toks, p, lo, hi, dist, w):
+        self.toks, self.p, self.lo, self.hi, self.dist, self.w = toks, p, lo, hi, dist, w
+
+
+class Track:
+    """One model's byte predictor over a portable backend with one lane (its own ctx)."""
+
+    def __init__(self, backend, settings: Settings = Settings()):
+        m = backend.m
+        self.b, self.s = backend, settings
+        self.v = vocab(m.pieces, m.token_types)
+        self._freqs = np.empty(backend.n_vocab, np.int64)
+        self._scratch = np.empty(backend.n_vocab, np.float64)
+        self._cont = np.empty(256, np.int64)
+        self._sub = np.empty(512, np.int64)
+        self.calls = 0                  # model feeds (probes and commits)
+        self.dead = 0                   # dead ends re-cut
+        self.reset()
+
+    # -- model calls ------------------------------------------------------------------------
+    def _dist(self, logits) -> Dist:
+        cdf.quantize_into(logits, self._freqs, self._scratch)
+        fs = self._freqs[self.v.order]
+        first = np.add.reduceat(fs, self.v.fb[:-1])        # every range is non-empty
+        return Dist(fs, int(fs.sum()), first)
+
+    def _feed(self, toks) -> np.ndarray:
+        b = self.b
+        while b.pos[0] + len(toks) > b.ctx:                 # slide now, never inside a probe
+            b._slide(0)
+            self._ahead = ()
+        self.calls += 1
+        lg = b.feed([0], [list(toks)])[0]
+        self._ahead = tuple(toks)
+        return lg
+
+    def _probe(self, toks) -> Dist:
+        """The distribution after the anchor and toks (fed, then rolled back)."""
+        d = self._dist(self._feed(toks))
+        self.b.pos[0] -= len(toks)
+        return d
+
+    def _commit(self, toks) -> None:
+        """toks join the anchor for good (their rows: already written by the last probe, or fed)."""
+        k = len(toks)
+        if self._ahead[:k] == tuple(toks):
+            self.b.pos[0] += k
+            self._ahead = self._ahead[k:]
+        else:
+            self._feed(toks)
+            self._ahead = ()
+
+    # -- the beam ---------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.b.reset()
+        self._ahead = ()
+        d = self._dist(self._feed([self.b.bos]))
+        self._ahead = ()
+        self.H = [_Hyp((), b"", 0, len(self.v.order), d, 1.0)]
+
+    def _mass(self, h) -> float:
+        """W_h (float): h's weight times its open token's prefix mass."""
+        fs = h.dist.fs
+        m = h.dist.total if h.lo == 0 and h.hi == len(fs) else int(fs[h.lo:h.hi].sum())
+        return h.w * m / h.dist.total
+
+    def predict(self) -> np.ndarray:
+        """float64 [256]: the next byte's probability, smoothed by eps (sums to 1 up to
+        rounding); keeps what `advance` needs."""
+        v, eps = self.v, self.s.eps
+        num = np.zeros(256)
+        Z = 0.0
+        probes = {}
+        self._scans = []
+        for h in self.H:
+            d = h.dist
+            exact = _scan(d.fs, v.buf, v.off, h.lo, h.hi, len(h.p), self._cont, self._sub)
+            cont, sub = self._cont.copy(), self._sub.copy()
+            a = h.w / d.total
+            Z += a * (exact + int(cont.sum()))
+            num += a * cont
+            end = None
+            if exact:
+                key = h.toks + (int(v.order[h.lo]),)
+                if key not in probes:
+                    probes[key] = self._probe(key)
+                pd = probes[key]
+                we = a * exact                  # P(tokens + t), relative
+                num += (we / pd.total) * pd.first
+                end = (key, pd, we)
+            self._scans.append((cont, sub, end))
+        return (1.0 - eps) * (num / Z) + eps / 256
+
+    def advance(self, c: int) -> None:
+        """Byte c was coded: branch, prune, move the anchor."""
+        s, v = self.s, self.v
+        kids, W = [], []
+        for h, (cont, sub, end) in zip(self.H, self._scans):
+            if cont[c]:
+                kids.append(_Hyp(h.toks, h.p + bytes([c]), int(sub[c]), int(sub[256 + c]),
+                                 h.dist, h.w))
+                W.append(h.w * int(cont[c]) / h.dist.total)
+            if end is not None:
+                key, pd, we = end
+                kids.append(_Hyp(key, bytes([c]), int(v.fb[c]), int(v.fb[c + 1]), pd, we))
+                W.append(we * int(pd.first[c]) / pd.total)
+        if not kids:
+            kids, W = self._recut(c)
+        top = max(W)
+        keep = sorted((j for j in range(len(kids)) if W[j] >= s.rel * top),
+                      key=lambda j: (-W[j], len(kids[j].toks), j))[:s.beam]
+        H = [kids[j] for j in keep]
+        if max(len(h.toks) for h in H) > s.lag:         # the heaviest's first token wins
+            H = [h for h in H if h.toks[:1] == H[0].toks[:1]]
+        for h in H:
+            h.w = h.w / top
+        k = 0                                           # tokens every hypothesis shares
+        while all(len(h.toks) > k for h in H) and len({h.toks[k] for h in H}) == 1:
+            k += 1
+        if k:
+            self._commit(H[0].toks[:k])
+            for h in H:
+                h.toks = h.toks[k:]
+        self.H = H
+
+    def _recut(self, c: int):
+        """No branch takes c: the heaviest hypothesis's bytes cut into longest token prefixes."""
+        self.dead += 1
+        v = self.v
+        W = [self._mass(h) for h in self.H]
+        h = self.H[W.index(max(W))]
+        toks, rest, w, d = h.toks, h.p + bytes([c]), h.w, h.dist
+        while True:
+            lo = bisect.bisect_left(v.pieces, rest)
+            if lo < len(v.pieces) and v.pieces[lo].startswith(rest):
+                break
+            k = len(rest) - 1                           # >= 1: a single byte is a token
+            while not 0 < (j := bisect.bisect_right(v.pieces, rest[:k])) or \
+                    v.pieces[j - 1] != rest[:k]:
+                k -= 1
+            i = bisect.bisect_left(v.pieces, rest[:k])
+            w = w * int(d.fs[i:j].sum()) / d.total
+            toks = toks + (int(v.order[i]),)
+            d = self._probe(toks)
+            rest = rest[k:]
+        hi = len(v.pieces) if _succ(rest) is None else bisect.bisect_left(v.pieces, _succ(rest))
+        kid = _Hyp(toks, rest, lo, hi, d, w if w > 0 else 1.0)
+        return [kid], [self._mass(kid)]
+
+
+def _run(tracks, n: int, code) -> bytes:
+    """Code n bytes: code(freqs, i) codes byte i (encoder: returns data[i]; decoder: decodes)."""
+    if len(tracks) != 2 or tracks[0].s != tracks[1].s:
+        raise NacritError("the byte coder mixes two models with the same settings")
+    for t in tracks:
+        t.reset()
+    wa = 0.5
+    al = tracks[0].s.alpha
+    freqs = np.empty(256, np.int64)
+    out = bytearray()
+    for i in range(n):
+        pa, pb = (t.predict() for t in tracks)
+        pm = wa * pa + (1.0 - wa) * pb
+        _quantize_probs(pm, freqs)
+        c = code(freqs, i)
+        out.append(c)
+        wa = wa * float(pa[c]) / float(pm[c])
+        wa = (1.0 - al) * wa + al / 2
+        for t in tracks:
+            t.advance(c)
+    return bytes(out)
+
+
+def encode(tracks, data: bytes) -> bytes:
+    """The coded stream of data (tracks: the two models' Tracks, with the same settings)."""
+    enc = Encoder()
+
+    def code(freqs, i):
+        c = data[i]
+        enc.encode_freqs(freqs, c)
+        return c
+
+    _run(tracks, len(data), code)
+    return enc.finish()
+
+
+def decode(tracks, payload: bytes, n: int) -> bytes:
+    """The n bytes coded in payload."""
+    dec = Decoder(payload)
+    return _run(tracks, n, lambda freqs, i: dec.decode_freqs(freqs))

@@ -1,0 +1,108 @@
+"""The two-model byte coder (bytemix.py) on tiny random models with overlapping vocabularies:
+exact round trips on every kind of input, exact next-byte distributions, the same stream for 1
+and 2 threads and in a fresh process compiled for another target CPU."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import REPO
+from nacrith import bytemix, cdf
+from nacrith.errors import NacritError
+from nacrith.portable.backend import PortableBackend
+from nacrith.portable.tiny import write_tiny_gemma, write_tiny_llama
+
+# pieces that overlap each other and the text below
+WORDS = [" the", " t", "th", "he", "the", " a", "an", "and", " and", "in", "ing", " in", "e ",
+         "\r\n", "  ", "<|endoftext|>", "ab", "abc", "\xe9", "ca", " ca", "cat", "hat"]
+TEXTS = [
+    b"",
+    b"a",
+    bytes(range(256)),
+    b"the cat and the hat in the thing\r\nand then\r\n",
+    b"\xff\xfe\x80 invalid \xc3( utf-8 \xed\xa0\x80",
+    b"<|endoftext|>the<|endoftext|>",
+    b"abcabcabab" * 8,
+]
+CTX = 48                        # small: the lanes slide inside the longer texts
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bm")
+    spm = [w.replace(" ", "\u2581") for w in WORDS]                # SPM: "\u2581" is a space
+    return (str(write_tiny_llama(d / "l.gguf", seed=3, n_vocab=300, words=WORDS[::-1])),
+            str(write_tiny_gemma(d / "g.gguf", seed=4, n_vocab=300, words=spm)))
+
+
+def tracks(paths, threads=1, **kw):
+    st = bytemix.Settings(**kw)
+    return [bytemix.Track(PortableBackend(p, ctx=CTX, lanes=1, threads=threads, slide=CTX // 4,
+                                          n_keep=1), st) for p in paths]
+
+
+def test_round_trip_every_kind_of_input(paths):
+    tr = tracks(paths)
+    for data in TEXTS:
+        z = bytemix.encode(tr, data)
+        assert bytemix.decode(tr, z, len(data)) == data
+    assert sum(t.calls for t in tr) > 0
+
+
+def test_vocabulary_needs_every_byte(tmp_path):
+    p = write_tiny_gemma(tmp_path / "nobytes.gguf")             # "t3", ... only
+    with pytest.raises(NacritError, match="every byte as a token"):
+        bytemix.Track(PortableBackend(str(p), ctx=CTX, lanes=1, threads=1, slide=12, n_keep=1))
+
+
+def test_next_byte_distribution_is_exact(paths):
+    """Each model's P sums to 1, and equals the brute-force sum over the beam's branches."""
+    tr = tracks(paths)
+    data = TEXTS[3]
+    for t in tr:
+        t.reset()
+        for c in data:
+            p = t.predict()
+            assert abs(p.sum() - 1.0) < 1e-12 and p.min() > 0
+            t.advance(c)
+    freqs = np.empty(256, np.int64)
+    bytemix._quantize_probs(np.full(256, 1 / 256), freqs)
+    assert freqs.sum() == cdf.TOTAL and freqs.min() >= 1
+
+
+def test_threads_and_beam_settings(paths):
+    data = TEXTS[3] + TEXTS[6]
+    one = bytemix.encode(tracks(paths, 1), data)
+    assert bytemix.encode(tracks(paths, 2), data) == one
+    narrow = tracks(paths, beam=1)
+    z = bytemix.encode(narrow, data)
+    assert z != one and bytemix.decode(narrow, z, len(data)) == data
+
+
+def test_dead_ends_recut(paths):
+    """K = 1 keeps one branch: bytes that no kept branch reaches are re-cut, and decode."""
+    tr = tracks(paths, beam=1, lag=0)
+    data = b"abcab\xffthe\r\r\nin"
+    z = bytemix.encode(tr, data)
+    assert bytemix.decode(tr, z, len(data)) == data
+
+
+def test_another_target_cpu_decodes(paths, tmp_path):
+    data = TEXTS[3] + TEXTS[4]
+    z = bytemix.encode(tracks(paths), data)
+    (tmp_path / "z").write_bytes(z)
+    code = (
+        "import sys; sys.path.insert(0, 'tests'); from test_bytemix import tracks; "
+        "from nacrith import bytemix; "
+        f"print(bytemix.decode(tracks({list(paths)!r}), open(sys.argv[1], 'rb').read(), "
+        f"{len(data)}).hex())")
+    env = dict(os.environ, NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path / "cache"),
+               NUMBA_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "z")], capture_output=True,
+                       text=True, env=env, cwd=REPO, timeout=900)
+    assert r.returncode == 0, r.stderr
+    assert bytes.fromhex(r.stdout.strip()) == data
