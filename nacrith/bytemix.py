@@ -14,7 +14,7 @@ F' the first-byte masses after p as a token (a model call, a "probe"). Each h br
 heaviest are dropped, at most K stay, and a hypothesis may hold at most LAG tokens beyond the
 anchor before the heaviest one's first token wins. The tokens all hypotheses share are fed to the
 anchor lane for good. When no branch lives, the heaviest hypothesis's bytes are re-cut into its
-longest token prefixes ("dead"). The two models' distributions (each smoothed by EPS) are mixed
+longest token prefixes ("dead"; a byte no token starts is skipped). The two models' distributions (each smoothed by EPS) are mixed
 linearly with a two-expert Bayes weight and a fixed share ALPHA, quantized to 256 frequencies
 (each >= 1, total 2^24) and coded with coder.py.
 
@@ -31,8 +31,8 @@ Invariants:
   depend only on the rows before it; the lane slides (its own ctx / 4) before a feed would pass
   ctx, never inside a probe; the anchor's tokens whose rows the last probe already wrote are
   committed by moving pos (the same rows a feed would write);
-- a vocabulary is usable only when every single byte is the piece of some non-control token
-  (else a dead end could not be re-cut): checked when a Track is built.
+- a byte that no usable token (non-control, non-empty piece) starts gets only the eps share of
+  that model; its dead end re-cut skips it (the model's state goes on as if it were absent).
 """
 from __future__ import annotations
 
@@ -82,9 +82,8 @@ def vocab(pieces, types) -> Vocab:
     use.sort(key=lambda t: (pieces[t], int(types[t]) == BYTE, t))
     S = [pieces[t] for t in use]
     fb = np.array([bisect.bisect_left(S, bytes([c])) for c in range(256)] + [len(S)], np.int64)
-    missing = [c for c in range(256) if fb[c] == len(S) or S[fb[c]] != bytes([c])]
-    if missing:
-        raise NacritError(f"the byte coder needs every byte as a token (missing: {missing[:4]})")
+    if not S:
+        raise NacritError("the byte coder needs a vocabulary with text pieces")
     off = np.zeros(len(S) + 1, np.int64)
     off[1:] = np.cumsum([len(s) for s in S])
     return Vocab(np.array(use, np.int64), np.frombuffer(b"".join(S), np.uint8).copy(), off,
@@ -113,6 +112,21 @@ def _scan(fs, buf, off, lo, hi, L, cont, sub):
         sub[256 + b] = i + 1
         i += 1
     return exact
+
+
+@njit(cache=True)
+def _sorted(freqs, order, fb, fs, first):
+    """fs = freqs in sorted order, first[c] = the mass of the range of byte c; the total."""
+    tot = 0
+    for c in range(256):
+        acc = 0
+        for i in range(fb[c], fb[c + 1]):
+            f = freqs[order[i]]
+            fs[i] = f
+            acc += f
+        first[c] = acc
+        tot += acc
+    return tot
 
 
 @njit(cache=True)
@@ -168,18 +182,23 @@ class Track:
     # -- model calls ------------------------------------------------------------------------
     def _dist(self, logits) -> Dist:
         cdf.quantize_into(logits, self._freqs, self._scratch)
-        fs = self._freqs[self.v.order]
-        first = np.add.reduceat(fs, self.v.fb[:-1])        # every range is non-empty
-        return Dist(fs, int(fs.sum()), first)
+        fs, first = np.empty(len(self.v.order), np.int64), np.empty(256, np.int64)
+        return Dist(fs, _sorted(self._freqs, self.v.order, self.v.fb, fs, first), first)
 
     def _feed(self, toks) -> np.ndarray:
-        b = self.b
-        while b.pos[0] + len(toks) > b.ctx:                 # slide now, never inside a probe
+        """The logits after the anchor and toks; the lane ends after toks. The rows that the last
+        probe left past the anchor for a prefix of toks are kept, not fed again."""
+        b, n = self.b, len(toks)
+        while b.pos[0] + n > b.ctx:                         # slide now, never inside a probe
             b._slide(0)
             self._ahead = ()
+        m, a = 0, self._ahead
+        while m < n - 1 and m < len(a) and a[m] == toks[m]:
+            m += 1
+        b.pos[0] += m
         self.calls += 1
-        lg = b.feed([0], [list(toks)])[0]
-        self._ahead = tuple(toks)
+        lg = b.feed([0], [list(toks[m:])])[0]
+        self._ahead = tuple(toks)               # their rows, from where the feed started
         return lg
 
     def _probe(self, toks) -> Dist:
@@ -248,7 +267,7 @@ class Track:
                 kids.append(_Hyp(h.toks, h.p + bytes([c]), int(sub[c]), int(sub[256 + c]),
                                  h.dist, h.w))
                 W.append(h.w * int(cont[c]) / h.dist.total)
-            if end is not None:
+            if end is not None and end[1].first[c]:
                 key, pd, we = end
                 kids.append(_Hyp(key, bytes([c]), int(v.fb[c]), int(v.fb[c + 1]), pd, we))
                 W.append(we * int(pd.first[c]) / pd.total)
@@ -271,27 +290,38 @@ class Track:
                 h.toks = h.toks[k:]
         self.H = H
 
+    def _range(self, q: bytes):
+        """The sorted range of the tokens whose piece starts with q."""
+        S, s = self.v.pieces, _succ(q)
+        return bisect.bisect_left(S, q), len(S) if s is None else bisect.bisect_left(S, s)
+
     def _recut(self, c: int):
-        """No branch takes c: the heaviest hypothesis's bytes cut into longest token prefixes."""
+        """No branch takes c: the heaviest hypothesis's bytes cut into longest token prefixes;
+        a byte that is no token and starts no token left ends nowhere: the model skips it."""
         self.dead += 1
         v = self.v
         W = [self._mass(h) for h in self.H]
         h = self.H[W.index(max(W))]
         toks, rest, w, d = h.toks, h.p + bytes([c]), h.w, h.dist
-        while True:
-            lo = bisect.bisect_left(v.pieces, rest)
-            if lo < len(v.pieces) and v.pieces[lo].startswith(rest):
+        lo, hi = 0, len(v.pieces)
+        while rest:
+            lo, hi = self._range(rest)
+            if lo < hi:
                 break
-            k = len(rest) - 1                           # >= 1: a single byte is a token
-            while not 0 < (j := bisect.bisect_right(v.pieces, rest[:k])) or \
-                    v.pieces[j - 1] != rest[:k]:
+            k, i, j = len(rest), 0, 0
+            while k > 1 and i == j:                     # the longest prefix that is a token
                 k -= 1
-            i = bisect.bisect_left(v.pieces, rest[:k])
+                i, j = (bisect.bisect_left(v.pieces, rest[:k]),
+                        bisect.bisect_right(v.pieces, rest[:k]))
+            if i == j:                                  # none: the model skips rest[0]
+                rest = rest[1:]
+                lo, hi = 0, len(v.pieces)
+                continue
             w = w * int(d.fs[i:j].sum()) / d.total
             toks = toks + (int(v.order[i]),)
             d = self._probe(toks)
             rest = rest[k:]
-        hi = len(v.pieces) if _succ(rest) is None else bisect.bisect_left(v.pieces, _succ(rest))
+            lo, hi = 0, len(v.pieces)
         kid = _Hyp(toks, rest, lo, hi, d, w if w > 0 else 1.0)
         return [kid], [self._mass(kid)]
 

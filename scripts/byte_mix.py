@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--beam", type=int, default=4, help="K: hypotheses kept per model")
     ap.add_argument("--rel", type=float, default=1e-3, help="drop hypotheses under rel x best")
     ap.add_argument("--lag", type=int, default=2, help="tokens a hypothesis may hold unfed")
+    ap.add_argument("--no-canonical", dest="canonical", action="store_false",
+                    help="skip the canonical tokens' cost (a second pass over the text)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bytemix"))
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -101,7 +103,7 @@ def main() -> None:
                 t.calls = t.dead = 0
                 prob = t.probs(data)
                 calls, dead, sec = t.calls, t.dead, time.perf_counter() - t0
-                canon = t.canonical(data)
+                canon = t.canonical(data) if a.canonical else float("nan")
                 print(f"  {m} {name}: {sec:.0f} s, {calls} calls", file=sys.stderr, flush=True)
                 np.savez(f, prob=prob, dead=dead, calls=calls, canonical=canon, sec=sec)
             res[m] = dict(np.load(f))
