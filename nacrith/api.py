@@ -82,6 +82,11 @@ class Options:
     skip: int | None = None                     # confidence skip threshold / 2^16 (0 = off)
     skip_cap: int | None = None                 # most tokens waiting for the LLM per lane
     guard: int | None = None                    # ensemble-vs-bare-LLM switch rate / 2^16 (0 = off)
+    # the byte-level two-model coder (bytemix.py, a version-6 archive): a second model preset
+    # whose byte probabilities are mixed with the first's (both on the portable engine, no
+    # ensemble, one lane), with its own window ctx2
+    model2: str | None = None
+    ctx2: int = 8192
     # compression level 1..9 (nacrith.levels): sets the fields above that are left at their
     # defaults (a keyword, or a field of an Options that differs from the default, wins)
     level: int | None = None
@@ -228,12 +233,54 @@ def _options(opts: Options | None, kw) -> Options:
         raise BadOption(f"threads must be <= {C.MAX_THREADS}")
     if o.neural and o.segment_size > C.MAX_NEURAL_SEGMENT:
         raise BadOption(f"segment_size must be <= {C.MAX_NEURAL_SEGMENT} for neural coding")
+    if o.model2 is not None:
+        _check_two_models(o)
     try:
-        if o.neural and o.mixer:        # else no ensemble (and no numba import to check it)
+        if o.neural and o.mixer and o.model2 is None:   # else no ensemble (nor numba import)
             o.mix_params().validate()
     except (NacritError, TypeError) as e:
         raise BadOption(str(e)) from None
     return o
+
+
+def _check_two_models(o: Options) -> None:
+    first = o.model or models.DEFAULT
+    if o.model2 not in models.PRESETS or first not in models.PRESETS or first == o.model2:
+        raise BadOption(f"model2 must be a model preset other than the first "
+                        f"({', '.join(models.PRESETS)}; got {o.model2!r} with {first!r})")
+    if o.backend != "portable" or o.lanes != 1:
+        raise BadOption("model2 codes on the portable engine (--backend portable) with 1 lane")
+    if not isinstance(o.ctx2, int) or isinstance(o.ctx2, bool) or o.ctx2 % 256 or \
+            not 256 <= o.ctx2 <= C.MAX_CTX:
+        raise BadOption(f"ctx2 must be a multiple of 256 in 256..{C.MAX_CTX}")
+
+
+def bytemix_settings():
+    """The byte coder's settings this nacrith writes (bytemix.Settings' defaults)."""
+    from .bytemix import Settings
+    return Settings()
+
+
+def _bytemix_tracks(paths, windows, threads: int, st):
+    """The two models' bytemix.Tracks, leased to the calling thread (nacrith.engine);
+    windows: (ctx, slide, n_keep) per model."""
+    from .bytemix import Track
+    from .portable import PortableBackend
+
+    def load():
+        return [Track(PortableBackend(str(p), ctx=c, slide=s, n_keep=k, lanes=1, threads=threads),
+                      st) for p, (c, s, k) in zip(paths, windows)]
+    return engines.POOL.get(("bytemix", *map(str, paths), *windows, threads, st), load)
+
+
+def _bytemix_descriptor(o: Options, st) -> F.Descriptor:
+    """The version-6 descriptor of o's two-model coder (settings st)."""
+    from .portable import ENGINE_VERSION
+    implied = {**F.DEFAULTS_OF[F.BYTEMIX_VERSION], "slide": o.ctx // 4}
+    params = {k: getattr(o, k) for k in ("ctx", "slide", "n_keep") if getattr(o, k) != implied[k]}
+    params.update(model2=models.PRESETS[o.model2].id, ctx2=o.ctx2, **st.params())
+    return F.Descriptor(models.PRESETS[o.model or models.DEFAULT].id, F.E_PORTABLE,
+                        ENGINE_VERSION, params, version=F.BYTEMIX_VERSION)
 
 
 def auto_backend(model: str | None, n_gpu_layers: int = 0) -> str:
@@ -321,10 +368,24 @@ def code_segment(block: bytes, o: Options, progress=None) -> Coded:
             return c
     mix = o.mix_params()
     with engines.scope():               # the engine is this thread's until the segment is coded
-        engine = get_engine(models.resolve(o.model), o, mix)
-        c.descriptor = engine.descriptor(mix)
+        if o.model2 is None:
+            engine = get_engine(models.resolve(o.model), o, mix)
+            c.descriptor = engine.descriptor(mix)
+
+            def body_of(text):
+                return _neural_body(engine, text, o, mix, progress)
+        else:
+            from . import bytemix
+            st = bytemix_settings()
+            tracks = _bytemix_tracks((models.resolve(o.model), models.resolve(o.model2)),
+                                     ((o.ctx, o.slide, o.n_keep), (o.ctx2, o.ctx2 // 4, 1)),
+                                     o.threads, st)
+            c.descriptor = _bytemix_descriptor(o, st)
+
+            def body_of(text):
+                return bytemix.encode(tracks, text, progress)
         if runs is None:
-            body = _neural_body(engine, block, o, mix, progress)
+            body = body_of(block)
             if body is not None:
                 c.neural = F.Segment(F.L_NEURAL, len(block), body, check)
             return c
@@ -332,7 +393,7 @@ def code_segment(block: bytes, o: Options, progress=None) -> Coded:
         for i, n in enumerate(runs):
             (binary if i % 2 else text).append(block[pos:pos + n])
             pos += n
-        neural = _neural_body(engine, b"".join(text), o, mix, progress)
+        neural = body_of(b"".join(text))
     if neural is not None:
         bm, bb = _fallback_body(b"".join(binary), o.zstd_level)
         body = F.HybridBody(runs, bm, bb, neural).pack()
@@ -360,8 +421,10 @@ class ArchiveWriter:
         self.framed = index is not None
         self.descriptor = None
         self.n = 0
+        self.version = F.VERSION if o.model2 is None else F.BYTEMIX_VERSION
         if index is not None:
-            self.written += _write(dst, F.header(F.L_SOLID) + F.pack_index_frame(index))
+            self.written += _write(dst, F.header(F.L_SOLID, self.version)
+                                   + F.pack_index_frame(index))
 
     def _choose(self, c: Coded) -> F.Segment:
         seg = c.fallback
@@ -379,7 +442,7 @@ class ArchiveWriter:
             return
         if not self.framed:
             self.framed = True
-            self.written += _write(self.dst, F.header(F.L_FRAMED))
+            self.written += _write(self.dst, F.header(F.L_FRAMED, self.version))
             first, self.pending = self.pending, None
             self._frame(first)
         self._frame(c)
@@ -480,13 +543,34 @@ def check_descriptor(d: F.Descriptor) -> tuple[dict, object]:
     name, _, n_vocab = model_of(d)
     C.check_model_params(C.ModelDescriptor(b"", name, n_vocab, "", {**p, "threads": 1,
                                                                       "bos": 0, "cdf_bits": 24}))
+    if _BYTEMIX_KEYS & set(p):
+        return p, _check_bytemix(d, p)
     mix = MixParams.from_params(p)
     mix.validate()
     return p, mix
 
 
+_BYTEMIX_KEYS = frozenset(F.NEW_IN_6)
+
+
+def _check_bytemix(d: F.Descriptor, p: dict):
+    """The bytemix.Settings of a version-6 two-model descriptor, every field checked."""
+    from .bytemix import Settings
+    if _BYTEMIX_KEYS - set(p):
+        raise NacritError("corrupt model frame (two-model coder without all its settings)")
+    if d.engine != F.E_PORTABLE or p["lanes"] != 1 or not d.model_id \
+            or p["model2"] == d.model_id:
+        raise NacritError("corrupt model frame (two-model coder: engine, lanes or models)")
+    models.registered(p["model2"])
+    c2 = p["ctx2"]
+    if not 256 <= c2 <= C.MAX_CTX or c2 % 256:
+        raise NacritError(f"corrupt model frame (ctx2 {c2})")
+    return Settings.from_params(p)
+
+
 def _decode_engine4(d: F.Descriptor, o: Options):
-    """(engine, mixer.MixParams) for a version-4 model descriptor."""
+    """(engine, mixer.MixParams) for a version-4 model descriptor; (the two bytemix.Tracks,
+    None) for a two-model one."""
     p, mix = check_descriptor(d)
     name, sha, n_vocab = model_of(d)
     if d.engine == F.E_PORTABLE:
@@ -496,6 +580,15 @@ def _decode_engine4(d: F.Descriptor, o: Options):
                                 f"nacrith implements version {ENGINE_VERSION}"
                                 + ("; upgrade nacrith" if d.engine_check > ENGINE_VERSION else ""))
     path = models.find_by_sha(sha, name, o.model)
+    if "model2" in p:
+        name2, sha2, _ = models.registered(p["model2"])
+        paths = (path, models.find_by_sha(sha2, name2, None))
+        tracks = _bytemix_tracks(paths, ((p["ctx"], p["slide"], p["n_keep"]),
+                                         (p["ctx2"], p["ctx2"] // 4, 1)),
+                                 o.threads or default_threads("portable"), mix)
+        if tracks[0].b.n_vocab != n_vocab:
+            raise ModelMismatch("model vocabulary does not match the archive")
+        return tracks, None
     backend = ("llama" if d.engine != F.E_PORTABLE else
                "device" if o.backend == "device" else "portable")
     dopts = replace(o, ctx=p["ctx"], slide=p["slide"], n_keep=p["n_keep"], lanes=p["lanes"],
@@ -521,9 +614,9 @@ def _peek_header(src) -> tuple[str, bytes]:
     first = C.read_upto(src, 4)
     if len(first) == 4 and first[:3] == F.MAGIC and first[3] != F.LEGACY_BYTE:
         version = F.header_fields(first)[1]
-        if version > F.VERSION:
+        if version > max(F.READ_VERSIONS):
             raise NacritError(f"archive format version {version} is newer than this nacrith "
-                              f"supports (<= {F.VERSION}); upgrade nacrith")
+                              f"supports (<= {max(F.READ_VERSIONS)}); upgrade nacrith")
         if version not in F.READ_VERSIONS:
             raise NacritError("corrupt file header (bad version byte)")
         return "v4", first
@@ -635,6 +728,9 @@ def _decode4(seg: F.Segment, desc, index: int, o: Options, progress, cache: dict
     lanes = desc.full_params()["lanes"]
 
     def text_of(neural: bytes, n: int) -> bytes:
+        if mix is None:                                 # two models: one byte stream
+            from .bytemix import decode
+            return decode(engine, neural, n, progress)  # (a wrong stream: the content check)
         body = F.unpack_neural(neural, n, lanes, f"segment {index}")
         try:
             return decode_lanes(engine, body.lanes, progress, mix)

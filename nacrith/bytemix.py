@@ -37,6 +37,7 @@ Invariants:
 from __future__ import annotations
 
 import bisect
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -48,6 +49,9 @@ from .errors import NacritError
 from .portable.vocab import BYTE, CONTROL
 
 
+MAX_BEAM, MAX_LAG = 64, 16
+
+
 class Settings(NamedTuple):
     """What encoder and decoder must share beyond the models (an archive records it)."""
     beam: int = 4               # K: hypotheses kept per model
@@ -55,6 +59,21 @@ class Settings(NamedTuple):
     lag: int = 2                # tokens a hypothesis may hold beyond the anchor
     alpha: float = 0.2          # fixed share of the two-expert Bayes mixture
     eps: float = 2.0 ** -12     # each model's smoothing: (1 - eps) P + eps / 256
+
+    def params(self) -> dict:
+        """The archive's integer fields (container.PARAM_KEYS 37-41)."""
+        return dict(beam=self.beam, lag=self.lag, rel_ppm=round(self.rel * 1e6),
+                    alpha_ppm=round(self.alpha * 1e6), eps_bits=round(-math.log2(self.eps)))
+
+    @classmethod
+    def from_params(cls, p: dict) -> "Settings":
+        """The settings an archive records (NacritError outside their bounds)."""
+        st = cls(p["beam"], p["rel_ppm"] / 1e6, p["lag"], p["alpha_ppm"] / 1e6,
+                 2.0 ** -p["eps_bits"])
+        if not (1 <= st.beam <= MAX_BEAM and st.lag <= MAX_LAG and p["rel_ppm"] <= 10 ** 6
+                and p["alpha_ppm"] <= 10 ** 6 and 1 <= p["eps_bits"] <= 40):
+            raise NacritError("corrupt archive (byte coder settings out of range)")
+        return st
 
 
 class Vocab(NamedTuple):
@@ -326,7 +345,10 @@ class Track:
         return [kid], [self._mass(kid)]
 
 
-def _run(tracks, n: int, code) -> bytes:
+PROGRESS_BYTES = 4     # progress(1) per this many bytes (the bar counts model tokens, ~4 bytes)
+
+
+def _run(tracks, n: int, code, progress=None) -> bytes:
     """Code n bytes: code(freqs, i) codes byte i (encoder: returns data[i]; decoder: decodes)."""
     if len(tracks) != 2 or tracks[0].s != tracks[1].s:
         raise NacritError("the byte coder mixes two models with the same settings")
@@ -346,10 +368,12 @@ def _run(tracks, n: int, code) -> bytes:
         wa = (1.0 - al) * wa + al / 2
         for t in tracks:
             t.advance(c)
+        if progress is not None and i % PROGRESS_BYTES == PROGRESS_BYTES - 1:
+            progress(1)
     return bytes(out)
 
 
-def encode(tracks, data: bytes) -> bytes:
+def encode(tracks, data: bytes, progress=None) -> bytes:
     """The coded stream of data (tracks: the two models' Tracks, with the same settings)."""
     enc = Encoder()
 
@@ -358,11 +382,11 @@ def encode(tracks, data: bytes) -> bytes:
         enc.encode_freqs(freqs, c)
         return c
 
-    _run(tracks, len(data), code)
+    _run(tracks, len(data), code, progress)
     return enc.finish()
 
 
-def decode(tracks, payload: bytes, n: int) -> bytes:
+def decode(tracks, payload: bytes, n: int, progress=None) -> bytes:
     """The n bytes coded in payload."""
     dec = Decoder(payload)
-    return _run(tracks, n, lambda freqs, i: dec.decode_freqs(freqs))
+    return _run(tracks, n, lambda freqs, i: dec.decode_freqs(freqs), progress)

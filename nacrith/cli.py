@@ -131,6 +131,12 @@ def _root(version: bool = typer.Option(False, "-V", "--version", is_eager=True,
 
 CTX = typer.Option(2048, "--ctx", min=1, metavar="N",
                    help="KV window per lane, tokens (a multiple of 256).")
+MODEL2 = typer.Option(None, "--model2", metavar="PRESET",
+                      help="A second model preset: code bytes with both models' probabilities "
+                           "mixed (the byte-level two-model coder; portable engine, 1 lane, no "
+                           "ensemble; a version-6 archive; ~40x slower than the default).")
+CTX2 = typer.Option(8192, "--ctx2", min=1, metavar="N",
+                    help="With --model2: the second model's window, tokens (a multiple of 256).")
 LANES = typer.Option(1, "--lanes", min=1, max=C.MAX_LANES, metavar="N",
                      help="Sequences coded in lockstep (faster, slightly larger).")
 NO_NEURAL = typer.Option(False, "--no-neural", help="zstd/stored only: never load a model.")
@@ -214,6 +220,7 @@ def compress(context: typer.Context, files: Optional[List[str]] = FILES,
              manifest: Optional[str] = MANIFEST, segment_size: Optional[str] = SEGMENT,
              skip: Optional[float] = SKIP, backend: str = BACKEND,
              swa_full: Optional[bool] = SWA_FULL,
+             model2: Optional[str] = MODEL2, ctx2: int = CTX2,
              level: Optional[int] = typer.Option(
                  None, "--level", min=1, max=9, metavar="N",
                  help="Level 1 (fastest; -1, --fast) .. 9 (smallest; -9, --best), default 6 "
@@ -223,7 +230,7 @@ def compress(context: typer.Context, files: Optional[List[str]] = FILES,
                                              "similar files adjacent, the model's context "
                                              "carried from file to file.")):
     """Compress FILEs to FILE.nc (default command)."""
-    given = dict(model=model, ctx=ctx, lanes=lanes, swa_full=swa_full,
+    given = dict(model=model, ctx=ctx, lanes=lanes, swa_full=swa_full, model2=model2, ctx2=ctx2,
                  skip=None if skip is None else round(skip * 65536))
     given = {k: v for k, v in given.items() if context.get_parameter_source(k).name != "DEFAULT"}
     opts = api.at_level(level, threads=threads, n_gpu_layers=gpu_layers, neural=not no_neural,

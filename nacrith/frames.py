@@ -1,11 +1,13 @@
 """Container formats v4 and v5, the compact frame (spec: formats/FORMAT.md).
 
 Invariants:
-- a version-4/5 archive starts with "NAC" and one byte (layout << 4) | version; "NACR" (0x52 =
-  layout 5, version 2, never a version-4/5 value) starts every version 1-3 archive (container.py
-  reads those); the encoder writes version 5; the two differ only in the descriptor's defaults
-  (DEFAULTS_OF: an absent mix_preset is 3 in version 4, 4 in version 5) and in the keys a
-  version-4 descriptor may not have (NEW_IN_5), so every reader takes the archive's version;
+- a version-4/5/6 archive starts with "NAC" and one byte (layout << 4) | version; "NACR" (0x52
+  = layout 5, version 2, never a version-4..6 value) starts every version 1-3 archive
+  (container.py reads those); the encoder writes version 5, or 6 for the two-model byte coder
+  (only version 6 descriptors may have its keys, NEW_IN_6: a version-5 reader refuses the
+  archive by its version); 4 and 5 differ only in the descriptor's defaults (DEFAULTS_OF: an
+  absent mix_preset is 3 in version 4, 4 in version 5) and in the keys a version-4 descriptor
+  may not have (NEW_IN_5), so every reader takes the archive's version;
 - single layouts (stored, zstd, neural, hybrid: the whole input is one segment) carry no lengths
   that the file's own length implies, and end with a trailer: the low 32 bits of the xxh3-64 of
   the original (content check) and the xxh32 of every archive byte before it (archive check).
@@ -33,8 +35,9 @@ from .container import PARAM_IDS, PARAM_KEYS, Reader, hash32, put_varint
 from .errors import NacritError
 
 MAGIC = b"NAC"
-VERSION = 5                      # written; versions 4 and 5 are read (FORMAT.md, "Version 5")
-READ_VERSIONS = (4, 5)
+VERSION = 5                      # written; versions 4 to 6 are read (FORMAT.md, "Version 5")
+BYTEMIX_VERSION = 6              # written instead when the descriptor has the two-model keys
+READ_VERSIONS = (4, 5, 6)
 LEGACY_BYTE = 0x52               # "NACR": versions 1-3 (container.py)
 
 # layouts (high nibble of header byte 3)
@@ -53,9 +56,11 @@ ENGINE_NAMES = {E_LLAMA: "llama", E_PORTABLE: "portable"}
 # Parameters a version-4 archive takes when its descriptor does not list them. Never change a
 # value here: archives rely on it (a new default needs a new key or a new version).
 DEFAULTS_OF = {4: {"ctx": 2048, "n_keep": 1, "lanes": 1, "mix_preset": 3},   # absent slide:
-               5: {"ctx": 2048, "n_keep": 1, "lanes": 1, "mix_preset": 4}}   # ctx / 4
+               5: {"ctx": 2048, "n_keep": 1, "lanes": 1, "mix_preset": 4},   # ctx / 4
+               6: {"ctx": 2048, "n_keep": 1, "lanes": 1, "mix_preset": 4}}
 DEFAULTS = DEFAULTS_OF[VERSION]
 NEW_IN_5 = frozenset(PARAM_KEYS[k] for k in C.V5_KEYS)   # names a v4 archive cannot have
+NEW_IN_6 = frozenset(PARAM_KEYS[k] for k in C.V6_KEYS)   # names a v4 / v5 archive cannot have
 TRAILER = 8
 MAX_RUNS = 1 << 20
 MAX_DESCRIPTOR = 1024            # bytes of a packed descriptor (a custom model's is ~ 300)
@@ -131,7 +136,7 @@ def read_descriptor(r: Reader, version: int = VERSION) -> Descriptor:
             if name is None:
                 raise NacritError(f"archive uses unknown model parameter {key}; upgrade nacrith")
             if (name in ("threads", "cdf_bits") or name in d.params
-                    or version < 5 and name in NEW_IN_5):
+                    or version < 5 and name in NEW_IN_5 or version < 6 and name in NEW_IN_6):
                 raise NacritError(f"corrupt {r.what} (parameter {name} not allowed or repeated)")
             d.params[name] = value
     return d
@@ -438,11 +443,12 @@ def validate_segment(seg: Segment, desc: Descriptor | None, what: str) -> None:
             raise NacritError(f"neural segment of {seg.orig_len} bytes exceeds the limit "
                               f"({C.MAX_NEURAL_SEGMENT})")
         lanes = desc.full_params()["lanes"]
+        lanes_of = (lambda *a: None) if "model2" in desc.params else unpack_neural  # 1 stream
         if seg.method == L_NEURAL:
-            unpack_neural(seg.body, seg.orig_len, lanes, what)
+            lanes_of(seg.body, seg.orig_len, lanes, what)
         else:
             h = unpack_hybrid(seg.body, seg.orig_len, what)
-            unpack_neural(h.neural, h.text_len, lanes, what)
+            lanes_of(h.neural, h.text_len, lanes, what)
 
 
 def scan(f, first4: bytes):

@@ -67,6 +67,8 @@ class OptionArgs(TypedDict, total=False):
     skip: Optional[int]
     skip_cap: Optional[int]
     guard: Optional[int]
+    model2: Optional[str]
+    ctx2: int
     level: Optional[int]
 
 

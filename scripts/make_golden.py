@@ -96,6 +96,12 @@ def cases():
     # 1280; decodes on any machine. Needs nacrith[gemma3]
     yield "v5-gemma3-portable", alice[19500:20200] * 5 + alice[20500:21800], \
         {"threads": 2, "model": "gemma3", "backend": "portable", "ctx": 1280, "skip": 58982}
+    # version 6: the byte-level two-model coder (descriptor keys 35-41): Gemma-3 and SmolLM2's
+    # byte probabilities mixed, one byte stream; windows of 256 tokens, so both lanes slide;
+    # bytes SmolLM2 has no token for (\x04, \x1d). Needs nacrith[gemma3]
+    yield "v6-bytemix-gemma3", alice[22000:22700] + b"tab\x04\x1d caf\xc3\xa9 \xff <|endoftext|>\r\n" \
+        + fields[7400:7650], {"threads": 1, "model": "gemma3", "model2": "smollm2", "ctx": 256,
+                              "ctx2": 256}
 
 
 def solid_cases():

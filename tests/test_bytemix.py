@@ -113,3 +113,63 @@ def test_another_target_cpu_decodes(paths, tmp_path):
                        text=True, env=env, cwd=REPO, timeout=900)
     assert r.returncode == 0, r.stderr
     assert bytes.fromhex(r.stdout.strip()) == data
+
+
+# ---------------------------------------------------------------- the version-6 archive
+GOLDEN = REPO / "formats" / "golden" / "v6-bytemix-gemma3.nc"
+
+
+def test_golden_fields():
+    """The exact header and descriptor of a two-model archive (formats/FORMAT.md, version 6)."""
+    from nacrith import frames as F
+    blob = GOLDEN.read_bytes()
+    assert blob[:4] == b"NAC" + bytes([F.L_NEURAL << 4 | 6])
+    layout, d, segs, _ = F.scan_bytes(blob)
+    assert (layout, d.version, d.model_id, d.engine, d.engine_check) == (F.L_NEURAL, 6, 2,
+                                                                         F.E_PORTABLE, 1)
+    assert d.params == {"ctx": 256, "model2": 1, "ctx2": 256, "beam": 4, "lag": 2,
+                        "rel_ppm": 1000, "alpha_ppm": 200000, "eps_bits": 12}
+    assert bytemix.Settings.from_params(d.params) == bytemix.Settings()
+
+
+def test_older_versions_refuse_the_two_model_keys():
+    from nacrith import frames as F
+    from nacrith.container import Reader
+    d = F.Descriptor(2, F.E_PORTABLE, 1, {"model2": 1, **bytemix.Settings().params()})
+    for version in (4, 5):
+        with pytest.raises(NacritError, match="parameter model2 not allowed"):
+            F.read_descriptor(Reader(d.pack(), "model frame"), version)
+    assert F.read_descriptor(Reader(d.pack(), "model frame"), 6).params == d.params
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"beam": 0}, "byte coder settings out of range"),
+    ({"eps_bits": 0}, "byte coder settings out of range"),
+    ({"rel_ppm": 10 ** 6 + 1}, "byte coder settings out of range"),
+    ({"model2": 2}, "two-model coder: engine, lanes or models"),
+    ({"lanes": 2}, "two-model coder: engine, lanes or models"),
+    ({"ctx2": 300}, "ctx2 300"),
+    ({"model2": 9}, "unknown model id 9"),
+    ({"model2": None}, "without all its settings"),
+])
+def test_hostile_descriptors_are_refused_before_a_model_loads(params, message):
+    from nacrith import api, frames as F
+    p = {"model2": 1, "ctx2": 256, **bytemix.Settings().params()}
+    p.update(params)
+    p = {k: v for k, v in p.items() if v is not None}
+    with pytest.raises(NacritError, match=message):
+        api.check_descriptor(F.Descriptor(2, F.E_PORTABLE, 1, p, version=6))
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"model2": "nope"}, "model2 must be a model preset other than the first"),
+    ({"model2": "smollm2"}, "model2 must be a model preset other than the first"),
+    ({"model2": "smollm2", "model": "gemma3", "lanes": 2}, "portable engine .* with 1 lane"),
+    ({"model2": "smollm2", "model": "gemma3", "backend": "llama"}, "portable engine"),
+    ({"model2": "smollm2", "model": "gemma3", "ctx2": 1000}, "ctx2 must be a multiple of 256"),
+])
+def test_bad_two_model_options(kw, message):
+    from nacrith import api
+    from nacrith.errors import BadOption
+    with pytest.raises(BadOption, match=message):
+        api.normalized(**kw)

