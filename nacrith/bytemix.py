@@ -9,7 +9,9 @@ whose piece starts with q (one range of the vocabulary sorted by piece bytes). B
 
     P(b) = sum_h w_h [ M_h(p + b) + P_h(t = p) F'_h(b) ] / sum_h W_h
 
-F' the first-byte masses after p as a token (a model call, a "probe"). Each h branches into
+F' the first-byte masses after p as a token (a model call, a "probe"; for an ended token lighter
+than TAU x the mass, the first-byte masses at h's own boundary stand in, and the probe is made
+only if that branch is kept). Each h branches into
 "p + b goes on" and "p ended, b starts the next token"; branches lighter than REL x the
 heaviest are dropped, at most K stay, and a hypothesis may hold at most LAG tokens beyond the
 anchor before the heaviest one's first token wins. The tokens all hypotheses share are fed to the
@@ -59,19 +61,22 @@ class Settings(NamedTuple):
     lag: int = 2                # tokens a hypothesis may hold beyond the anchor
     alpha: float = 0.2          # fixed share of the two-expert Bayes mixture
     eps: float = 2.0 ** -12     # each model's smoothing: (1 - eps) P + eps / 256
+    tau: float = 1e-3           # an ended token lighter than tau x the mass: probed only if kept
 
     def params(self) -> dict:
-        """The archive's integer fields (container.PARAM_KEYS 37-41)."""
+        """The archive's integer fields (container.PARAM_KEYS 37-42)."""
         return dict(beam=self.beam, lag=self.lag, rel_ppm=round(self.rel * 1e6),
-                    alpha_ppm=round(self.alpha * 1e6), eps_bits=round(-math.log2(self.eps)))
+                    alpha_ppm=round(self.alpha * 1e6), eps_bits=round(-math.log2(self.eps)),
+                    tau_ppm=round(self.tau * 1e6))
 
     @classmethod
     def from_params(cls, p: dict) -> "Settings":
         """The settings an archive records (NacritError outside their bounds)."""
         st = cls(p["beam"], p["rel_ppm"] / 1e6, p["lag"], p["alpha_ppm"] / 1e6,
-                 2.0 ** -p["eps_bits"])
+                 2.0 ** -p["eps_bits"], p["tau_ppm"] / 1e6)
         if not (1 <= st.beam <= MAX_BEAM and st.lag <= MAX_LAG and p["rel_ppm"] <= 10 ** 6
-                and p["alpha_ppm"] <= 10 ** 6 and 1 <= p["eps_bits"] <= 40):
+                and p["alpha_ppm"] <= 10 ** 6 and 1 <= p["eps_bits"] <= 40
+                and p["tau_ppm"] <= 10 ** 6):
             raise NacritError("corrupt archive (byte coder settings out of range)")
         return st
 
@@ -256,24 +261,25 @@ class Track:
         v, eps = self.v, self.s.eps
         num = np.zeros(256)
         Z = 0.0
-        probes = {}
-        self._scans = []
+        scans = []
         for h in self.H:
             d = h.dist
             exact = _scan(d.fs, v.buf, v.off, h.lo, h.hi, len(h.p), self._cont, self._sub)
-            cont, sub = self._cont.copy(), self._sub.copy()
             a = h.w / d.total
-            Z += a * (exact + int(cont.sum()))
-            num += a * cont
+            Z += a * (exact + int(self._cont.sum()))
+            num += a * self._cont
+            scans.append((self._cont.copy(), self._sub.copy(), exact, a))
+        self._scans = []
+        for h, (cont, sub, exact, a) in zip(self.H, scans):
             end = None
-            if exact:
+            if exact:                           # p is a token: it may end here
                 key = h.toks + (int(v.order[h.lo]),)
-                if key not in probes:
-                    probes[key] = self._probe(key)
-                pd = probes[key]
                 we = a * exact                  # P(tokens + t), relative
-                num += (we / pd.total) * pd.first
-                end = (key, pd, we)
+                # a light branch takes its first bytes from h's own boundary (probed if kept)
+                pd = self._probe(key) if we >= self.s.tau * Z else None
+                src = h.dist if pd is None else pd
+                num += (we / src.total) * src.first
+                end = (key, pd, we, src)
             self._scans.append((cont, sub, end))
         return (1.0 - eps) * (num / Z) + eps / 256
 
@@ -286,10 +292,10 @@ class Track:
                 kids.append(_Hyp(h.toks, h.p + bytes([c]), int(sub[c]), int(sub[256 + c]),
                                  h.dist, h.w))
                 W.append(h.w * int(cont[c]) / h.dist.total)
-            if end is not None and end[1].first[c]:
-                key, pd, we = end
+            if end is not None and end[3].first[c]:
+                key, pd, we, src = end
                 kids.append(_Hyp(key, bytes([c]), int(v.fb[c]), int(v.fb[c + 1]), pd, we))
-                W.append(we * int(pd.first[c]) / pd.total)
+                W.append(we * int(src.first[c]) / src.total)
         if not kids:
             kids, W = self._recut(c)
         top = max(W)
@@ -298,6 +304,9 @@ class Track:
         H = [kids[j] for j in keep]
         if max(len(h.toks) for h in H) > s.lag:         # the heaviest's first token wins
             H = [h for h in H if h.toks[:1] == H[0].toks[:1]]
+        for h in H:
+            if h.dist is None:                          # a light branch that was kept
+                h.dist = self._probe(h.toks)
         for h in H:
             h.w = h.w / top
         k = 0                                           # tokens every hypothesis shares

@@ -82,9 +82,10 @@ PARAM_KEYS = {
     39: "rel_ppm",     # a hypothesis under rel_ppm / 10^6 x the heaviest is dropped
     40: "alpha_ppm",   # fixed share of the two-model Bayes mixture, / 10^6
     41: "eps_bits",    # each model's smoothing: eps = 2^-eps_bits
+    42: "tau_ppm",     # an ended token under tau_ppm / 10^6 of the mass is probed only if kept
 }
 V5_KEYS = frozenset({22, 34})   # keys of version 5 descriptors only (never in v1-3 or v4)
-V6_KEYS = frozenset(range(35, 42))      # keys of version 6 descriptors only
+V6_KEYS = frozenset(range(35, 43))      # keys of version 6 descriptors only
 PARAM_IDS = {name: key for key, name in PARAM_KEYS.items()}
 
 

@@ -79,12 +79,14 @@ def main() -> None:
     ap.add_argument("--beam", type=int, default=4, help="K: hypotheses kept per model")
     ap.add_argument("--rel", type=float, default=1e-3, help="drop hypotheses under rel x best")
     ap.add_argument("--lag", type=int, default=2, help="tokens a hypothesis may hold unfed")
+    ap.add_argument("--tau", type=float, default=1e-3,
+                    help="probe an ended token lighter than tau x the mass only if kept")
     ap.add_argument("--no-canonical", dest="canonical", action="store_false",
                     help="skip the canonical tokens' cost (a second pass over the text)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bytemix"))
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    st = bytemix.Settings(beam=a.beam, rel=a.rel, lag=a.lag)
+    st = bytemix.Settings(beam=a.beam, rel=a.rel, lag=a.lag, tau=a.tau)
     tracks, rows = {}, []
     for name in a.files:
         data = (ablation.CORPUS / name).read_bytes()
@@ -92,7 +94,8 @@ def main() -> None:
         res = {}
         for m in ("smollm2", "gemma3"):
             ctx = a.ctx_g or a.ctx if m == "gemma3" else a.ctx
-            f = a.out / f"{name}-{len(data)}-ctx{ctx}-K{a.beam}-r{a.rel:g}-l{a.lag}.q.{m}.npz"
+            f = a.out / (f"{name}-{len(data)}-ctx{ctx}-K{a.beam}-r{a.rel:g}-l{a.lag}-t{a.tau:g}"
+                         f".q.{m}.npz")
             if not f.is_file() and m not in a.models:
                 continue
             if not f.is_file():
@@ -120,7 +123,7 @@ def main() -> None:
     if not rows:
         return
     rows.append({k: ("all" if k == "name" else sum(r[k] for r in rows)) for k in rows[0]})
-    print(f"beam K={a.beam}, rel={a.rel:g}, lag {a.lag}, ctx {a.ctx} / {a.ctx_g or a.ctx}: "
+    print(f"beam K={a.beam}, rel={a.rel:g}, lag {a.lag}, tau {a.tau:g}, ctx {a.ctx} / {a.ctx_g or a.ctx}: "
           "bpb of the bare models (tok: canonical tokens; byte: the byte coder), mixtures, "
           "best mix / Gemma-3's tokens, calls per byte")
     print(f"{'file':13s} {'S tok':>6s} {'S byte':>6s} {'G tok':>6s} {'G byte':>6s} "

@@ -128,7 +128,7 @@ def test_golden_fields():
     assert (layout, d.version, d.model_id, d.engine, d.engine_check) == (F.L_NEURAL, 6, 2,
                                                                          F.E_PORTABLE, 1)
     assert d.params == {"ctx": 256, "model2": 1, "ctx2": 256, "beam": 4, "lag": 2,
-                        "rel_ppm": 1000, "alpha_ppm": 200000, "eps_bits": 12}
+                        "rel_ppm": 1000, "alpha_ppm": 200000, "eps_bits": 12, "tau_ppm": 1000}
     assert bytemix.Settings.from_params(d.params) == bytemix.Settings()
 
 
@@ -146,6 +146,7 @@ def test_older_versions_refuse_the_two_model_keys():
     ({"beam": 0}, "byte coder settings out of range"),
     ({"eps_bits": 0}, "byte coder settings out of range"),
     ({"rel_ppm": 10 ** 6 + 1}, "byte coder settings out of range"),
+    ({"tau_ppm": 10 ** 6 + 1}, "byte coder settings out of range"),
     ({"model2": 2}, "two-model coder: engine, lanes or models"),
     ({"lanes": 2}, "two-model coder: engine, lanes or models"),
     ({"ctx2": 300}, "ctx2 300"),
