@@ -155,24 +155,9 @@ def _sorted(freqs, order, fb, fs, first):
 
 @njit(cache=True)
 def _quantize_probs(p, freqs):
-    """freqs[:] = 1 + int(p_i (TOTAL - n) / S), S the sequential sum of p; the remainder to the
-    first maximum (cdf.quantize's last two passes, for a distribution given as floats)."""
-    n = p.shape[0]
-    s = 0.0
-    best = -1.0
-    arg = 0
-    for i in range(n):
-        s += p[i]
-        if p[i] > best:
-            best = p[i]
-            arg = i
-    scale = (cdf.TOTAL - n) / s
-    tot = 0
-    for i in range(n):
-        f = 1 + np.int64(p[i] * scale)
-        freqs[i] = f
-        tot += f
-    freqs[arg] += cdf.TOTAL - tot
+    """The 256 frequencies of a mixed byte distribution: cdf.quantize's last two passes."""
+    s, arg = cdf.sum_argmax(p)
+    cdf.freqs_of(p, s, arg, freqs)
 
 
 def _succ(q: bytes):

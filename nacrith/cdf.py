@@ -140,33 +140,48 @@ def quantize_into(logits, freqs, p):
             p[i] = _exp_nonpos(np.float64(logits[i]) - m)
 
     # pass 3: sequential float64 sum in index order, first index of the maximum p
-    s = 0.0
-    best = -1.0
-    arg = 0
-    for i in range(n):
-        q = p[i]
-        s += q
-        if q > best:
-            best = q
-            arg = i
+    s, arg = sum_argmax(p)
     if not (s >= 1.0 and s <= n):        # cannot happen (max p == 1.0 exactly); defensive
         for i in range(n):
             p[i] = 1.0
         s = float(n)
         arg = 0
+    # pass 4: integer frequencies
+    freqs_of(p, s, arg, freqs)
+    return arg
 
-    # pass 4: integer frequencies (vectorised)
+
+@njit(cache=True)
+def sum_argmax(p):
+    """(sequential float64 sum of p in index order, first index of its maximum)."""
+    s = 0.0
+    best = -1.0
+    arg = 0
+    for i in range(p.shape[0]):
+        q = p[i]
+        s += q
+        if q > best:
+            best = q
+            arg = i
+    return s, arg
+
+
+@njit(cache=True)
+def freqs_of(p, s, arg, freqs):
+    """freqs_i = 1 + int(p_i * ((TOTAL - n) / s)), the remainder TOTAL - sum added at arg (pass
+    4 of quantize; also the byte coder's table of a mixed distribution, bytemix.py).
+
+    The remainder is >= 0 up to the rounding of s (a relative 1e-11 at most); a theoretical
+    negative remainder of a unit or two would come out of the largest frequency, which is always
+    far larger than that, so every frequency stays >= 1 and the total exact."""
+    n = p.shape[0]
     scale = (TOTAL - n) / s
     tot = 0
-    for i in range(n):
+    for i in range(n):                   # vectorised
         f = 1 + np.int64(p[i] * scale)
         freqs[i] = f
         tot += f
-    # The remainder is >= 0 up to the rounding of s (a relative 1e-11 at most); a theoretical
-    # negative remainder of a unit or two would come out of the largest frequency, which is
-    # always far larger than that, so every frequency stays >= 1 and the total exact.
     freqs[arg] += TOTAL - tot
-    return arg
 
 
 @njit(cache=True)
