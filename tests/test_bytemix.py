@@ -90,6 +90,16 @@ def test_threads_and_beam_settings(paths):
     assert z != one and bytemix.decode(narrow, z, len(data)) == data
 
 
+def test_progress_counts_units_of_four_bytes(paths):
+    tr, ticks = tracks(paths), []
+    data = TEXTS[3]
+    z = bytemix.encode(tr, data, ticks.append)
+    assert ticks == [1] * (len(data) // 4)
+    ticks.clear()
+    assert bytemix.decode(tr, z, len(data), ticks.append) == data
+    assert ticks == [1] * (len(data) // 4)
+
+
 def test_dead_ends_recut(paths):
     """K = 1 keeps one branch: bytes that no kept branch reaches are re-cut, and decode."""
     tr = tracks(paths, beam=1, lag=0)
@@ -98,7 +108,20 @@ def test_dead_ends_recut(paths):
     assert bytemix.decode(tr, z, len(data)) == data
 
 
+CHILD_IR = """
+from numba.core.registry import CPUDispatcher
+from nacrith import bytemix, cdf
+from test_portable import ir_violations
+bad = {f"{m.__name__}.{n}": ir_violations(d.inspect_llvm(sig)) for m in (bytemix, cdf)
+       for n, d in vars(m).items() if isinstance(d, CPUDispatcher) for sig in d.signatures}
+print({k: v for k, v in bad.items() if v} or "ir ok", len(bad))
+"""
+
+
 def test_another_target_cpu_decodes(paths, tmp_path):
+    """A fresh process compiled for the generic x86-64 target with 1 thread decodes the
+    stream; its byte coder and CDF kernels (compiled there, empty cache) hold no fma,
+    contraction, fast-math flag or libm call."""
     data = TEXTS[3] + TEXTS[4]
     z = bytemix.encode(tracks(paths), data)
     (tmp_path / "z").write_bytes(z)
@@ -106,13 +129,15 @@ def test_another_target_cpu_decodes(paths, tmp_path):
         "import sys; sys.path.insert(0, 'tests'); from test_bytemix import tracks; "
         "from nacrith import bytemix; "
         f"print(bytemix.decode(tracks({list(paths)!r}), open(sys.argv[1], 'rb').read(), "
-        f"{len(data)}).hex())")
+        f"{len(data)}).hex())\n" + CHILD_IR)
     env = dict(os.environ, NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path / "cache"),
                NUMBA_NUM_THREADS="1", PYTHONPATH=str(REPO))
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "z")], capture_output=True,
                        text=True, env=env, cwd=REPO, timeout=900)
     assert r.returncode == 0, r.stderr
-    assert bytes.fromhex(r.stdout.strip()) == data
+    out = r.stdout.split("\n")
+    assert bytes.fromhex(out[0].strip()) == data
+    assert out[1].startswith("ir ok ") and int(out[1].split()[-1]) >= 6, out[1]
 
 
 # ---------------------------------------------------------------- the version-6 archive
