@@ -255,17 +255,12 @@ def _check_two_models(o: Options) -> None:
         raise BadOption(f"ctx2 must be a multiple of 256 in 256..{C.MAX_CTX}")
 
 
-def bytemix_settings():
-    """The byte coder's settings this nacrith writes (bytemix.Settings' defaults)."""
-    from .bytemix import Settings
-    return Settings()
-
-
-def _bytemix_tracks(paths, windows, threads: int, st):
-    """The two models' bytemix.Tracks, leased to the calling thread (nacrith.engine);
-    windows: (ctx, slide, n_keep) per model."""
+def _bytemix_tracks(paths, ctx: int, slide: int, n_keep: int, ctx2: int, threads: int, st):
+    """The two models' bytemix.Tracks, leased to the calling thread (nacrith.engine): the first
+    with window (ctx, slide, n_keep), the second with (ctx2, ctx2 / 4, 1)."""
     from .bytemix import Track
     from .portable import PortableBackend
+    windows = ((ctx, slide, n_keep), (ctx2, ctx2 // 4, 1))
 
     def load():
         return [Track(PortableBackend(str(p), ctx=c, slide=s, n_keep=k, lanes=1, threads=threads),
@@ -376,10 +371,9 @@ def code_segment(block: bytes, o: Options, progress=None) -> Coded:
                 return _neural_body(engine, text, o, mix, progress)
         else:
             from . import bytemix
-            st = bytemix_settings()
+            st = bytemix.Settings()         # what this nacrith writes
             tracks = _bytemix_tracks((models.resolve(o.model), models.resolve(o.model2)),
-                                     ((o.ctx, o.slide, o.n_keep), (o.ctx2, o.ctx2 // 4, 1)),
-                                     o.threads, st)
+                                     o.ctx, o.slide, o.n_keep, o.ctx2, o.threads, st)
             c.descriptor = _bytemix_descriptor(o, st)
 
             def body_of(text):
@@ -543,20 +537,17 @@ def check_descriptor(d: F.Descriptor) -> tuple[dict, object]:
     name, _, n_vocab = model_of(d)
     C.check_model_params(C.ModelDescriptor(b"", name, n_vocab, "", {**p, "threads": 1,
                                                                       "bos": 0, "cdf_bits": 24}))
-    if _BYTEMIX_KEYS & set(p):
+    if F.NEW_IN_6 & set(p):
         return p, _check_bytemix(d, p)
     mix = MixParams.from_params(p)
     mix.validate()
     return p, mix
 
 
-_BYTEMIX_KEYS = frozenset(F.NEW_IN_6)
-
-
 def _check_bytemix(d: F.Descriptor, p: dict):
     """The bytemix.Settings of a version-6 two-model descriptor, every field checked."""
     from .bytemix import Settings
-    if _BYTEMIX_KEYS - set(p):
+    if F.NEW_IN_6 - set(p):
         raise NacritError("corrupt model frame (two-model coder without all its settings)")
     if d.engine != F.E_PORTABLE or p["lanes"] != 1 or not d.model_id \
             or p["model2"] == d.model_id:
@@ -583,8 +574,7 @@ def _decode_engine4(d: F.Descriptor, o: Options):
     if "model2" in p:
         name2, sha2, _ = models.registered(p["model2"])
         paths = (path, models.find_by_sha(sha2, name2, None))
-        tracks = _bytemix_tracks(paths, ((p["ctx"], p["slide"], p["n_keep"]),
-                                         (p["ctx2"], p["ctx2"] // 4, 1)),
+        tracks = _bytemix_tracks(paths, p["ctx"], p["slide"], p["n_keep"], p["ctx2"],
                                  o.threads or default_threads("portable"), mix)
         if tracks[0].b.n_vocab != n_vocab:
             raise ModelMismatch("model vocabulary does not match the archive")
@@ -728,7 +718,7 @@ def _decode4(seg: F.Segment, desc, index: int, o: Options, progress, cache: dict
     lanes = desc.full_params()["lanes"]
 
     def text_of(neural: bytes, n: int) -> bytes:
-        if mix is None:                                 # two models: one byte stream
+        if "model2" in desc.params:                     # two models: one byte stream
             from .bytemix import decode
             return decode(engine, neural, n, progress)  # (a wrong stream: the content check)
         body = F.unpack_neural(neural, n, lanes, f"segment {index}")

@@ -316,7 +316,6 @@ class Track:
         W = [self._mass(h) for h in self.H]
         h = self.H[W.index(max(W))]
         toks, rest, w, d = h.toks, h.p + bytes([c]), h.w, h.dist
-        lo, hi = 0, len(v.pieces)
         while rest:
             lo, hi = self._range(rest)
             if lo < hi:
@@ -328,12 +327,12 @@ class Track:
                         bisect.bisect_right(v.pieces, rest[:k]))
             if i == j:                                  # none: the model skips rest[0]
                 rest = rest[1:]
-                lo, hi = 0, len(v.pieces)
                 continue
             w = w * int(d.fs[i:j].sum()) / d.total
             toks = toks + (int(v.order[i]),)
             d = self._probe(toks)
             rest = rest[k:]
+        if not rest:                                    # all skipped or cut: a boundary
             lo, hi = 0, len(v.pieces)
         kid = _Hyp(toks, rest, lo, hi, d, w if w > 0 else 1.0)
         return [kid], [self._mass(kid)]
