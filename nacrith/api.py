@@ -537,7 +537,7 @@ def check_descriptor(d: F.Descriptor) -> tuple[dict, object]:
     name, _, n_vocab = model_of(d)
     C.check_model_params(C.ModelDescriptor(b"", name, n_vocab, "", {**p, "threads": 1,
                                                                       "bos": 0, "cdf_bits": 24}))
-    if F.NEW_IN_6 & set(p):
+    if (F.NEW_IN_6 | F.NEW_IN_7) & set(p):
         return p, _check_bytemix(d, p)
     mix = MixParams.from_params(p)
     mix.validate()
@@ -547,7 +547,7 @@ def check_descriptor(d: F.Descriptor) -> tuple[dict, object]:
 def _check_bytemix(d: F.Descriptor, p: dict):
     """The bytemix.Settings of a version-6 two-model descriptor, every field checked."""
     from .bytemix import Settings
-    if F.NEW_IN_6 - set(p):
+    if F.NEW_IN_6 - set(p) or (d.version >= 7) != ("cm_preset" in p):
         raise NacritError("corrupt model frame (two-model coder without all its settings)")
     if d.engine != F.E_PORTABLE or p["lanes"] != 1 or not d.model_id \
             or p["model2"] == d.model_id:

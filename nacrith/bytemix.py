@@ -16,9 +16,11 @@ only if that branch is kept). Each h branches into
 heaviest are dropped, at most K stay, and a hypothesis may hold at most LAG tokens beyond the
 anchor before the heaviest one's first token wins. The tokens all hypotheses share are fed to the
 anchor lane for good. When no branch lives, the heaviest hypothesis's bytes are re-cut into its
-longest token prefixes ("dead"; a byte no token starts is skipped). The two models' distributions (each smoothed by EPS) are mixed
-linearly with a two-expert Bayes weight and a fixed share ALPHA, quantized to 256 frequencies
-(each >= 1, total 2^24) and coded with coder.py.
+longest token prefixes ("dead"; a byte no token starts is skipped). The two models' distributions (each smoothed by EPS) are
+context-mixed bit by bit (settings.cm, a bytecm.PRESETS key; archive version 7: bytecm.py has
+the mixer, each bit is coded with coder.py as a two-symbol table), or (cm = 0, version 6, read
+only) mixed linearly with a two-expert Bayes weight and a fixed share ALPHA, quantized to 256
+frequencies (each >= 1, total 2^24) and coded with coder.py.
 
 Invariants:
 - before byte i, encoder and decoder hold the same state, a function of the settings and of
@@ -45,7 +47,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from . import cdf
+from . import bytecm, cdf
 from .coder import Decoder, Encoder
 from .errors import NacritError
 from .portable.vocab import BYTE, CONTROL
@@ -62,21 +64,24 @@ class Settings(NamedTuple):
     alpha: float = 0.2          # fixed share of the two-expert Bayes mixture
     eps: float = 2.0 ** -12     # each model's smoothing: (1 - eps) P + eps / 256
     tau: float = 1e-3           # an ended token lighter than tau x the mass: probed only if kept
+    cm: int = 1                 # bytecm.PRESETS key: bits context-mixed; 0: linear (version 6)
 
     def params(self) -> dict:
-        """The archive's integer fields (container.PARAM_KEYS 37-42)."""
-        return dict(beam=self.beam, lag=self.lag, rel_ppm=round(self.rel * 1e6),
-                    alpha_ppm=round(self.alpha * 1e6), eps_bits=round(-math.log2(self.eps)),
-                    tau_ppm=round(self.tau * 1e6))
+        """The archive's integer fields (container.PARAM_KEYS 37-43; cm_preset if cm)."""
+        p = dict(beam=self.beam, lag=self.lag, rel_ppm=round(self.rel * 1e6),
+                 alpha_ppm=round(self.alpha * 1e6), eps_bits=round(-math.log2(self.eps)),
+                 tau_ppm=round(self.tau * 1e6))
+        return {**p, "cm_preset": self.cm} if self.cm else p
 
     @classmethod
     def from_params(cls, p: dict) -> "Settings":
         """The settings an archive records (NacritError outside their bounds)."""
         st = cls(p["beam"], p["rel_ppm"] / 1e6, p["lag"], p["alpha_ppm"] / 1e6,
-                 2.0 ** -p["eps_bits"], p["tau_ppm"] / 1e6)
+                 2.0 ** -p["eps_bits"], p["tau_ppm"] / 1e6, p.get("cm_preset", 0))
         if not (1 <= st.beam <= MAX_BEAM and st.lag <= MAX_LAG and p["rel_ppm"] <= 10 ** 6
                 and p["alpha_ppm"] <= 10 ** 6 and 1 <= p["eps_bits"] <= 40
-                and p["tau_ppm"] <= 10 ** 6):
+                and p["tau_ppm"] <= 10 ** 6
+                and ("cm_preset" not in p or st.cm in bytecm.PRESETS)):
             raise NacritError("corrupt archive (byte coder settings out of range)")
         return st
 
@@ -341,24 +346,38 @@ class Track:
 PROGRESS_BYTES = 4     # progress(1) per this many bytes (the bar counts model tokens, ~4 bytes)
 
 
-def _run(tracks, n: int, code, progress=None) -> bytes:
-    """Code n bytes: code(freqs, i) codes byte i (encoder: returns data[i]; decoder: decodes)."""
+def _run(tracks, n: int, code, code_bit, progress=None) -> bytes:
+    """Code n bytes: code(freqs, i) codes byte i with a 256-entry table (linear mixing) and
+    code_bit(f1, i, j) bit j of byte i with the table (2^24 - f1, f1) (settings.cm); each
+    returns what it coded (encoder: from the data; decoder: decoded)."""
     if len(tracks) != 2 or tracks[0].s != tracks[1].s:
         raise NacritError("the byte coder mixes two models with the same settings")
     for t in tracks:
         t.reset()
+    st = tracks[0].s
+    if st.cm:
+        cm = bytecm.new(bytecm.PRESETS[st.cm], n)
     wa = 0.5
-    al = tracks[0].s.alpha
+    al = st.alpha
     freqs = np.empty(256, np.int64)
     out = bytearray()
     for i in range(n):
         pa, pb = (t.predict() for t in tracks)
-        pm = wa * pa + (1.0 - wa) * pb
-        _quantize_probs(pm, freqs)
-        c = code(freqs, i)
+        if st.cm:
+            cm.llm[0] = pa
+            cm.llm[1] = pb
+            c = 0
+            for j in range(8):
+                bit = code_bit(bytecm.freq1(bytecm.bit_p(cm)), i, j)
+                bytecm.bit_update(cm, bit)
+                c = c << 1 | bit
+        else:
+            pm = wa * pa + (1.0 - wa) * pb
+            _quantize_probs(pm, freqs)
+            c = code(freqs, i)
+            wa = wa * float(pa[c]) / float(pm[c])
+            wa = (1.0 - al) * wa + al / 2
         out.append(c)
-        wa = wa * float(pa[c]) / float(pm[c])
-        wa = (1.0 - al) * wa + al / 2
         for t in tracks:
             t.advance(c)
         if progress is not None and i % PROGRESS_BYTES == PROGRESS_BYTES - 1:
@@ -375,11 +394,17 @@ def encode(tracks, data: bytes, progress=None) -> bytes:
         enc.encode_freqs(freqs, c)
         return c
 
-    _run(tracks, len(data), code, progress)
+    def code_bit(f1, i, j):
+        bit = data[i] >> (7 - j) & 1
+        enc.encode_bit(f1, bit)
+        return bit
+
+    _run(tracks, len(data), code, code_bit, progress)
     return enc.finish()
 
 
 def decode(tracks, payload: bytes, n: int, progress=None) -> bytes:
     """The n bytes coded in payload."""
     dec = Decoder(payload)
-    return _run(tracks, n, lambda freqs, i: dec.decode_freqs(freqs), progress)
+    return _run(tracks, n, lambda freqs, i: dec.decode_freqs(freqs),
+                lambda f1, i, j: dec.decode_bit(f1), progress)

@@ -133,8 +133,8 @@ CTX = typer.Option(2048, "--ctx", min=1, metavar="N",
                    help="KV window per lane, tokens (a multiple of 256).")
 MODEL2 = typer.Option(None, "--model2", metavar="PRESET",
                       help="A second model preset: code bytes with both models' probabilities "
-                           "mixed (the byte-level two-model coder; portable engine, 1 lane, no "
-                           "ensemble; a version-6 archive; ~9x slower than --best).")
+                           "context-mixed (the byte-level two-model coder; portable engine, 1 "
+                           "lane; a version-7 archive; ~9x slower than --best).")
 CTX2 = typer.Option(8192, "--ctx2", min=1, metavar="N",
                     help="With --model2: the second model's window, tokens (a multiple of 256).")
 LANES = typer.Option(1, "--lanes", min=1, max=C.MAX_LANES, metavar="N",

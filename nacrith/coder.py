@@ -137,6 +137,14 @@ def _enc_freqs_kernel(st, buf, freqs, sym):
 
 
 @njit(cache=True)
+def _enc_bit_kernel(st, buf, f1, bit):
+    """Code bit with the two-symbol table (TOTAL - f1, f1), 1 <= f1 < TOTAL."""
+    if bit:
+        return _encode_range(st, buf, TOTAL - f1, TOTAL)
+    return _encode_range(st, buf, 0, TOTAL - f1)
+
+
+@njit(cache=True)
 def _enc_uniform_kernel(st, buf, value, nbits):
     shift = PRECISION_BITS - nbits
     return _encode_range(st, buf, value << shift, (value + 1) << shift)
@@ -258,6 +266,16 @@ def _dec_freqs_kernel(st, data, freqs):
         st[D_ERR] = 1
         return -1
     return _decode_symbol(st, data, freqs, _dec_count(st))
+
+
+@njit(cache=True)
+def _dec_bit_kernel(st, data, f1):
+    bit = 1 if _dec_count(st) >= TOTAL - f1 else 0
+    if bit:
+        _dec_update(st, data, TOTAL - f1, TOTAL)
+    else:
+        _dec_update(st, data, 0, TOTAL - f1)
+    return bit
 
 
 @njit(cache=True)
@@ -399,6 +417,14 @@ class Encoder:
         freqs, p = scratch(n)
         self._buf = _enc_logits_kernel(self._st, self._buf, logits, sym, freqs, p)
 
+    def encode_bit(self, f1: int, bit: int) -> None:
+        """Code a bit with the two-symbol table (TOTAL - f1, f1); 1 <= f1 <= TOTAL - 1."""
+        self._check()
+        f1 = int(f1)
+        if not 1 <= f1 < TOTAL:
+            raise ValueError("encode_bit: need 1 <= f1 < 2**24")
+        self._buf = _enc_bit_kernel(self._st, self._buf, f1, 1 if bit else 0)
+
     def encode_uniform(self, value: int, nbits: int) -> None:
         """Code an nbits-bit value (0 <= nbits <= 24) with all values equiprobable."""
         self._check()
@@ -443,6 +469,13 @@ class Decoder:
         logits = _as_logits(logits)
         freqs, p = scratch(logits.shape[0])
         return int(_dec_logits_kernel(self._st, self._data, logits, freqs, p))
+
+    def decode_bit(self, f1: int) -> int:
+        """Decode a bit coded with encode_bit(f1, .)."""
+        f1 = int(f1)
+        if not 1 <= f1 < TOTAL:
+            raise ValueError("decode_bit: need 1 <= f1 < 2**24")
+        return int(_dec_bit_kernel(self._st, self._data, f1))
 
     def decode_uniform(self, nbits: int) -> int:
         nbits = int(nbits)

@@ -73,7 +73,7 @@ PARAM_KEYS = {
     # version 5 only (a version 1-3 model frame never has it: refused there as unknown)
     34: "swa_full",    # llama.cpp swa_full: 0 = small cache for the sliding-window layers
                        # (Gemma-3); absent = 1, llama.cpp's default (full-size)
-    # version 6 only: the byte-level two-model coder (bytemix.py); with "model2" every neural
+    # versions 6 and 7 only: the byte-level two-model coder (bytemix.py); with "model2" every neural
     # text is one byte stream coded by both models (no lanes, no ensemble)
     35: "model2",      # the second model's preset id (models.PRESETS; the first: the descriptor's)
     36: "ctx2",        # the second model's window (its slide: ctx2 / 4, n_keep 1)
@@ -83,9 +83,12 @@ PARAM_KEYS = {
     40: "alpha_ppm",   # fixed share of the two-model Bayes mixture, / 10^6
     41: "eps_bits",    # each model's smoothing: eps = 2^-eps_bits
     42: "tau_ppm",     # an ended token under tau_ppm / 10^6 of the mass is probed only if kept
+    # version 7 only: the two models' bits context-mixed (bytecm.py); required there with 35-42
+    43: "cm_preset",   # bytecm.PRESETS key
 }
 V5_KEYS = frozenset({22, 34})   # keys of version 5 descriptors only (never in v1-3 or v4)
-V6_KEYS = frozenset(range(35, 43))      # keys of version 6 descriptors only
+V6_KEYS = frozenset(range(35, 43))      # keys of version 6 and 7 descriptors only
+V7_KEYS = frozenset({43})               # keys of version 7 descriptors only
 PARAM_IDS = {name: key for key, name in PARAM_KEYS.items()}
 
 
@@ -353,7 +356,7 @@ def read_frame(f, index: int):
         for _ in range(fixed(1)[0]):
             key = fixed(1)[0]           # every value is a varint: unknown keys can be skipped
             value = _read_varint_stream(t, what, 1 << 32)
-            if key in PARAM_KEYS and key not in V5_KEYS | V6_KEYS:
+            if key in PARAM_KEYS and key not in V5_KEYS | V6_KEYS | V7_KEYS:
                 params[PARAM_KEYS[key]] = value
             else:
                 unknown.append(key)

@@ -7,7 +7,8 @@ Per model and text, the probability the byte coder gives each byte (bytemix.Trac
 its eps, from cdf.quantize's 24-bit token frequencies), its calls, dead ends and seconds, and the
 bare model's cost of its canonical tokens (llama.cpp's tokenizer) for comparison; then the two
 streams mixed with a two-expert Bayes weight and fixed shares alpha (bytemix codes alpha = 0.2;
-the 24-bit table's floor adds about 2e-5 bits per byte to the coded size).
+the 24-bit table's floor adds about 2e-5 bits per byte to the coded size), and (column cm) the
+version-7 bit mixer (nacrith/bytecm.py, what `--model2` codes) run on the saved distributions.
 
     python scripts/byte_mix.py --bytes 8192 --out /work/cache/bytemix
     python scripts/byte_mix.py --bytes 32768 --ctx 8192 --files alice29.txt --models smollm2 &
@@ -30,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nacrith import bytemix, models  # noqa: E402
+from nacrith import bytecm, bytemix, cdf, models  # noqa: E402
 from nacrith.portable.backend import PortableBackend  # noqa: E402
 from two_models import ablation, mix  # noqa: E402  (segment mixing: the same Bayes weight)
 
@@ -46,13 +47,25 @@ class Track(bytemix.Track):
         super().__init__(PortableBackend(path, ctx=ctx, lanes=1, threads=threads, slide=ctx // 4,
                                          n_keep=1), settings)
 
-    def probs(self, data: bytes) -> np.ndarray:
-        """P(byte i | bytes before it), smoothed by eps, as the byte coder codes them."""
+    def probs(self, data: bytes, partial: Path | None = None) -> np.ndarray:
+        """P(byte i | bytes before it), smoothed by eps, as the byte coder codes them; every
+        4096 bytes the prefix so far is saved to `partial`, and every byte's whole distribution
+        (float32) to partial's .dist.npy (mixtures can be tried on them)."""
         self.reset()
         prob = np.empty(len(data))
+        full = None if partial is None else np.lib.format.open_memmap(
+            partial.with_suffix(".dist.npy"), "w+", np.float32, (len(data), 256))
         for i, c in enumerate(data):
-            prob[i] = self.predict()[c]
+            p = self.predict()
+            prob[i] = p[c]
+            if full is not None:
+                full[i] = p
             self.advance(c)
+            if partial is not None and (i + 1) % 4096 == 0:
+                np.save(partial, prob[:i + 1])
+                full.flush()
+        if full is not None:
+            full.flush()
         return prob
 
     def canonical(self, data: bytes) -> float:
@@ -65,6 +78,18 @@ class Track(bytemix.Track):
             e = np.exp(lg - lg.max())
             bits -= np.log2(e[t] / e.sum())
         return bits
+
+
+def bit_mixed(data: bytes, fa: Path, fb: Path) -> float:
+    """Bits of data coded by the version-7 bit mixer (bytecm preset 1) from the two models'
+    saved byte distributions (float32 copies of the coder's float64: within ~1e-4 bpb)."""
+    if not (fa.is_file() and fb.is_file()):
+        return float("nan")
+    n = len(data)
+    da, db = (np.load(f, mmap_mode="r")[:n].astype(np.float64) for f in (fa, fb))
+    out = np.zeros(8 * n, np.int64)
+    bytecm.run(bytecm.new(bytecm.PRESETS[1], n), da, db, np.frombuffer(data, np.uint8), out)
+    return float(-np.log2(out / cdf.TOTAL).sum())
 
 
 def main() -> None:
@@ -104,7 +129,7 @@ def main() -> None:
                 t = tracks[m]
                 t0 = time.perf_counter()
                 t.calls = t.dead = 0
-                prob = t.probs(data)
+                prob = t.probs(data, f.with_suffix(".partial.npy"))
                 calls, dead, sec = t.calls, t.dead, time.perf_counter() - t0
                 canon = t.canonical(data) if a.canonical else float("nan")
                 print(f"  {m} {name}: {sec:.0f} s, {calls} calls", file=sys.stderr, flush=True)
@@ -119,22 +144,26 @@ def main() -> None:
                    cB=int(B["calls"]), dA=int(A["dead"]), dB=int(B["dead"]))
         for al in ALPHAS:
             row[al] = mix(ca, cb, al)           # two_models' segments, here single bytes
+        row["cm"] = bit_mixed(data, *(a.out / f"{name}-{len(data)}-ctx{c}-K{a.beam}-r{a.rel:g}-"
+                                      f"l{a.lag}-t{a.tau:g}.q.{m}.partial.dist.npy"
+                                      for m, c in (("smollm2", a.ctx),
+                                                   ("gemma3", a.ctx_g or a.ctx))))
         rows.append(row)
     if not rows:
         return
     rows.append({k: ("all" if k == "name" else sum(r[k] for r in rows)) for k in rows[0]})
     print(f"beam K={a.beam}, rel={a.rel:g}, lag {a.lag}, tau {a.tau:g}, ctx {a.ctx} / {a.ctx_g or a.ctx}: "
           "bpb of the bare models (tok: canonical tokens; byte: the byte coder), mixtures, "
-          "best mix / Gemma-3's tokens, calls per byte")
+          "best mix / Gemma-3's tokens, the version-7 bit mixer (cm), calls per byte")
     print(f"{'file':13s} {'S tok':>6s} {'S byte':>6s} {'G tok':>6s} {'G byte':>6s} "
           + " ".join(f"{'a=' + str(al):>7s}" for al in ALPHAS)
-          + f" {'best/G':>6s} {'calls S':>7s} {'calls G':>7s} dead")
+          + f" {'best/G':>6s} {'cm':>7s} {'calls S':>7s} {'calls G':>7s} dead")
     for r in rows:
         n = r["n"]
         best = min(r[al] for al in ALPHAS)
         print(f"{r['name']:13s} {r['tA'] / n:6.4f} {r['bA'] / n:6.4f} {r['tB'] / n:6.4f} "
               f"{r['bB'] / n:6.4f} " + " ".join(f"{r[al] / n:7.4f}" for al in ALPHAS)
-              + f" {best / r['tB']:6.4f} {r['cA'] / n:7.3f} {r['cB'] / n:7.3f}"
+              + f" {best / r['tB']:6.4f} {r['cm'] / n:7.4f} {r['cA'] / n:7.3f} {r['cB'] / n:7.3f}"
               f" {r['dA']}/{r['dB']}")
 
 

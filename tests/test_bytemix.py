@@ -45,8 +45,10 @@ def tracks(paths, threads=1, **kw):
                                           n_keep=1), st) for p in paths]
 
 
-def test_round_trip_every_kind_of_input(paths):
-    tr = tracks(paths)
+@pytest.mark.parametrize("cm", [1, 0])
+def test_round_trip_every_kind_of_input(paths, cm):
+    """Bits context-mixed (bytecm preset 1, version 7) and the linear mixture (version 6)."""
+    tr = tracks(paths, cm=cm)
     for data in TEXTS:
         z = bytemix.encode(tr, data)
         assert bytemix.decode(tr, z, len(data)) == data
@@ -110,9 +112,9 @@ def test_dead_ends_recut(paths):
 
 CHILD_IR = """
 from numba.core.registry import CPUDispatcher
-from nacrith import bytemix, cdf
+from nacrith import bytecm, bytemix, cdf, coder
 from test_portable import ir_violations
-bad = {f"{m.__name__}.{n}": ir_violations(d.inspect_llvm(sig)) for m in (bytemix, cdf)
+bad = {f"{m.__name__}.{n}": ir_violations(d.inspect_llvm(sig)) for m in (bytecm, bytemix, cdf, coder)
        for n, d in vars(m).items() if isinstance(d, CPUDispatcher) for sig in d.signatures}
 print({k: v for k, v in bad.items() if v} or "ir ok", len(bad))
 """
@@ -120,8 +122,8 @@ print({k: v for k, v in bad.items() if v} or "ir ok", len(bad))
 
 def test_another_target_cpu_decodes(paths, tmp_path):
     """A fresh process compiled for the generic x86-64 target with 1 thread decodes the
-    stream; its byte coder and CDF kernels (compiled there, empty cache) hold no fma,
-    contraction, fast-math flag or libm call."""
+    stream; its byte coder's, bit mixer's, CDF's and coder's kernels (compiled there, empty
+    cache) hold no fma, contraction, fast-math flag or libm call."""
     data = TEXTS[3] + TEXTS[4]
     z = bytemix.encode(tracks(paths), data)
     (tmp_path / "z").write_bytes(z)
@@ -137,34 +139,39 @@ def test_another_target_cpu_decodes(paths, tmp_path):
     assert r.returncode == 0, r.stderr
     out = r.stdout.split("\n")
     assert bytes.fromhex(out[0].strip()) == data
-    assert out[1].startswith("ir ok ") and int(out[1].split()[-1]) >= 6, out[1]
+    assert out[1].startswith("ir ok ") and int(out[1].split()[-1]) >= 14, out[1]
 
 
-# ---------------------------------------------------------------- the version-6 archive
-GOLDEN = REPO / "formats" / "golden" / "v6-bytemix-gemma3.nc"
+# ---------------------------------------------------------------- the version-6 and -7 archives
+GOLDEN = REPO / "formats" / "golden"
+TWO = {"ctx": 256, "model2": 1, "ctx2": 256, "beam": 4, "lag": 2, "rel_ppm": 1000,
+       "alpha_ppm": 200000, "eps_bits": 12, "tau_ppm": 1000}
 
 
-def test_golden_fields():
-    """The exact header and descriptor of a two-model archive (formats/FORMAT.md, version 6)."""
+@pytest.mark.parametrize("version, name, extra", [
+    (6, "v6-bytemix-gemma3", {}),                       # linear mixture (read, no longer written)
+    (7, "v7-bytecm-gemma3", {"cm_preset": 1}),          # bits context-mixed
+])
+def test_golden_fields(version, name, extra):
+    """The exact header and descriptor of a two-model archive (formats/FORMAT.md)."""
     from nacrith import frames as F
-    blob = GOLDEN.read_bytes()
-    assert blob[:4] == b"NAC" + bytes([F.L_NEURAL << 4 | 6])
+    blob = (GOLDEN / f"{name}.nc").read_bytes()
+    assert blob[:4] == b"NAC" + bytes([F.L_NEURAL << 4 | version])
     layout, d, segs, _ = F.scan_bytes(blob)
-    assert (layout, d.version, d.model_id, d.engine, d.engine_check) == (F.L_NEURAL, 6, 2,
-                                                                         F.E_PORTABLE, 1)
-    assert d.params == {"ctx": 256, "model2": 1, "ctx2": 256, "beam": 4, "lag": 2,
-                        "rel_ppm": 1000, "alpha_ppm": 200000, "eps_bits": 12, "tau_ppm": 1000}
-    assert bytemix.Settings.from_params(d.params) == bytemix.Settings()
+    assert (layout, d.version, d.model_id, d.engine, d.engine_check) == (F.L_NEURAL, version,
+                                                                         2, F.E_PORTABLE, 1)
+    assert d.params == {**TWO, **extra}
+    assert bytemix.Settings.from_params(d.params) == bytemix.Settings(cm=version - 6)
 
 
 def test_older_versions_refuse_the_two_model_keys():
     from nacrith import frames as F
     from nacrith.container import Reader
     d = F.Descriptor(2, F.E_PORTABLE, 1, {"model2": 1, **bytemix.Settings().params()})
-    for version in (4, 5):
-        with pytest.raises(NacritError, match="parameter model2 not allowed"):
+    for version, key in ((4, "model2"), (5, "model2"), (6, "cm_preset")):
+        with pytest.raises(NacritError, match=f"parameter {key} not allowed"):
             F.read_descriptor(Reader(d.pack(), "model frame"), version)
-    assert F.read_descriptor(Reader(d.pack(), "model frame"), 6).params == d.params
+    assert F.read_descriptor(Reader(d.pack(), "model frame"), 7).params == d.params
 
 
 @pytest.mark.parametrize("params, message", [
@@ -177,6 +184,9 @@ def test_older_versions_refuse_the_two_model_keys():
     ({"ctx2": 300}, "ctx2 300"),
     ({"model2": 9}, "unknown model id 9"),
     ({"model2": None}, "without all its settings"),
+    ({"cm_preset": None}, "without all its settings"),
+    ({"cm_preset": 0}, "byte coder settings out of range"),
+    ({"cm_preset": 2}, "byte coder settings out of range"),
 ])
 def test_hostile_descriptors_are_refused_before_a_model_loads(params, message):
     from nacrith import api, frames as F
@@ -184,7 +194,10 @@ def test_hostile_descriptors_are_refused_before_a_model_loads(params, message):
     p.update(params)
     p = {k: v for k, v in p.items() if v is not None}
     with pytest.raises(NacritError, match=message):
-        api.check_descriptor(F.Descriptor(2, F.E_PORTABLE, 1, p, version=6))
+        api.check_descriptor(F.Descriptor(2, F.E_PORTABLE, 1, p, version=7))
+    with pytest.raises(NacritError, match="without all its settings"):   # cm in a v6 one
+        api.check_descriptor(F.Descriptor(2, F.E_PORTABLE, 1, {"model2": 1, "ctx2": 256,
+                                          **bytemix.Settings().params()}, version=6))
 
 
 @pytest.mark.parametrize("kw, message", [

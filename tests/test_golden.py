@@ -143,11 +143,11 @@ def test_golden_solid_restores(tmp_path, sha, size, name, methods):
                        1700000000 + (i * 3) // 2) for i, p in enumerate(order)}
 
 
-# v5 and v6 archives that today's encoder writes byte for byte (the current defaults and the main
+# v5 and v7 archives that today's encoder writes byte for byte (the current defaults and the main
 # options): a refactor of the coder, the mixer or the framing must keep these bytes (the v4
 # ones cannot be re-encoded: today's encoder writes version 5)
 REENCODE = ["v5-neural", "v5-neural-llm", "v5-guard-custom", "v5-skip-2lanes", "v5-zstd",
-            "v6-bytemix-gemma3"]
+            "v7-bytecm-gemma3"]
 
 
 @pytest.mark.parametrize("name", REENCODE)
