@@ -35,10 +35,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from .cdf import POW2, POW2_BIAS, TOTAL, _exp_nonpos
+from .cdf import LN2_HI, LN2_LO, POW2, POW2_BIAS, TOTAL, _exp_nonpos
 
-LN2_HI = 6.93147180369123816490e-01
-LN2_LO = 1.90821492927058770002e-10
 SQRT_HALF = 0.70710678118654752440
 LN_FLOOR = 2.0 ** -60
 S_MAX = 24.0                       # stretch inputs clamped to [-S_MAX, S_MAX]

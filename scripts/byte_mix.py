@@ -116,11 +116,12 @@ def main() -> None:
     for name in a.files:
         data = (ablation.CORPUS / name).read_bytes()
         data = data[:a.bytes] if a.bytes else data
-        res = {}
+        res, dists = {}, {}
         for m in ("smollm2", "gemma3"):
             ctx = a.ctx_g or a.ctx if m == "gemma3" else a.ctx
             f = a.out / (f"{name}-{len(data)}-ctx{ctx}-K{a.beam}-r{a.rel:g}-l{a.lag}-t{a.tau:g}"
                          f".q.{m}.npz")
+            dists[m] = f.with_suffix(".partial.dist.npy")      # what probs() saves
             if not f.is_file() and m not in a.models:
                 continue
             if not f.is_file():
@@ -144,10 +145,7 @@ def main() -> None:
                    cB=int(B["calls"]), dA=int(A["dead"]), dB=int(B["dead"]))
         for al in ALPHAS:
             row[al] = mix(ca, cb, al)           # two_models' segments, here single bytes
-        row["cm"] = bit_mixed(data, *(a.out / f"{name}-{len(data)}-ctx{c}-K{a.beam}-r{a.rel:g}-"
-                                      f"l{a.lag}-t{a.tau:g}.q.{m}.partial.dist.npy"
-                                      for m, c in (("smollm2", a.ctx),
-                                                   ("gemma3", a.ctx_g or a.ctx))))
+        row["cm"] = bit_mixed(data, dists["smollm2"], dists["gemma3"])
         rows.append(row)
     if not rows:
         return
