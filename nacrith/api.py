@@ -82,7 +82,7 @@ class Options:
     skip: int | None = None                     # confidence skip threshold / 2^16 (0 = off)
     skip_cap: int | None = None                 # most tokens waiting for the LLM per lane
     guard: int | None = None                    # ensemble-vs-bare-LLM switch rate / 2^16 (0 = off)
-    # the byte-level two-model coder (bytemix.py, a version-6 archive): a second model preset
+    # the byte-level two-model coder (bytemix.py, a version-8 archive): a second model preset
     # whose byte probabilities are mixed with the first's (both on the portable engine, no
     # ensemble, one lane), with its own window ctx2
     model2: str | None = None
@@ -269,7 +269,7 @@ def _bytemix_tracks(paths, ctx: int, slide: int, n_keep: int, ctx2: int, threads
 
 
 def _bytemix_descriptor(o: Options, st) -> F.Descriptor:
-    """The version-6 descriptor of o's two-model coder (settings st)."""
+    """The version-8 descriptor of o's two-model coder (settings st)."""
     from .portable import ENGINE_VERSION
     implied = {**F.DEFAULTS_OF[F.BYTEMIX_VERSION], "slide": o.ctx // 4}
     params = {k: getattr(o, k) for k in ("ctx", "slide", "n_keep") if getattr(o, k) != implied[k]}
@@ -537,7 +537,7 @@ def check_descriptor(d: F.Descriptor) -> tuple[dict, object]:
     name, _, n_vocab = model_of(d)
     C.check_model_params(C.ModelDescriptor(b"", name, n_vocab, "", {**p, "threads": 1,
                                                                       "bos": 0, "cdf_bits": 24}))
-    if (F.NEW_IN_6 | F.NEW_IN_7) & set(p):
+    if (F.NEW_IN_6 | F.NEW_IN_7 | F.NEW_IN_8) & set(p):
         return p, _check_bytemix(d, p)
     mix = MixParams.from_params(p)
     mix.validate()
@@ -545,9 +545,10 @@ def check_descriptor(d: F.Descriptor) -> tuple[dict, object]:
 
 
 def _check_bytemix(d: F.Descriptor, p: dict):
-    """The bytemix.Settings of a version-6 two-model descriptor, every field checked."""
+    """The bytemix.Settings of a version-6..8 two-model descriptor, every field checked."""
     from .bytemix import Settings
-    if F.NEW_IN_6 - set(p) or (d.version >= 7) != ("cm_preset" in p):
+    if F.NEW_IN_6 - set(p) or (d.version >= 7) != ("cm_preset" in p) \
+            or (d.version >= 8) != ("bias_ppm" in p):
         raise NacritError("corrupt model frame (two-model coder without all its settings)")
     if d.engine != F.E_PORTABLE or p["lanes"] != 1 or not d.model_id \
             or p["model2"] == d.model_id:

@@ -1,5 +1,5 @@
 """Bit-level context mixing of the two models' byte distributions (the byte coder's mixer,
-archive version 7; spec: formats/FORMAT.md "Bit mixing (version 7)").
+archive versions 7 and 8; spec: formats/FORMAT.md "Bit mixing (version 7)").
 
 Each byte is coded as 8 binary decisions, most significant bit first. Before bit j (j = 0..7)
 the node c0 = 1 followed by the j bits so far selects the byte values still possible, lo ..

@@ -16,11 +16,20 @@ only if that branch is kept). Each h branches into
 heaviest are dropped, at most K stay, and a hypothesis may hold at most LAG tokens beyond the
 anchor before the heaviest one's first token wins. The tokens all hypotheses share are fed to the
 anchor lane for good. When no branch lives, the heaviest hypothesis's bytes are re-cut into its
-longest token prefixes ("dead"; a byte no token starts is skipped). The two models' distributions (each smoothed by EPS) are
-context-mixed bit by bit (settings.cm, a bytecm.PRESETS key; archive version 7: bytecm.py has
-the mixer, each bit is coded with coder.py as a two-symbol table), or (cm = 0, version 6, read
-only) mixed linearly with a two-expert Bayes weight and a fixed share ALPHA, quantized to 256
-frequencies (each >= 1, total 2^24) and coded with coder.py.
+longest token prefixes ("dead"; a byte no token starts is skipped).
+
+Bias head (settings.bias_lr > 0, archive version 8): each model's logits get a per-token
+log-space bias b before they are quantized, x_i = l_i + b_i; when tokens join the anchor, each
+one y is learned from the frequencies f that predicted it (the hypothesis's distribution at
+that token's start, q = f / 2^24): b_i -= lr r_i (q_i - [i = y]) in sorted order, clamped to
+[-16, 16], then r_y = 1 / sqrt(1 / r_y^2 + (1 - q_y)^2) (AdaGrad on y, r = sqrt 2 at the start).
+A distribution keeps the bias it was computed with.
+
+The two models' byte distributions (each smoothed by EPS) are context-mixed bit by bit
+(settings.cm, a bytecm.PRESETS key; archive versions 7 and 8: bytecm.py has the mixer, each bit
+is coded with coder.py as a two-symbol table), or (cm = 0, version 6, read only) mixed linearly
+with a two-expert Bayes weight and a fixed share ALPHA, quantized to 256 frequencies (each >= 1,
+total 2^24) and coded with coder.py.
 
 Invariants:
 - before byte i, encoder and decoder hold the same state, a function of the settings and of
@@ -65,22 +74,29 @@ class Settings(NamedTuple):
     eps: float = 2.0 ** -12     # each model's smoothing: (1 - eps) P + eps / 256
     tau: float = 1e-3           # an ended token lighter than tau x the mass: probed only if kept
     cm: int = 1                 # bytecm.PRESETS key: bits context-mixed; 0: linear (version 6)
+    bias_lr: float = 0.38       # each model's token bias head rate (version 8; 0 = off: v6, v7)
 
     def params(self) -> dict:
-        """The archive's integer fields (container.PARAM_KEYS 37-43; cm_preset if cm)."""
+        """The archive's integer fields (container.PARAM_KEYS 37-44; cm_preset if cm, bias_ppm
+        if bias_lr)."""
         p = dict(beam=self.beam, lag=self.lag, rel_ppm=round(self.rel * 1e6),
                  alpha_ppm=round(self.alpha * 1e6), eps_bits=round(-math.log2(self.eps)),
                  tau_ppm=round(self.tau * 1e6))
-        return {**p, "cm_preset": self.cm} if self.cm else p
+        if self.cm:
+            p["cm_preset"] = self.cm
+        if self.bias_lr:
+            p["bias_ppm"] = round(self.bias_lr * 1e6)
+        return p
 
     @classmethod
     def from_params(cls, p: dict) -> "Settings":
         """The settings an archive records (NacritError outside their bounds)."""
         st = cls(p["beam"], p["rel_ppm"] / 1e6, p["lag"], p["alpha_ppm"] / 1e6,
-                 2.0 ** -p["eps_bits"], p["tau_ppm"] / 1e6, p.get("cm_preset", 0))
+                 2.0 ** -p["eps_bits"], p["tau_ppm"] / 1e6, p.get("cm_preset", 0),
+                 p.get("bias_ppm", 0) / 1e6)
         if not (1 <= st.beam <= MAX_BEAM and st.lag <= MAX_LAG and p["rel_ppm"] <= 10 ** 6
                 and p["alpha_ppm"] <= 10 ** 6 and 1 <= p["eps_bits"] <= 40
-                and p["tau_ppm"] <= 10 ** 6
+                and p["tau_ppm"] <= 10 ** 6 and p.get("bias_ppm", 0) <= 10 ** 6
                 and ("cm_preset" not in p or st.cm in bytecm.PRESETS)):
             raise NacritError("corrupt archive (byte coder settings out of range)")
         return st
@@ -171,11 +187,39 @@ def _succ(q: bytes):
     return None if not q else q[:-1] + bytes([q[-1] + 1])
 
 
-class _Hyp:
-    __slots__ = ("toks", "p", "lo", "hi", "dist", "w")
+BIAS_R0 = math.sqrt(2.0)    # the bias head's AdaGrad start: 1 / sqrt(G0), G0 = 1/2
+BIAS_MAX = 16.0
 
-    def __init__(self, toks, p, lo, hi, dist, w):
+
+@njit(cache=True)
+def _biased(logits, b, x):
+    """x = logits + b (float64, element-wise)."""
+    for i in range(x.shape[0]):
+        x[i] = np.float64(logits[i]) + b[i]
+
+
+@njit(cache=True)
+def _bias_step(b, r, fs, order, y, lr):
+    """Token y (sorted index) was anchored where the model's frequencies were fs (sorted order):
+    b_i -= lr r_i (q_i - [i = y]), q = fs / 2^24, clamped; then r_y = 1 / sqrt(1/r_y^2 + (1 - q_y)^2)."""
+    inv = 1.0 / cdf.TOTAL
+    for s in range(fs.shape[0]):
+        t = order[s]
+        q = fs[s] * inv
+        g = q - 1.0 if s == y else q
+        v = b[t] - lr * r[t] * g
+        b[t] = BIAS_MAX if v > BIAS_MAX else (-BIAS_MAX if v < -BIAS_MAX else v)
+    t = order[y]
+    e = 1.0 - fs[y] * inv
+    r[t] = 1.0 / np.sqrt(1.0 / (r[t] * r[t]) + e * e)
+
+
+class _Hyp:
+    __slots__ = ("toks", "p", "lo", "hi", "dist", "w", "chain")
+
+    def __init__(self, toks, p, lo, hi, dist, w, chain=()):
         self.toks, self.p, self.lo, self.hi, self.dist, self.w = toks, p, lo, hi, dist, w
+        self.chain = chain      # (sorted index, Dist) that predicted each of toks
 
 
 class Track:
@@ -189,12 +233,16 @@ class Track:
         self._scratch = np.empty(backend.n_vocab, np.float64)
         self._cont = np.empty(256, np.int64)
         self._sub = np.empty(512, np.int64)
+        self._x = np.empty(backend.n_vocab, np.float64)
         self.calls = 0                  # model feeds (probes and commits)
         self.dead = 0                   # dead ends re-cut
         self.reset()
 
     # -- model calls ------------------------------------------------------------------------
     def _dist(self, logits) -> Dist:
+        if self.s.bias_lr:
+            _biased(logits, self._bias, self._x)
+            logits = self._x
         cdf.quantize_into(logits, self._freqs, self._scratch)
         fs, first = np.empty(len(self.v.order), np.int64), np.empty(256, np.int64)
         return Dist(fs, _sorted(self._freqs, self.v.order, self.v.fb, fs, first), first)
@@ -233,6 +281,8 @@ class Track:
 
     # -- the beam ---------------------------------------------------------------------------
     def reset(self) -> None:
+        self._bias = np.zeros(self.b.n_vocab)
+        self._r = np.full(self.b.n_vocab, BIAS_R0)
         self.b.reset()
         self._ahead = ()
         d = self._dist(self._feed([self.b.bos]))
@@ -280,11 +330,12 @@ class Track:
         for h, (cont, sub, end) in zip(self.H, self._scans):
             if cont[c]:
                 kids.append(_Hyp(h.toks, h.p + bytes([c]), int(sub[c]), int(sub[256 + c]),
-                                 h.dist, h.w))
+                                 h.dist, h.w, h.chain))
                 W.append(h.w * int(cont[c]) / h.dist.total)
             if end is not None and end[3].first[c]:
                 key, pd, we, src = end
-                kids.append(_Hyp(key, bytes([c]), int(v.fb[c]), int(v.fb[c + 1]), pd, we))
+                kids.append(_Hyp(key, bytes([c]), int(v.fb[c]), int(v.fb[c + 1]), pd, we,
+                                 h.chain + ((h.lo, h.dist),)))
                 W.append(we * int(src.first[c]) / src.total)
         if not kids:
             kids, W = self._recut(c)
@@ -303,9 +354,13 @@ class Track:
         while all(len(h.toks) > k for h in H) and len({h.toks[k] for h in H}) == 1:
             k += 1
         if k:
+            if self.s.bias_lr:
+                for y, d in H[0].chain[:k]:
+                    _bias_step(self._bias, self._r, d.fs, self.v.order, y, self.s.bias_lr)
             self._commit(H[0].toks[:k])
             for h in H:
                 h.toks = h.toks[k:]
+                h.chain = h.chain[k:]
         self.H = H
 
     def _range(self, q: bytes):
@@ -320,7 +375,7 @@ class Track:
         v = self.v
         W = [self._mass(h) for h in self.H]
         h = self.H[W.index(max(W))]
-        toks, rest, w, d = h.toks, h.p + bytes([c]), h.w, h.dist
+        toks, rest, w, d, chain = h.toks, h.p + bytes([c]), h.w, h.dist, h.chain
         while rest:
             lo, hi = self._range(rest)
             if lo < hi:
@@ -335,11 +390,12 @@ class Track:
                 continue
             w = w * int(d.fs[i:j].sum()) / d.total
             toks = toks + (int(v.order[i]),)
+            chain = chain + ((i, d),)
             d = self._probe(toks)
             rest = rest[k:]
         if not rest:                                    # all skipped or cut: a boundary
             lo, hi = 0, len(v.pieces)
-        kid = _Hyp(toks, rest, lo, hi, d, w if w > 0 else 1.0)
+        kid = _Hyp(toks, rest, lo, hi, d, w if w > 0 else 1.0, chain)
         return [kid], [self._mass(kid)]
 
 

@@ -134,7 +134,7 @@ CTX = typer.Option(2048, "--ctx", min=1, metavar="N",
 MODEL2 = typer.Option(None, "--model2", metavar="PRESET",
                       help="A second model preset: code bytes with both models' probabilities "
                            "context-mixed (the byte-level two-model coder; portable engine, 1 "
-                           "lane; a version-7 archive; ~2% smaller, ~10x slower than --best).")
+                           "lane; a version-8 archive; ~2% smaller, ~10x slower than --best).")
 CTX2 = typer.Option(8192, "--ctx2", min=1, metavar="N",
                     help="With --model2: the second model's window, tokens (a multiple of 256).")
 LANES = typer.Option(1, "--lanes", min=1, max=C.MAX_LANES, metavar="N",

@@ -83,12 +83,15 @@ PARAM_KEYS = {
     40: "alpha_ppm",   # fixed share of the two-model Bayes mixture, / 10^6
     41: "eps_bits",    # each model's smoothing: eps = 2^-eps_bits
     42: "tau_ppm",     # an ended token under tau_ppm / 10^6 of the mass is probed only if kept
-    # version 7 only: the two models' bits context-mixed (bytecm.py); required there with 35-42
+    # versions 7 and 8: the two models' bits context-mixed (bytecm.py); required there with 35-42
     43: "cm_preset",   # bytecm.PRESETS key
+    # version 8 only: each model's token bias head (bytemix.py); required there with 35-43
+    44: "bias_ppm",    # its learning rate, / 10^6
 }
 V5_KEYS = frozenset({22, 34})   # keys of version 5 descriptors only (never in v1-3 or v4)
-V6_KEYS = frozenset(range(35, 43))      # keys of version 6 and 7 descriptors only
-V7_KEYS = frozenset({43})               # keys of version 7 descriptors only
+V6_KEYS = frozenset(range(35, 43))      # keys of version 6 - 8 descriptors only
+V7_KEYS = frozenset({43})               # keys of version 7 and 8 descriptors only
+V8_KEYS = frozenset({44})               # keys of version 8 descriptors only
 PARAM_IDS = {name: key for key, name in PARAM_KEYS.items()}
 
 
@@ -356,7 +359,7 @@ def read_frame(f, index: int):
         for _ in range(fixed(1)[0]):
             key = fixed(1)[0]           # every value is a varint: unknown keys can be skipped
             value = _read_varint_stream(t, what, 1 << 32)
-            if key in PARAM_KEYS and key not in V5_KEYS | V6_KEYS | V7_KEYS:
+            if key in PARAM_KEYS and key not in V5_KEYS | V6_KEYS | V7_KEYS | V8_KEYS:
                 params[PARAM_KEYS[key]] = value
             else:
                 unknown.append(key)

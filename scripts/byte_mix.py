@@ -106,12 +106,14 @@ def main() -> None:
     ap.add_argument("--lag", type=int, default=2, help="tokens a hypothesis may hold unfed")
     ap.add_argument("--tau", type=float, default=1e-3,
                     help="probe an ended token lighter than tau x the mass only if kept")
+    ap.add_argument("--bias-lr", type=float, default=bytemix.Settings().bias_lr,
+                    help="each model's per-token bias head (learned from anchored tokens)")
     ap.add_argument("--no-canonical", dest="canonical", action="store_false",
                     help="skip the canonical tokens' cost (a second pass over the text)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bytemix"))
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    st = bytemix.Settings(beam=a.beam, rel=a.rel, lag=a.lag, tau=a.tau)
+    st = bytemix.Settings(beam=a.beam, rel=a.rel, lag=a.lag, tau=a.tau, bias_lr=a.bias_lr)
     tracks, rows = {}, []
     for name in a.files:
         data = (ablation.CORPUS / name).read_bytes()
@@ -120,7 +122,7 @@ def main() -> None:
         for m in ("smollm2", "gemma3"):
             ctx = a.ctx_g or a.ctx if m == "gemma3" else a.ctx
             f = a.out / (f"{name}-{len(data)}-ctx{ctx}-K{a.beam}-r{a.rel:g}-l{a.lag}-t{a.tau:g}"
-                         f".q.{m}.npz")
+                         + (f"-b{a.bias_lr:g}" if a.bias_lr else "") + f".q.{m}.npz")
             dists[m] = f.with_suffix(".partial.dist.npy")      # what probs() saves
             if not f.is_file() and m not in a.models:
                 continue

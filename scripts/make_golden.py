@@ -99,12 +99,16 @@ def cases():
     # version 6: the byte-level two-model coder (descriptor keys 35-41): Gemma-3 and SmolLM2's
     # byte probabilities mixed, one byte stream; windows of 256 tokens, so both lanes slide;
     # bytes SmolLM2 has no token for (\x04, \x1d). Needs nacrith[gemma3]
-    # (written by the version-6 encoder; today's writes version 7 for these options)
+    # (written by the version-6 encoder; today's writes version 8 for these options)
     two = alice[22000:22700] + b"tab\x04\x1d caf\xc3\xa9 \xff <|endoftext|>\r\n" + fields[7400:7650]
     opts = {"threads": 1, "model": "gemma3", "model2": "smollm2", "ctx": 256, "ctx2": 256}
     yield "v6-bytemix-gemma3", two, opts
-    # version 7: the same, bits context-mixed (bytecm.py, descriptor key 43 cm_preset)
+    # version 7: the same, bits context-mixed (bytecm.py, descriptor key 43 cm_preset; written
+    # by the version-7 encoder)
     yield "v7-bytecm-gemma3", two, opts
+    # version 8: the same, each model's logits with its token bias head (bytemix.py, descriptor
+    # key 44 bias_ppm)
+    yield "v8-bias-gemma3", two, opts
 
 
 def solid_cases():

@@ -45,10 +45,11 @@ def tracks(paths, threads=1, **kw):
                                           n_keep=1), st) for p in paths]
 
 
-@pytest.mark.parametrize("cm", [1, 0])
-def test_round_trip_every_kind_of_input(paths, cm):
-    """Bits context-mixed (bytecm preset 1, version 7) and the linear mixture (version 6)."""
-    tr = tracks(paths, cm=cm)
+@pytest.mark.parametrize("cm, bias_lr", [(1, 0.38), (1, 0.0), (0, 0.0)])
+def test_round_trip_every_kind_of_input(paths, cm, bias_lr):
+    """Bits context-mixed with the token bias heads (version 8), without (version 7), and the
+    linear mixture (version 6)."""
+    tr = tracks(paths, cm=cm, bias_lr=bias_lr)
     for data in TEXTS:
         z = bytemix.encode(tr, data)
         assert bytemix.decode(tr, z, len(data)) == data
@@ -151,6 +152,7 @@ TWO = {"ctx": 256, "model2": 1, "ctx2": 256, "beam": 4, "lag": 2, "rel_ppm": 100
 @pytest.mark.parametrize("version, name, extra", [
     (6, "v6-bytemix-gemma3", {}),                       # linear mixture (read, no longer written)
     (7, "v7-bytecm-gemma3", {"cm_preset": 1}),          # bits context-mixed
+    (8, "v8-bias-gemma3", {"cm_preset": 1, "bias_ppm": 380000}),    # + token bias heads
 ])
 def test_golden_fields(version, name, extra):
     """The exact header and descriptor of a two-model archive (formats/FORMAT.md)."""
@@ -161,17 +163,18 @@ def test_golden_fields(version, name, extra):
     assert (layout, d.version, d.model_id, d.engine, d.engine_check) == (F.L_NEURAL, version,
                                                                          2, F.E_PORTABLE, 1)
     assert d.params == {**TWO, **extra}
-    assert bytemix.Settings.from_params(d.params) == bytemix.Settings(cm=version - 6)
+    assert bytemix.Settings.from_params(d.params) == bytemix.Settings(
+        cm=min(version - 6, 1), bias_lr=0.38 if version == 8 else 0.0)
 
 
 def test_older_versions_refuse_the_two_model_keys():
     from nacrith import frames as F
     from nacrith.container import Reader
     d = F.Descriptor(2, F.E_PORTABLE, 1, {"model2": 1, **bytemix.Settings().params()})
-    for version, key in ((4, "model2"), (5, "model2"), (6, "cm_preset")):
+    for version, key in ((4, "model2"), (5, "model2"), (6, "cm_preset"), (7, "bias_ppm")):
         with pytest.raises(NacritError, match=f"parameter {key} not allowed"):
             F.read_descriptor(Reader(d.pack(), "model frame"), version)
-    assert F.read_descriptor(Reader(d.pack(), "model frame"), 7).params == d.params
+    assert F.read_descriptor(Reader(d.pack(), "model frame"), 8).params == d.params
 
 
 @pytest.mark.parametrize("params, message", [
@@ -187,6 +190,8 @@ def test_older_versions_refuse_the_two_model_keys():
     ({"cm_preset": None}, "without all its settings"),
     ({"cm_preset": 0}, "byte coder settings out of range"),
     ({"cm_preset": 2}, "byte coder settings out of range"),
+    ({"bias_ppm": None}, "without all its settings"),
+    ({"bias_ppm": 10 ** 6 + 1}, "byte coder settings out of range"),
 ])
 def test_hostile_descriptors_are_refused_before_a_model_loads(params, message):
     from nacrith import api, frames as F
@@ -194,10 +199,11 @@ def test_hostile_descriptors_are_refused_before_a_model_loads(params, message):
     p.update(params)
     p = {k: v for k, v in p.items() if v is not None}
     with pytest.raises(NacritError, match=message):
-        api.check_descriptor(F.Descriptor(2, F.E_PORTABLE, 1, p, version=7))
-    with pytest.raises(NacritError, match="without all its settings"):   # cm in a v6 one
-        api.check_descriptor(F.Descriptor(2, F.E_PORTABLE, 1, {"model2": 1, "ctx2": 256,
-                                          **bytemix.Settings().params()}, version=6))
+        api.check_descriptor(F.Descriptor(2, F.E_PORTABLE, 1, p, version=8))
+    for version in (6, 7):          # cm_preset in a v6 one, bias_ppm in a v7 one
+        with pytest.raises(NacritError, match="without all its settings"):
+            api.check_descriptor(F.Descriptor(2, F.E_PORTABLE, 1, {"model2": 1, "ctx2": 256,
+                                              **bytemix.Settings().params()}, version=version))
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -212,3 +218,34 @@ def test_bad_two_model_options(kw, message):
     from nacrith.errors import BadOption
     with pytest.raises(BadOption, match=message):
         api.normalized(**kw)
+
+
+def test_bias_step_is_the_spec():
+    """One anchored token's bias-head step (FORMAT.md "Token bias heads"), element by element."""
+    order = np.array([2, 0, 3, 1], np.int64)           # sorted index -> token id
+    fs = np.array([1 << 23, 1 << 22, (1 << 22) - 5, 5], np.int64)
+    b = np.array([0.5, -16.0, 0.0, 15.9])
+    r = np.full(4, bytemix.BIAS_R0)
+    r[3] = 0.25
+    want_b, want_r, lr = b.copy(), r.copy(), 0.38
+    for s in range(4):
+        t, q = order[s], fs[s] * 2.0 ** -24
+        g = q - 1.0 if s == 2 else q
+        want_b[t] = min(16.0, max(-16.0, want_b[t] - lr * want_r[t] * g))
+    e = 1.0 - fs[2] * 2.0 ** -24
+    want_r[3] = 1.0 / np.sqrt(1.0 / (0.25 * 0.25) + e * e)
+    bytemix._bias_step(b, r, fs, order, 2, lr)
+    assert b.tolist() == want_b.tolist() and r.tolist() == want_r.tolist()
+    assert b[1] == -16.0 and b[3] > 15.9 and r[3] < 0.25
+
+
+def test_bias_heads_learn_a_repetitive_text(paths):
+    """With the bias heads the repeated text codes smaller, and both sides agree."""
+    data = b"the cat and the hat " * 12
+    sizes = []
+    for lr in (0.0, 0.38):
+        tr = tracks(paths, bias_lr=lr)
+        z = bytemix.encode(tr, data)
+        assert bytemix.decode(tr, z, len(data)) == data
+        sizes.append(len(z))
+    assert sizes[1] < sizes[0], sizes

@@ -420,8 +420,8 @@ def test_help_and_version(tmp_path):
         assert (r.returncode, r.stderr) == (0, b"")
         assert r.stdout.decode() == (f"nacrith {__version__}\n"
                                      f"portable engine version {ENGINE_VERSION}\n"
-                                     "archive format: writes version 5 (7 with --model2), "
-                                     "reads versions 1-7\n")
+                                     "archive format: writes version 5 (8 with --model2), "
+                                     "reads versions 1-8\n")
     assert re.fullmatch(r"\d+\.\d+\.\d+\S*", __version__) and F.VERSION >= 5
 
 

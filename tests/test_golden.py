@@ -147,7 +147,7 @@ def test_golden_solid_restores(tmp_path, sha, size, name, methods):
 # options): a refactor of the coder, the mixer or the framing must keep these bytes (the v4
 # ones cannot be re-encoded: today's encoder writes version 5)
 REENCODE = ["v5-neural", "v5-neural-llm", "v5-guard-custom", "v5-skip-2lanes", "v5-zstd",
-            "v7-bytecm-gemma3"]
+            "v8-bias-gemma3"]
 
 
 @pytest.mark.parametrize("name", REENCODE)

