@@ -264,7 +264,7 @@ def _bytemix_tracks(paths, ctx: int, slide: int, n_keep: int, ctx2: int, threads
 
     def load():
         return [Track(PortableBackend(str(p), ctx=c, slide=s, n_keep=k, lanes=1, threads=threads),
-                      st) for p, (c, s, k) in zip(paths, windows)]
+                      st, lr) for p, (c, s, k), lr in zip(paths, windows, (st.bias_lr, st.bias_lr2))]
     return engines.POOL.get(("bytemix", *map(str, paths), *windows, threads, st), load)
 
 
@@ -548,7 +548,7 @@ def _check_bytemix(d: F.Descriptor, p: dict):
     """The bytemix.Settings of a version-6..8 two-model descriptor, every field checked."""
     from .bytemix import Settings
     if F.NEW_IN_6 - set(p) or (d.version >= 7) != ("cm_preset" in p) \
-            or (d.version >= 8) != ("bias_ppm" in p):
+            or any((d.version >= 8) != (k in p) for k in ("bias_ppm", "bias2_ppm")):
         raise NacritError("corrupt model frame (two-model coder without all its settings)")
     if d.engine != F.E_PORTABLE or p["lanes"] != 1 or not d.model_id \
             or p["model2"] == d.model_id:

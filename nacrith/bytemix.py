@@ -18,7 +18,8 @@ anchor before the heaviest one's first token wins. The tokens all hypotheses sha
 anchor lane for good. When no branch lives, the heaviest hypothesis's bytes are re-cut into its
 longest token prefixes ("dead"; a byte no token starts is skipped).
 
-Bias head (settings.bias_lr > 0, archive version 8): each model's logits get a per-token
+Bias head (archive version 8; the Track's bias_lr > 0: settings.bias_lr for the first model,
+settings.bias_lr2 for the second): each model's logits get a per-token
 log-space bias b before they are quantized, x_i = l_i + b_i; when tokens join the anchor, each
 one y is learned from the frequencies f that predicted it (the hypothesis's distribution at
 that token's start, q = f / 2^24): b_i -= lr r_i (q_i - [i = y]) in sorted order, clamped to
@@ -74,18 +75,20 @@ class Settings(NamedTuple):
     eps: float = 2.0 ** -12     # each model's smoothing: (1 - eps) P + eps / 256
     tau: float = 1e-3           # an ended token lighter than tau x the mass: probed only if kept
     cm: int = 1                 # bytecm.PRESETS key: bits context-mixed; 0: linear (version 6)
-    bias_lr: float = 0.38       # each model's token bias head rate (version 8; 0 = off: v6, v7)
+    bias_lr: float = 0.38       # the first model's token bias head rate (version 8; 0 = off)
+    bias_lr2: float = 0.38      # the second model's (version 8; both 0 in versions 6 and 7)
 
     def params(self) -> dict:
-        """The archive's integer fields (container.PARAM_KEYS 37-44; cm_preset if cm, bias_ppm
-        if bias_lr)."""
+        """The archive's integer fields (container.PARAM_KEYS 37-45; cm_preset if cm, bias_ppm
+        and bias2_ppm if either rate is not 0)."""
         p = dict(beam=self.beam, lag=self.lag, rel_ppm=round(self.rel * 1e6),
                  alpha_ppm=round(self.alpha * 1e6), eps_bits=round(-math.log2(self.eps)),
                  tau_ppm=round(self.tau * 1e6))
         if self.cm:
             p["cm_preset"] = self.cm
-        if self.bias_lr:
+        if self.bias_lr or self.bias_lr2:
             p["bias_ppm"] = round(self.bias_lr * 1e6)
+            p["bias2_ppm"] = round(self.bias_lr2 * 1e6)
         return p
 
     @classmethod
@@ -93,10 +96,11 @@ class Settings(NamedTuple):
         """The settings an archive records (NacritError outside their bounds)."""
         st = cls(p["beam"], p["rel_ppm"] / 1e6, p["lag"], p["alpha_ppm"] / 1e6,
                  2.0 ** -p["eps_bits"], p["tau_ppm"] / 1e6, p.get("cm_preset", 0),
-                 p.get("bias_ppm", 0) / 1e6)
+                 p.get("bias_ppm", 0) / 1e6, p.get("bias2_ppm", 0) / 1e6)
         if not (1 <= st.beam <= MAX_BEAM and st.lag <= MAX_LAG and p["rel_ppm"] <= 10 ** 6
                 and p["alpha_ppm"] <= 10 ** 6 and 1 <= p["eps_bits"] <= 40
                 and p["tau_ppm"] <= 10 ** 6 and p.get("bias_ppm", 0) <= 10 ** 6
+                and p.get("bias2_ppm", 0) <= 10 ** 6
                 and ("cm_preset" not in p or st.cm in bytecm.PRESETS)):
             raise NacritError("corrupt archive (byte coder settings out of range)")
         return st
@@ -225,9 +229,9 @@ class _Hyp:
 class Track:
     """One model's byte predictor over a portable backend with one lane (its own ctx)."""
 
-    def __init__(self, backend, settings: Settings = Settings()):
+    def __init__(self, backend, settings: Settings = Settings(), bias_lr: float = 0.0):
         m = backend.m
-        self.b, self.s = backend, settings
+        self.b, self.s, self.lr = backend, settings, bias_lr
         self.v = vocab(m.pieces, m.token_types)
         self._freqs = np.empty(backend.n_vocab, np.int64)
         self._scratch = np.empty(backend.n_vocab, np.float64)
@@ -240,7 +244,7 @@ class Track:
 
     # -- model calls ------------------------------------------------------------------------
     def _dist(self, logits) -> Dist:
-        if self.s.bias_lr:
+        if self.lr:
             _biased(logits, self._bias, self._x)
             logits = self._x
         cdf.quantize_into(logits, self._freqs, self._scratch)
@@ -354,9 +358,9 @@ class Track:
         while all(len(h.toks) > k for h in H) and len({h.toks[k] for h in H}) == 1:
             k += 1
         if k:
-            if self.s.bias_lr:
+            if self.lr:
                 for y, d in H[0].chain[:k]:
-                    _bias_step(self._bias, self._r, d.fs, self.v.order, y, self.s.bias_lr)
+                    _bias_step(self._bias, self._r, d.fs, self.v.order, y, self.lr)
             self._commit(H[0].toks[:k])
             for h in H:
                 h.toks = h.toks[k:]

@@ -86,12 +86,13 @@ PARAM_KEYS = {
     # versions 7 and 8: the two models' bits context-mixed (bytecm.py); required there with 35-42
     43: "cm_preset",   # bytecm.PRESETS key
     # version 8 only: each model's token bias head (bytemix.py); required there with 35-43
-    44: "bias_ppm",    # its learning rate, / 10^6
+    44: "bias_ppm",    # the first model's bias head learning rate, / 10^6
+    45: "bias2_ppm",   # the second model's
 }
 V5_KEYS = frozenset({22, 34})   # keys of version 5 descriptors only (never in v1-3 or v4)
 V6_KEYS = frozenset(range(35, 43))      # keys of version 6 - 8 descriptors only
 V7_KEYS = frozenset({43})               # keys of version 7 and 8 descriptors only
-V8_KEYS = frozenset({44})               # keys of version 8 descriptors only
+V8_KEYS = frozenset({44, 45})               # keys of version 8 descriptors only
 PARAM_IDS = {name: key for key, name in PARAM_KEYS.items()}
 
 

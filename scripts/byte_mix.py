@@ -42,10 +42,11 @@ ALPHAS = (0.01, 0.05, 0.2, 0.5, 1.0)
 class Track(bytemix.Track):
     """bytemix.Track over a one-lane portable backend, plus the canonical tokens' cost."""
 
-    def __init__(self, preset: str, ctx: int, threads: int, settings: bytemix.Settings):
+    def __init__(self, preset: str, ctx: int, threads: int, settings: bytemix.Settings,
+                 bias_lr: float):
         path = str(models.resolve(preset))
         super().__init__(PortableBackend(path, ctx=ctx, lanes=1, threads=threads, slide=ctx // 4,
-                                         n_keep=1), settings)
+                                         n_keep=1), settings, bias_lr)
 
     def probs(self, data: bytes, partial: Path | None = None) -> np.ndarray:
         """P(byte i | bytes before it), smoothed by eps, as the byte coder codes them; every
@@ -106,14 +107,17 @@ def main() -> None:
     ap.add_argument("--lag", type=int, default=2, help="tokens a hypothesis may hold unfed")
     ap.add_argument("--tau", type=float, default=1e-3,
                     help="probe an ended token lighter than tau x the mass only if kept")
-    ap.add_argument("--bias-lr", type=float, default=bytemix.Settings().bias_lr,
-                    help="each model's per-token bias head (learned from anchored tokens)")
+    ap.add_argument("--bias-lr", type=float, default=None,
+                    help="the models' token bias heads' rate (default: bytemix.Settings's, "
+                         "Gemma-3 as the first model)")
     ap.add_argument("--no-canonical", dest="canonical", action="store_false",
                     help="skip the canonical tokens' cost (a second pass over the text)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bytemix"))
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    st = bytemix.Settings(beam=a.beam, rel=a.rel, lag=a.lag, tau=a.tau, bias_lr=a.bias_lr)
+    st = bytemix.Settings(beam=a.beam, rel=a.rel, lag=a.lag, tau=a.tau)
+    lrs = {"gemma3": st.bias_lr if a.bias_lr is None else a.bias_lr,
+           "smollm2": st.bias_lr2 if a.bias_lr is None else a.bias_lr}
     tracks, rows = {}, []
     for name in a.files:
         data = (ablation.CORPUS / name).read_bytes()
@@ -122,13 +126,13 @@ def main() -> None:
         for m in ("smollm2", "gemma3"):
             ctx = a.ctx_g or a.ctx if m == "gemma3" else a.ctx
             f = a.out / (f"{name}-{len(data)}-ctx{ctx}-K{a.beam}-r{a.rel:g}-l{a.lag}-t{a.tau:g}"
-                         + (f"-b{a.bias_lr:g}" if a.bias_lr else "") + f".q.{m}.npz")
+                         + (f"-b{lrs[m]:g}" if lrs[m] else "") + f".q.{m}.npz")
             dists[m] = f.with_suffix(".partial.dist.npy")      # what probs() saves
             if not f.is_file() and m not in a.models:
                 continue
             if not f.is_file():
                 if m not in tracks:
-                    tracks[m] = Track(m, ctx, a.threads, st)
+                    tracks[m] = Track(m, ctx, a.threads, st, lrs[m])
                 t = tracks[m]
                 t0 = time.perf_counter()
                 t.calls = t.dead = 0

@@ -42,14 +42,15 @@ def paths(tmp_path_factory):
 def tracks(paths, threads=1, **kw):
     st = bytemix.Settings(**kw)
     return [bytemix.Track(PortableBackend(p, ctx=CTX, lanes=1, threads=threads, slide=CTX // 4,
-                                          n_keep=1), st) for p in paths]
+                                          n_keep=1), st, lr)
+            for p, lr in zip(paths, (st.bias_lr, st.bias_lr2))]
 
 
-@pytest.mark.parametrize("cm, bias_lr", [(1, 0.38), (1, 0.0), (0, 0.0)])
-def test_round_trip_every_kind_of_input(paths, cm, bias_lr):
+@pytest.mark.parametrize("cm, lr", [(1, (0.38, 0.1)), (1, (0.0, 0.0)), (0, (0.0, 0.0))])
+def test_round_trip_every_kind_of_input(paths, cm, lr):
     """Bits context-mixed with the token bias heads (version 8), without (version 7), and the
     linear mixture (version 6)."""
-    tr = tracks(paths, cm=cm, bias_lr=bias_lr)
+    tr = tracks(paths, cm=cm, bias_lr=lr[0], bias_lr2=lr[1])
     for data in TEXTS:
         z = bytemix.encode(tr, data)
         assert bytemix.decode(tr, z, len(data)) == data
@@ -143,8 +144,9 @@ def test_another_target_cpu_decodes(paths, tmp_path):
     assert out[1].startswith("ir ok ") and int(out[1].split()[-1]) >= 14, out[1]
 
 
-# ---------------------------------------------------------------- the version-6 and -7 archives
+# ---------------------------------------------------------------- the version-6 to -8 archives
 GOLDEN = REPO / "formats" / "golden"
+BIAS = (380000, 380000)          # the v8 golden's bias_ppm, bias2_ppm
 TWO = {"ctx": 256, "model2": 1, "ctx2": 256, "beam": 4, "lag": 2, "rel_ppm": 1000,
        "alpha_ppm": 200000, "eps_bits": 12, "tau_ppm": 1000}
 
@@ -152,7 +154,7 @@ TWO = {"ctx": 256, "model2": 1, "ctx2": 256, "beam": 4, "lag": 2, "rel_ppm": 100
 @pytest.mark.parametrize("version, name, extra", [
     (6, "v6-bytemix-gemma3", {}),                       # linear mixture (read, no longer written)
     (7, "v7-bytecm-gemma3", {"cm_preset": 1}),          # bits context-mixed
-    (8, "v8-bias-gemma3", {"cm_preset": 1, "bias_ppm": 380000}),    # + token bias heads
+    (8, "v8-bias-gemma3", {"cm_preset": 1, "bias_ppm": BIAS[0], "bias2_ppm": BIAS[1]}),
 ])
 def test_golden_fields(version, name, extra):
     """The exact header and descriptor of a two-model archive (formats/FORMAT.md)."""
@@ -164,7 +166,7 @@ def test_golden_fields(version, name, extra):
                                                                          2, F.E_PORTABLE, 1)
     assert d.params == {**TWO, **extra}
     assert bytemix.Settings.from_params(d.params) == bytemix.Settings(
-        cm=min(version - 6, 1), bias_lr=0.38 if version == 8 else 0.0)
+        cm=min(version - 6, 1), **({} if version == 8 else {"bias_lr": 0.0, "bias_lr2": 0.0}))
 
 
 def test_older_versions_refuse_the_two_model_keys():
@@ -191,6 +193,8 @@ def test_older_versions_refuse_the_two_model_keys():
     ({"cm_preset": 0}, "byte coder settings out of range"),
     ({"cm_preset": 2}, "byte coder settings out of range"),
     ({"bias_ppm": None}, "without all its settings"),
+    ({"bias2_ppm": None}, "without all its settings"),
+    ({"bias2_ppm": 10 ** 6 + 1}, "byte coder settings out of range"),
     ({"bias_ppm": 10 ** 6 + 1}, "byte coder settings out of range"),
 ])
 def test_hostile_descriptors_are_refused_before_a_model_loads(params, message):
@@ -244,7 +248,7 @@ def test_bias_heads_learn_a_repetitive_text(paths):
     data = b"the cat and the hat " * 12
     sizes = []
     for lr in (0.0, 0.38):
-        tr = tracks(paths, bias_lr=lr)
+        tr = tracks(paths, bias_lr=lr, bias_lr2=lr)
         z = bytemix.encode(tr, data)
         assert bytemix.decode(tr, z, len(data)) == data
         sizes.append(len(z))
