@@ -179,18 +179,18 @@ def normalized(opts: Options | None = None, **kw) -> Options:
 def at_level(level: int | None, **kw) -> Options:
     """Options of compression level `level` (None: the defaults) with the keywords kw on top."""
     o = _replace(None, kw)
-    for k, v in _level_settings(level).items():
+    for k, v in _level_settings(level, kw).items():
         if k not in kw:
             setattr(o, k, v)
     o.level = None
     return o
 
 
-def _level_settings(level) -> dict:
+def _level_settings(level, given: dict) -> dict:
     if level is None:
         return {}
     try:
-        return levels.settings(level)
+        return levels.settings(level, given)
     except ValueError as e:
         raise BadOption(str(e)) from None
 
@@ -199,8 +199,10 @@ def _options(opts: Options | None, kw) -> Options:
     o = _replace(opts, kw)
     if o.level is not None:
         base = Options()
-        for k, v in _level_settings(o.level).items():
-            if k not in kw and (opts is None or getattr(opts, k) == getattr(base, k)):
+        given = {**({} if opts is None else {f: getattr(opts, f) for f in _OPTION_NAMES
+                                            if getattr(opts, f) != getattr(base, f)}), **kw}
+        for k, v in _level_settings(o.level, given).items():
+            if k not in given:
                 setattr(o, k, v)
     for name in ("ctx", "slide", "n_keep", "threads", "lanes", "segment_size", "zstd_level",
                  "n_gpu_layers", "main_gpu"):
@@ -550,6 +552,8 @@ def _check_bytemix(d: F.Descriptor, p: dict):
     if F.NEW_IN_6 - set(p) or (d.version >= 7) != ("cm_preset" in p) \
             or any((d.version >= 8) != (k in p) for k in ("bias_ppm", "bias2_ppm")):
         raise NacritError("corrupt model frame (two-model coder without all its settings)")
+    if d.version >= 7 and p["cm_preset"] != F.CM_PRESET_OF[d.version]:
+        raise NacritError("corrupt archive (byte coder settings out of range)")
     if d.engine != F.E_PORTABLE or p["lanes"] != 1 or not d.model_id \
             or p["model2"] == d.model_id:
         raise NacritError("corrupt model frame (two-model coder: engine, lanes or models)")

@@ -39,6 +39,7 @@ from .errors import NacritError
 MAGIC = b"NAC"
 VERSION = 5                      # written; versions 4 to 8 are read (FORMAT.md, "Version 5")
 BYTEMIX_VERSION = 8              # written instead when the descriptor has the two-model keys
+CM_PRESET_OF = {7: 1, 8: 2}      # the bit mixer preset (bytecm.PRESETS) each version codes with
 READ_VERSIONS = (4, 5, 6, 7, 8)
 LEGACY_BYTE = 0x52               # "NACR": versions 1-3 (container.py)
 

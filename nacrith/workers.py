@@ -116,7 +116,11 @@ def pool_backend(opts: api.Options, devices: list[str]) -> str:
     """The engine workers run: the one asked for; else ("auto") api.auto_backend's on the CPU;
     with devices the portable engine on the GPUs ("device") for the default model unless
     --gpu-layers asks for llama.cpp's offload, llama.cpp offloaded for other models (the
-    device engine runs the llama architecture only, not Gemma-3)."""
+    device engine runs the llama architecture only, not Gemma-3). The two-model coder (level 9,
+    --model2) runs on the CPU only: with devices it is an error, not a silent CPU run."""
+    if devices and opts.model2 is not None:
+        raise NacritError("--devices: the two-model coder (--model2, level 9) runs on the CPU "
+                          "only; use -8 (Gemma-3 alone) on GPUs")
     if opts.backend != "auto":
         return opts.backend
     b = api.auto_backend(opts.model, opts.n_gpu_layers)

@@ -8,7 +8,8 @@ its eps, from cdf.quantize's 24-bit token frequencies), its calls, dead ends and
 bare model's cost of its canonical tokens (llama.cpp's tokenizer) for comparison; then the two
 streams mixed with a two-expert Bayes weight and fixed shares alpha (bytemix codes alpha = 0.2;
 the 24-bit table's floor adds about 2e-5 bits per byte to the coded size), and (column cm) the
-version-7 bit mixer (nacrith/bytecm.py, what `--model2` codes) run on the saved distributions.
+bit mixer (nacrith/bytecm.py, the preset `--model2` and level 9 code: version 8's) run on the
+saved distributions with Gemma-3 as the first model, as level 9 codes them.
 
     python scripts/byte_mix.py --bytes 8192 --out /work/cache/bytemix
     python scripts/byte_mix.py --bytes 32768 --ctx 8192 --files alice29.txt --models smollm2 &
@@ -82,14 +83,15 @@ class Track(bytemix.Track):
 
 
 def bit_mixed(data: bytes, fa: Path, fb: Path) -> float:
-    """Bits of data coded by the version-7 bit mixer (bytecm preset 1) from the two models'
-    saved byte distributions (float32 copies of the coder's float64: within ~1e-4 bpb)."""
+    """Bits of data coded by the bit mixer (bytemix.Settings's preset) from the first (fa) and
+    second model's saved byte distributions (float32 copies of the coder's float64: within
+    ~1e-4 bpb). The order matters: the first model's weights start the larger."""
     if not (fa.is_file() and fb.is_file()):
         return float("nan")
     n = len(data)
     da, db = (np.load(f, mmap_mode="r")[:n].astype(np.float64) for f in (fa, fb))
     out = np.zeros(8 * n, np.int64)
-    bytecm.run(bytecm.new(bytecm.PRESETS[1], n), da, db, np.frombuffer(data, np.uint8), out)
+    bytecm.run(bytecm.new(bytecm.PRESETS[bytemix.Settings().cm], n), da, db, np.frombuffer(data, np.uint8), out)
     return float(-np.log2(out / cdf.TOTAL).sum())
 
 
@@ -151,14 +153,14 @@ def main() -> None:
                    cB=int(B["calls"]), dA=int(A["dead"]), dB=int(B["dead"]))
         for al in ALPHAS:
             row[al] = mix(ca, cb, al)           # two_models' segments, here single bytes
-        row["cm"] = bit_mixed(data, dists["smollm2"], dists["gemma3"])
+        row["cm"] = bit_mixed(data, dists["gemma3"], dists["smollm2"])     # level 9's order
         rows.append(row)
     if not rows:
         return
     rows.append({k: ("all" if k == "name" else sum(r[k] for r in rows)) for k in rows[0]})
     print(f"beam K={a.beam}, rel={a.rel:g}, lag {a.lag}, tau {a.tau:g}, ctx {a.ctx} / {a.ctx_g or a.ctx}: "
           "bpb of the bare models (tok: canonical tokens; byte: the byte coder), mixtures, "
-          "best mix / Gemma-3's tokens, the version-7 bit mixer (cm), calls per byte")
+          "best mix / Gemma-3's tokens, the bit mixer (cm; Gemma-3 first), calls per byte")
     print(f"{'file':13s} {'S tok':>6s} {'S byte':>6s} {'G tok':>6s} {'G byte':>6s} "
           + " ".join(f"{'a=' + str(al):>7s}" for al in ALPHAS)
           + f" {'best/G':>6s} {'cm':>7s} {'calls S':>7s} {'calls G':>7s} dead")

@@ -68,6 +68,23 @@ def test_the_mixer_learns_and_is_reproducible():
         "0102ba4e9a63247d53e85fc099deaf570a457c1ed41185455af7834044163be2"
 
 
+def test_preset_2_is_preset_1_with_the_first_model_weighted_first():
+    """Version 8's preset: only the initial weights differ (0.6, 0.4 instead of 0.3, 0.7), and its
+    frequencies are pinned too; swapping the two models' inputs under preset 2 is not preset 1
+    (the models' weights start apart, one input order per preset)."""
+    assert bytecm.PRESETS[2] == bytecm.PRESETS[1]._replace(w0=(0.6, 0.4))
+    assert bytecm.PRESETS[1].w0 == (0.3, 0.7)
+    data = b"the cat and the hat; " * 60
+    flat = np.full((len(data), 256), 1 / 256)
+    sure = np.full((len(data), 256), 1e-6)
+    sure[np.arange(len(data)), np.frombuffer(data, np.uint8)] = 1 - 255e-6
+    out = _frequencies(data, sure, flat, bytecm.PRESETS[2])
+    assert not (out == _frequencies(data, sure, flat)).all()
+    assert not (out == _frequencies(data, flat, sure)).all()
+    assert hashlib.sha256(out.tobytes()).hexdigest() == \
+        "d343709b33a7e45f9ed855f4e428cab2ea6b62d288e7bab051d22c52d4d01f15"
+
+
 def test_table_size_follows_the_segment():
     st = bytecm.PRESETS[1]
     assert [bytecm.table_bits(st, n) for n in (0, 1, 256, 257, 10 ** 6, 10 ** 9)] == \

@@ -154,7 +154,7 @@ TWO = {"ctx": 256, "model2": 1, "ctx2": 256, "beam": 4, "lag": 2, "rel_ppm": 100
 @pytest.mark.parametrize("version, name, extra", [
     (6, "v6-bytemix-gemma3", {}),                       # linear mixture (read, no longer written)
     (7, "v7-bytecm-gemma3", {"cm_preset": 1}),          # bits context-mixed
-    (8, "v8-bias-gemma3", {"cm_preset": 1, "bias_ppm": BIAS[0], "bias2_ppm": BIAS[1]}),
+    (8, "v8-bias-gemma3", {"cm_preset": 2, "bias_ppm": BIAS[0], "bias2_ppm": BIAS[1]}),
 ])
 def test_golden_fields(version, name, extra):
     """The exact header and descriptor of a two-model archive (formats/FORMAT.md)."""
@@ -166,7 +166,7 @@ def test_golden_fields(version, name, extra):
                                                                          2, F.E_PORTABLE, 1)
     assert d.params == {**TWO, **extra}
     assert bytemix.Settings.from_params(d.params) == bytemix.Settings(
-        cm=min(version - 6, 1), **({} if version == 8 else {"bias_lr": 0.0, "bias_lr2": 0.0}))
+        cm=version - 6, **({} if version == 8 else {"bias_lr": 0.0, "bias_lr2": 0.0}))
 
 
 def test_older_versions_refuse_the_two_model_keys():
@@ -191,7 +191,8 @@ def test_older_versions_refuse_the_two_model_keys():
     ({"model2": None}, "without all its settings"),
     ({"cm_preset": None}, "without all its settings"),
     ({"cm_preset": 0}, "byte coder settings out of range"),
-    ({"cm_preset": 2}, "byte coder settings out of range"),
+    ({"cm_preset": 1}, "byte coder settings out of range"),     # version 7's, not version 8's
+    ({"cm_preset": 3}, "byte coder settings out of range"),
     ({"bias_ppm": None}, "without all its settings"),
     ({"bias2_ppm": None}, "without all its settings"),
     ({"bias2_ppm": 10 ** 6 + 1}, "byte coder settings out of range"),
@@ -208,6 +209,19 @@ def test_hostile_descriptors_are_refused_before_a_model_loads(params, message):
         with pytest.raises(NacritError, match="without all its settings"):
             api.check_descriptor(F.Descriptor(2, F.E_PORTABLE, 1, {"model2": 1, "ctx2": 256,
                                               **bytemix.Settings().params()}, version=version))
+
+
+def test_each_version_codes_with_its_bit_mixer_preset():
+    """Version 7 archives code with bit mixer preset 1, version 8 with preset 2: any other is
+    refused before a model loads."""
+    from nacrith import api, frames as F
+    p7 = {"model2": 1, "ctx2": 256, **bytemix.Settings(cm=1, bias_lr=0, bias_lr2=0).params()}
+    assert api.check_descriptor(F.Descriptor(2, F.E_PORTABLE, 1, p7, version=7)) is not None
+    for version, preset in ((7, 2), (7, 0), (8, 1)):
+        p = {**p7, "cm_preset": preset, **({"bias_ppm": 0, "bias2_ppm": 0} if version == 8 else {})}
+        with pytest.raises(NacritError, match="byte coder settings out of range"):
+            api.check_descriptor(F.Descriptor(2, F.E_PORTABLE, 1, p, version=version))
+    assert F.CM_PRESET_OF == {7: 1, 8: 2} and bytemix.Settings().cm == 2
 
 
 @pytest.mark.parametrize("kw, message", [

@@ -25,8 +25,9 @@ def test_level_table_is_pinned():
     assert levels.LEVELS == {
         1: dict(lanes=4, ctx=512, skip=58982), 2: dict(lanes=4, ctx=1024, skip=62259),
         3: dict(lanes=2, ctx=1024, skip=62259), 4: dict(lanes=2, ctx=2048, skip=64225),
-        5: dict(lanes=1, ctx=2048, skip=64225), 6: {}, 7: dict(ctx=4096), 8: dict(ctx=8192),
-        9: dict(ctx=32768, model="gemma3", swa_full=False)}
+        5: dict(lanes=1, ctx=2048, skip=64225), 6: {}, 7: dict(ctx=4096),
+        8: dict(ctx=32768, model="gemma3", swa_full=False),
+        9: dict(ctx=32768, model="gemma3", swa_full=False, model2="smollm2", ctx2=8192)}
 
 
 @pytest.mark.parametrize("level", sorted(levels.LEVELS))
@@ -60,6 +61,36 @@ def test_explicit_options_override_the_level():
     for bad in (0, 10, True, "9"):
         with pytest.raises(nacrith.BadOption, match="level"):
             api.normalized(level=bad)
+
+
+def test_level_9_is_the_two_model_coder_unless_options_rule_it_out():
+    o = api.normalized(level=9)
+    assert (o.model, o.ctx, o.model2, o.ctx2, o.backend, o.lanes) == \
+        ("gemma3", 32768, "smollm2", 8192, "portable", 1)
+    assert api.normalized(o) == o                       # normalizing again changes nothing
+    for kw in (dict(model="gemma3"), dict(lanes=1), dict(backend="portable"),
+               dict(backend="auto"), dict(ctx2=4096), dict(n_gpu_layers=0)):
+        assert api.normalized(level=9, **kw).model2 == "smollm2", kw
+        assert api.at_level(9, **kw).model2 == "smollm2", kw
+    # what the two-model coder cannot run drops its second model, never an error
+    for kw, model in ((dict(model="smollm2"), "smollm2"), (dict(lanes=2), "gemma3"),
+                      (dict(backend="llama"), "gemma3"), (dict(n_gpu_layers=1), "gemma3")):
+        for o in (api.normalized(level=9, **kw), api.normalized(api.at_level(9, **kw)),
+                  api.normalized(api.Options(level=9, **kw))):
+            assert (o.model2, o.ctx2, o.model, o.ctx) == (None, 8192, model, 32768), kw
+    # an explicit second model is kept, and so is its error where it cannot run
+    with pytest.raises(nacrith.BadOption, match="model2 codes on the portable engine"):
+        api.normalized(level=9, model2="smollm2", lanes=2)
+    o = api.normalized(level=8)
+    assert (o.model, o.ctx, o.model2, o.backend) == ("gemma3", 32768, None, "portable")
+
+
+def test_two_model_coder_on_devices_is_a_clear_error():
+    from nacrith import workers
+    with pytest.raises(nacrith.NacritError, match=r"^--devices: the two-model coder .* -8"):
+        workers.pool_backend(api.at_level(9), ["0"])
+    assert workers.pool_backend(api.at_level(8), ["0"]) == "llama"
+    assert workers.pool_backend(api.at_level(9), []) == "portable"
 
 
 def test_cli_level_flags_become_level_options():
