@@ -134,7 +134,8 @@ CTX = typer.Option(2048, "--ctx", min=1, metavar="N",
 MODEL2 = typer.Option(None, "--model2", metavar="PRESET",
                       help="A second model preset: code bytes with both models' probabilities "
                            "context-mixed (the byte-level two-model coder; portable engine, 1 "
-                           "lane; a version-8 archive; ~2% smaller, ~10x slower than --best).")
+                           "lane; a version-8 archive; what --best codes with gemma3 + smollm2: ~4% "
+                           "smaller, ~10x slower than -8).")
 CTX2 = typer.Option(8192, "--ctx2", min=1, metavar="N",
                     help="With --model2: the second model's window, tokens (a multiple of 256).")
 LANES = typer.Option(1, "--lanes", min=1, max=C.MAX_LANES, metavar="N",
@@ -146,7 +147,7 @@ SKIP = typer.Option(None, "--skip", min=0.0, max=0.99998, metavar="P",
                          "gives it probability >= P (e.g. 0.95; faster on repetitive text).")
 SWA_FULL = typer.Option(None, "--swa-full/--no-swa-full",
                         help="llama.cpp's full-size KV cache for sliding-window attention "
-                             "layers (Gemma-3; default: on, llama.cpp's default; --best: off). "
+                             "layers (Gemma-3; default: on, llama.cpp's default; -8, --best: off). "
                              "Off: long --ctx much faster, other logits (recorded in the "
                              "archive). No effect on models without SWA (SmolLM2).")
 JSON = typer.Option(False, "--json", help="One JSON object per archive.")
