@@ -19,8 +19,8 @@ FAST, BEST = 1, 9
 # swa_full=False gives `--backend llama` llama.cpp's small SWA cache, which reaches ctx 32768 at
 # ctx 8192's full-cache speed (docs/benchmarks.md, "gemma3 preset"); without SWA (SmolLM2) or
 # on the portable engine swa_full does nothing. Level 9: the byte-level two-model coder
-# (bytemix.py), Gemma-3 at ctx 32768 with SmolLM2 at ctx 8192 (the whole alice29.txt 3.6% under
-# level 8, ~10x slower: docs/measurements.md, "Token bias heads")
+# (bytemix.py), Gemma-3 at ctx 32768 with SmolLM2 at ctx 8192 (the whole alice29.txt 3.4% under
+# level 8, ~9x slower: docs/measurements.md, "Token bias heads")
 LEVELS: dict[int, dict] = {
     1: dict(lanes=4, ctx=512, skip=58982),
     2: dict(lanes=4, ctx=1024, skip=62259),
