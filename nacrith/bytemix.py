@@ -74,8 +74,8 @@ class Settings(NamedTuple):
     alpha: float = 0.2          # fixed share of the two-expert Bayes mixture
     eps: float = 2.0 ** -12     # each model's smoothing: (1 - eps) P + eps / 256
     tau: float = 1e-3           # an ended token lighter than tau x the mass: probed only if kept
-    cm: int = 2                 # bytecm.PRESETS key: bits context-mixed (version 7: 1, version 8:
-    #                             1 or 2); 0: linear (version 6)
+    cm: int = 2                 # bytecm.PRESETS key: bits context-mixed (frames.CM_PRESET_OF:
+    #                             version 7 codes 1, version 8 codes 2); 0: linear (version 6)
     bias_lr: float = 0.38       # the first model's token bias head rate (version 8; 0 = off)
     bias_lr2: float = 0.38      # the second model's (version 8; both 0 in versions 6 and 7)
 

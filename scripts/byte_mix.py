@@ -91,7 +91,8 @@ def bit_mixed(data: bytes, fa: Path, fb: Path) -> float:
     n = len(data)
     da, db = (np.load(f, mmap_mode="r")[:n].astype(np.float64) for f in (fa, fb))
     out = np.zeros(8 * n, np.int64)
-    bytecm.run(bytecm.new(bytecm.PRESETS[bytemix.Settings().cm], n), da, db, np.frombuffer(data, np.uint8), out)
+    cm = bytecm.new(bytecm.PRESETS[bytemix.Settings().cm], n)
+    bytecm.run(cm, da, db, np.frombuffer(data, np.uint8), out)
     return float(-np.log2(out / cdf.TOTAL).sum())
 
 
