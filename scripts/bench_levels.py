@@ -3,7 +3,7 @@
 
 By default the first 16 KB of alice29.txt (the whole file is too slow for nine settings on a
 small machine; --bytes 0 for all of it). Per level: archive bpb (archive bytes * 8 / input
-bytes), seconds, tokens/s and speed relative to the default level measured in the same run;
+bytes), seconds, tokens/s, bytes/s and speed relative to the default level measured in the same run;
 each level is warmed up (model loaded, kernels compiled) on a short text before it is timed,
 and --verify decodes every archive and checks it. Prints a markdown table.
 
@@ -59,7 +59,7 @@ def main():
             assert nacrith.decompress(blob, threads=a.threads) == data, lv
         rows[lv] = (len(blob), sec, tok)
         print(f"level {lv}: {len(blob)} bytes, {len(blob) * 8 / len(data):.4f} bpb, "
-              f"{sec:.1f} s, {tok / sec:.1f} tokens/s", file=sys.stderr, flush=True)
+              f"{sec:.1f} s, {tok / sec:.1f} tokens/s, {len(data) / sec:.1f} bytes/s", file=sys.stderr, flush=True)
     base = rows.get(levels.DEFAULT)
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
                 if ln.startswith("model name")), platform.processor()) \
@@ -67,14 +67,15 @@ def main():
     date = subprocess.run(["date", "-u", "+%Y-%m-%d"], capture_output=True, text=True).stdout
     print(f"{Path(a.file).name}, first {len(data)} bytes; threads={a.threads}; {cpu}; "
           f"{date.strip()}\n")
-    print("| level | settings | archive bytes | bpb | seconds | tokens/s | speed vs 6 |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| level | settings | archive bytes | bpb | seconds | tokens/s | bytes/s | speed vs 6 |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for lv, (size, sec, tok) in sorted(rows.items()):
         st = ", ".join(f"{k}={v}" for k, v in levels.LEVELS[lv].items()) or "defaults"
         rel = f"{base[1] / sec:.2f}x" if base else "-"
         print(f"| {lv}{' (--fast)' if lv == levels.FAST else ''}"
               f"{' (--best)' if lv == levels.BEST else ''} | {st} | {size} | "
-              f"{size * 8 / len(data):.3f} | {sec:.1f} | {tok / sec:.1f} | {rel} |")
+              f"{size * 8 / len(data):.4f} | {sec:.1f} | {tok / sec:.1f} | {len(data) / sec:.1f} | "
+              f"{rel} |")
 
 
 if __name__ == "__main__":
