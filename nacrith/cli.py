@@ -135,7 +135,7 @@ MODEL2 = typer.Option(None, "--model2", metavar="PRESET",
                       help="A second model preset: code bytes with both models' probabilities "
                            "context-mixed (the byte-level two-model coder; portable engine, 1 "
                            "lane; a version-8 archive; what --best codes with gemma3 + smollm2: ~3% "
-                           "smaller, ~9x slower than -8).")
+                           "smaller, 3-4x slower than -8 on the same thread).")
 CTX2 = typer.Option(8192, "--ctx2", min=1, metavar="N",
                     help="With --model2: the second model's window, tokens (a multiple of 256).")
 LANES = typer.Option(1, "--lanes", min=1, max=C.MAX_LANES, metavar="N",

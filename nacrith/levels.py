@@ -20,7 +20,7 @@ FAST, BEST = 1, 9
 # ctx 8192's full-cache speed (docs/benchmarks.md, "gemma3 preset"); without SWA (SmolLM2) or
 # on the portable engine swa_full does nothing. Level 9: the byte-level two-model coder
 # (bytemix.py), Gemma-3 at ctx 32768 with SmolLM2 at ctx 8192 (the whole alice29.txt 3.4% under
-# level 8, ~9x slower: docs/measurements.md, "Token bias heads")
+# level 8; 2.8-4.3x slower on the same thread: docs/benchmarks.md, "Whole files")
 LEVELS: dict[int, dict] = {
     1: dict(lanes=4, ctx=512, skip=58982),
     2: dict(lanes=4, ctx=1024, skip=62259),

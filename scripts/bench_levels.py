@@ -59,7 +59,8 @@ def main():
             assert nacrith.decompress(blob, threads=a.threads) == data, lv
         rows[lv] = (len(blob), sec, tok)
         print(f"level {lv}: {len(blob)} bytes, {len(blob) * 8 / len(data):.4f} bpb, "
-              f"{sec:.1f} s, {tok / sec:.1f} tokens/s, {len(data) / sec:.1f} bytes/s", file=sys.stderr, flush=True)
+              f"{sec:.1f} s, {tok / sec:.1f} tokens/s, {len(data) / sec:.1f} bytes/s",
+              file=sys.stderr, flush=True)
     base = rows.get(levels.DEFAULT)
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
                 if ln.startswith("model name")), platform.processor()) \
