@@ -82,6 +82,9 @@ class Options:
     skip: int | None = None                     # confidence skip threshold / 2^16 (0 = off)
     skip_cap: int | None = None                 # most tokens waiting for the LLM per lane
     guard: int | None = None                    # ensemble-vs-bare-LLM switch rate / 2^16 (0 = off)
+    mix_preset: int | None = None               # the base preset (mixer.PRESETS) of the fields
+                                                # above; None = mixer.DEFAULTS (4); 5: exact,
+                                                # order-free vocabulary sums (version 9)
     # the byte-level two-model coder (bytemix.py, a version-8 archive): a second model preset
     # whose byte probabilities are mixed with the first's (both on the portable engine, no
     # ensemble, one lane), with its own window ctx2
@@ -93,11 +96,22 @@ class Options:
 
     def mix_params(self):
         """The ensemble hyperparameters these options select (all zero: LLM only)."""
-        from .mixer import DEFAULTS, MixParams
+        from .mixer import DEFAULTS, PRESETS, MixParams
         if not self.neural or not self.mixer:
             return MixParams()
-        return replace(DEFAULTS, **{k: int(getattr(self, k)) for k in MixParams.KEYS
-                                    if getattr(self, k) is not None})
+        base = DEFAULTS if self.mix_preset is None else PRESETS[self.mix_preset]
+        return replace(base, **{k: int(getattr(self, k)) for k in MixParams.KEYS
+                                if getattr(self, k) is not None})
+
+    def format_version(self) -> int:
+        """The container version these options write (frames.py)."""
+        if self.model2 is not None:
+            return F.BYTEMIX_VERSION
+        if self.mix_preset is not None:          # (else no numba import)
+            mix = self.mix_params()
+            if mix.isum and mix.active:
+                return F.ISUM_VERSION
+        return F.VERSION
 
 
 class Engine:
@@ -141,18 +155,21 @@ class Engine:
 
     def descriptor(self, mix) -> F.Descriptor:
         """The version-4 model descriptor: registered model id (or the custom GGUF's SHA-256),
-        engine and the parameters that differ from frames.DEFAULTS."""
-        implied = {**F.DEFAULTS, "slide": self.params["ctx"] // 4}     # slide follows ctx
+        engine and the parameters that differ from its version's frames.DEFAULTS_OF (version 9
+        for the ensemble's preset 5, else 5)."""
+        version = F.ISUM_VERSION if mix.isum and mix.active else F.VERSION
+        implied = {**F.DEFAULTS_OF[version], "slide": self.params["ctx"] // 4}  # slide: ctx / 4
         params = {k: self.params[k] for k in ("ctx", "slide", "n_keep", "lanes")
                   if self.params[k] != implied[k]}
         if self.params.get("swa_full", 1) != 1:     # absent: full-size SWA cache (key 34)
             params["swa_full"] = self.params["swa_full"]
         mp = mix.params() or {"mix_preset": 0}  # LLM only: preset 0, every component off
         params.update({k: v for k, v in mp.items()
-                       if k != "mix_preset" or v != F.DEFAULTS["mix_preset"]})
+                       if k != "mix_preset" or v != implied["mix_preset"]})
         mid = models.registry_id(self.sha256)
         return F.Descriptor(mid, self.engine, self.engine_check, params,
-                            *(() if mid else (self.sha256, self.backend.n_vocab, self.path.name)))
+                            *(() if mid else (self.sha256, self.backend.n_vocab, self.path.name)),
+                            version=version)
 
 
 def get_engine(path: Path, opts: Options, mix=None) -> Engine:
@@ -237,6 +254,11 @@ def _options(opts: Options | None, kw) -> Options:
         raise BadOption(f"segment_size must be <= {C.MAX_NEURAL_SEGMENT} for neural coding")
     if o.model2 is not None:
         _check_two_models(o)
+    if o.mix_preset is not None:
+        from .mixer import PRESETS
+        if isinstance(o.mix_preset, bool) or o.mix_preset not in PRESETS or o.model2 is not None:
+            raise BadOption(f"mix_preset must be one of {', '.join(map(str, PRESETS))} (the "
+                            f"ensemble; not with model2; got {o.mix_preset!r})")
     try:
         if o.neural and o.mixer and o.model2 is None:   # else no ensemble (nor numba import)
             o.mix_params().validate()
@@ -417,7 +439,7 @@ class ArchiveWriter:
         self.framed = index is not None
         self.descriptor = None
         self.n = 0
-        self.version = F.VERSION if o.model2 is None else F.BYTEMIX_VERSION
+        self.version = o.format_version()
         if index is not None:
             self.written += _write(dst, F.header(F.L_SOLID, self.version)
                                    + F.pack_index_frame(index))
@@ -543,6 +565,9 @@ def check_descriptor(d: F.Descriptor) -> tuple[dict, object]:
         return p, _check_bytemix(d, p)
     mix = MixParams.from_params(p)
     mix.validate()
+    if (d.version == F.ISUM_VERSION) != bool(mix.isum and mix.active):
+        raise NacritError(f"corrupt model frame (mixer preset {p['mix_preset']} in a version-"
+                          f"{d.version} archive: preset 5 is version 9's, and only its)")
     return p, mix
 
 

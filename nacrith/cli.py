@@ -142,6 +142,10 @@ LANES = typer.Option(1, "--lanes", min=1, max=C.MAX_LANES, metavar="N",
                      help="Sequences coded in lockstep (faster, slightly larger).")
 NO_NEURAL = typer.Option(False, "--no-neural", help="zstd/stored only: never load a model.")
 NO_MIXER = typer.Option(False, "--no-mixer", help="LLM only: no n-gram/match/bias ensemble.")
+MIX_PRESET = typer.Option(None, "--mix-preset", min=1, max=5, metavar="N",
+                          help="The ensemble's preset, 1-5 (default 4). 5: preset 4 with exact, "
+                               "order-free vocabulary sums, for parallel and device coding (the "
+                               "same ratio within 0.001%; a version-9 archive).")
 SKIP = typer.Option(None, "--skip", min=0.0, max=0.99998, metavar="P",
                     help="Confidence skip: code a token without the LLM when the match model "
                          "gives it probability >= P (e.g. 0.95; faster on repetitive text).")
@@ -214,7 +218,8 @@ def compress(context: typer.Context, files: Optional[List[str]] = FILES,
              keep: bool = KEEP, rm: bool = RM, quiet: bool = QUIET, verbose: bool = VERBOSE,
              model: Optional[str] = MODEL, threads: Optional[int] = THREADS, ctx: int = CTX,
              lanes: int = LANES, no_neural: bool = NO_NEURAL, no_mixer: bool = NO_MIXER,
-             gpu_layers: int = GPU, recursive: bool = RECURSIVE,
+             mix_preset: Optional[int] = MIX_PRESET, gpu_layers: int = GPU,
+             recursive: bool = RECURSIVE,
              workers: Optional[int] = WORKERS, devices: Optional[str] = DEVICES,
              inflight: Optional[int] = INFLIGHT,
              engine: str = ENGINE, address: Optional[str] = ADDRESS, resume: bool = RESUME,
@@ -232,6 +237,7 @@ def compress(context: typer.Context, files: Optional[List[str]] = FILES,
                                              "carried from file to file.")):
     """Compress FILEs to FILE.nc (default command)."""
     given = dict(model=model, ctx=ctx, lanes=lanes, swa_full=swa_full, model2=model2, ctx2=ctx2,
+                 mix_preset=mix_preset,
                  skip=None if skip is None else round(skip * 65536))
     given = {k: v for k, v in given.items() if context.get_parameter_source(k).name != "DEFAULT"}
     opts = api.at_level(level, threads=threads, n_gpu_layers=gpu_layers, neural=not no_neural,

@@ -1,15 +1,18 @@
-"""Container formats v4 and v5, the compact frame (spec: formats/FORMAT.md).
+"""Container formats v4 to v9, the compact frame (spec: formats/FORMAT.md).
 
 Invariants:
-- a version-4..8 archive starts with "NAC" and one byte (layout << 4) | version; "NACR" (0x52
-  = layout 5, version 2, never a version-4..8 value) starts every version 1-3 archive
+- a version-4..9 archive starts with "NAC" and one byte (layout << 4) | version; "NACR" (0x52
+  = layout 5, version 2, never a version-4..9 value) starts every version 1-3 archive
   (container.py reads those); the encoder writes version 5, or 8 for the two-model byte coder
   (only version 6-8 descriptors may have its keys, NEW_IN_6, only version 7-8 ones the context
   mixer's, NEW_IN_7, and only version 8 ones the token bias heads', NEW_IN_8: an older reader
   refuses the archive by its version; versions 6 (the linear two-model mixture) and 7 (bits
-  mixed, no bias heads) are read, no longer written); 4 and 5 differ only in the descriptor's defaults (DEFAULTS_OF: an
-  absent mix_preset is 3 in version 4, 4 in version 5) and in the keys a version-4 descriptor
-  may not have (NEW_IN_5), so every reader takes the archive's version;
+  mixed, no bias heads) are read, no longer written), or 9 for the ensemble's preset 5 (exact
+  sums): version 5 whose absent mix_preset means 5, without the two-model keys, and the reader
+  requires preset 5 there and refuses it in versions 4-8 (api.check_descriptor); 4 and 5 differ
+  only in the descriptor's defaults (DEFAULTS_OF: an absent mix_preset is 3 in version 4, 4 in
+  version 5) and in the keys a version-4 descriptor may not have (NEW_IN_5), so every reader
+  takes the archive's version;
 - single layouts (stored, zstd, neural, hybrid: the whole input is one segment) carry no lengths
   that the file's own length implies, and end with a trailer: the low 32 bits of the xxh3-64 of
   the original (content check) and the xxh32 of every archive byte before it (archive check).
@@ -37,10 +40,11 @@ from .container import PARAM_IDS, PARAM_KEYS, Reader, hash32, put_varint
 from .errors import NacritError
 
 MAGIC = b"NAC"
-VERSION = 5                      # written; versions 4 to 8 are read (FORMAT.md, "Version 5")
+VERSION = 5                      # written; versions 4 to 9 are read (FORMAT.md, "Version 5")
 BYTEMIX_VERSION = 8              # written instead when the descriptor has the two-model keys
+ISUM_VERSION = 9                 # written instead for the ensemble's preset 5 (exact sums)
 CM_PRESET_OF = {7: 1, 8: 2}      # the bit mixer preset (bytecm.PRESETS) each version codes with
-READ_VERSIONS = (4, 5, 6, 7, 8)
+READ_VERSIONS = (4, 5, 6, 7, 8, 9)
 LEGACY_BYTE = 0x52               # "NACR": versions 1-3 (container.py)
 
 # layouts (high nibble of header byte 3)
@@ -62,7 +66,8 @@ DEFAULTS_OF = {4: {"ctx": 2048, "n_keep": 1, "lanes": 1, "mix_preset": 3},   # a
                5: {"ctx": 2048, "n_keep": 1, "lanes": 1, "mix_preset": 4},   # ctx / 4
                6: {"ctx": 2048, "n_keep": 1, "lanes": 1, "mix_preset": 4},
                7: {"ctx": 2048, "n_keep": 1, "lanes": 1, "mix_preset": 4},
-               8: {"ctx": 2048, "n_keep": 1, "lanes": 1, "mix_preset": 4}}
+               8: {"ctx": 2048, "n_keep": 1, "lanes": 1, "mix_preset": 4},
+               9: {"ctx": 2048, "n_keep": 1, "lanes": 1, "mix_preset": 5}}
 DEFAULTS = DEFAULTS_OF[VERSION]
 NEW_IN_5 = frozenset(PARAM_KEYS[k] for k in C.V5_KEYS)   # names a v4 archive cannot have
 NEW_IN_6 = frozenset(PARAM_KEYS[k] for k in C.V6_KEYS)   # names a v4 / v5 archive cannot have
@@ -144,7 +149,8 @@ def read_descriptor(r: Reader, version: int = VERSION) -> Descriptor:
                 raise NacritError(f"archive uses unknown model parameter {key}; upgrade nacrith")
             if (name in ("threads", "cdf_bits") or name in d.params
                     or version < 5 and name in NEW_IN_5 or version < 6 and name in NEW_IN_6
-                    or version < 7 and name in NEW_IN_7 or version < 8 and name in NEW_IN_8):
+                    or version < 7 and name in NEW_IN_7 or version < 8 and name in NEW_IN_8
+                    or version == ISUM_VERSION and name in NEW_IN_6 | NEW_IN_7 | NEW_IN_8):
                 raise NacritError(f"corrupt {r.what} (parameter {name} not allowed or repeated)")
             d.params[name] = value
     return d

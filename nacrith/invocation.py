@@ -78,7 +78,8 @@ def version() -> str:
     reads = sorted(set(range(C.LLM_ONLY_VERSION, C.VERSION + 1)) | set(F.READ_VERSIONS))
     return (f"{R.PROG} {__version__}\n"
             f"portable engine version {ENGINE_VERSION}\n"
-            f"archive format: writes version {F.VERSION} ({F.BYTEMIX_VERSION} with --model2), "
+            f"archive format: writes version {F.VERSION} ({F.BYTEMIX_VERSION} with --model2, "
+            f"{F.ISUM_VERSION} with --mix-preset 5), "
             f"reads versions {_spans(reads)}")
 
 

@@ -43,6 +43,7 @@ def settings(level: int, given: dict | None = None) -> dict:
     g = given or {}
     if "model2" in s and "model2" not in g and (
             g.get("model", s["model"]) != s["model"] or g.get("lanes", 1) != 1 or
-            g.get("backend", "auto") not in ("auto", "portable") or g.get("n_gpu_layers")):
+            g.get("backend", "auto") not in ("auto", "portable") or g.get("n_gpu_layers") or
+            g.get("mix_preset") is not None):
         del s["model2"], s["ctx2"]
     return s

@@ -67,6 +67,7 @@ class OptionArgs(TypedDict, total=False):
     skip: Optional[int]
     skip_cap: Optional[int]
     guard: Optional[int]
+    mix_preset: Optional[int]
     model2: Optional[str]
     ctx2: int
     level: Optional[int]

@@ -109,6 +109,16 @@ def cases():
     # version 8: the same, each model's logits with its token bias head (bytemix.py, descriptor
     # key 44 bias_ppm)
     yield "v8-bias-gemma3", two, opts
+    # version 9: the ensemble's preset 5 (exact, order-free vocabulary sums); an absent
+    # mix_preset means 5. With custom keys, 2 lanes and the skip; and Gemma-3's 262144-entry
+    # vocabulary on the portable engine (needs nacrith[gemma3])
+    yield "v9-isum", alice[11000:11300], {"threads": 1, "mix_preset": 5}
+    yield "v9-isum-custom-2lanes", fields[2200:3000] * 2, \
+        {"threads": 1, "mix_preset": 5, "lanes": 2, "ngram": 2, "match": 4, "guard": 20000,
+         "skip": 62259, "skip_cap": 8}
+    yield "v9-isum-gemma3", alice[19500:19900], {"threads": 1, "mix_preset": 5,
+                                                  "model": "gemma3", "backend": "portable",
+                                                  "ctx": 256}
 
 
 def solid_cases():

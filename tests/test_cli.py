@@ -223,7 +223,7 @@ def test_compress_refuses_nc_suffix(tmp_path, archive):
 
 
 # ---------------------------------------------------------------- damaged archives
-FUTURE = 9            # a format version no nacrith has used (the current one is 4)
+FUTURE = 10           # a format version no nacrith has used (the newest read is 9)
 
 
 def _future_version(blob: bytes) -> bytes:
@@ -420,8 +420,8 @@ def test_help_and_version(tmp_path):
         assert (r.returncode, r.stderr) == (0, b"")
         assert r.stdout.decode() == (f"nacrith {__version__}\n"
                                      f"portable engine version {ENGINE_VERSION}\n"
-                                     "archive format: writes version 5 (8 with --model2), "
-                                     "reads versions 1-8\n")
+                                     "archive format: writes version 5 (8 with --model2, 9 "
+                                     "with --mix-preset 5), reads versions 1-9\n")
     assert re.fullmatch(r"\d+\.\d+\.\d+\S*", __version__) and F.VERSION >= 5
 
 
@@ -749,6 +749,32 @@ def test_no_mixer_writes_llm_only_archive(tmp_path):
     assert layout == F.L_NEURAL and desc.params == {"mix_preset": 0}
     r = run("-dc", "x.txt.nc", cwd=tmp_path, timeout=600)
     assert (r.returncode, r.stdout) == (0, data)
+
+
+def test_mix_preset_5_writes_version_9(tmp_path):
+    why = _neural_available()
+    if why:
+        pytest.skip(why)
+    data = corpus("xargs.1")[:700]
+    put(tmp_path, "x.txt", data)
+    r = run("--mix-preset", "5", "--threads", "1", "x.txt", cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    blob = (tmp_path / "x.txt.nc").read_bytes()
+    from nacrith import frames as F
+    layout, desc, _, _ = F.scan_bytes(blob)
+    assert (layout, desc.version, desc.params, blob[3]) == (F.L_NEURAL, 9, {}, F.L_NEURAL << 4 | 9)
+    r = run("info", "x.txt.nc", cwd=tmp_path)
+    assert r.returncode == 0 and "  params       ctx=2048 slide=512 n_keep=1 lanes=1 mix_preset=5" \
+        in r.stdout.decode(), r.stdout
+    r = run("-dc", "x.txt.nc", cwd=tmp_path, timeout=600)
+    assert (r.returncode, r.stdout) == (0, data)
+    r = run("--mix-preset", "6", "-c", "x.txt", cwd=tmp_path)
+    assert r.returncode == 2 and r.stdout == b"" and b"--mix-preset" in r.stderr, r.stderr
+    r = run("--mix-preset", "5", "--model", "gemma3", "--model2", "smollm2", "-c", "x.txt",
+            cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (1, b"")
+    assert r.stderr.decode() == ("nacrith: bad option: mix_preset must be one of 1, 2, 3, 4, 5 "
+                                 "(the ensemble; not with model2; got 5)\n")
 
 
 def test_ctrl_c_during_neural_coding(tmp_path):

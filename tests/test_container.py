@@ -97,8 +97,8 @@ def _recheck(b: bytes) -> bytes:
 @pytest.mark.parametrize("mutate, message", [
     (lambda b: b[:2], "not a nacrith archive (bad magic)"),
     (lambda b: b"XAC" + b[3:], "not a nacrith archive (bad magic)"),
-    (lambda b: b[:3] + b"\x19" + b[4:],
-     "archive format version 9 is newer than this nacrith supports (<= 8); upgrade nacrith"),
+    (lambda b: b[:3] + b"\x1a" + b[4:],
+     "archive format version 10 is newer than this nacrith supports (<= 9); upgrade nacrith"),
     (lambda b: b[:3] + b"\x13" + b[4:], "corrupt file header (bad version byte)"),
     (lambda b: _recheck(b[:3] + b"\x45" + b[4:]), "archive uses unknown layout 4; upgrade nacrith"),
     (lambda b: b[:-1], "corrupt archive (archive checksum mismatch)"),

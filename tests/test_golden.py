@@ -85,6 +85,8 @@ def test_every_feature_is_covered():
     for feature in ["zstd", "neural", "neural-llm", "guard-custom", "guard-off", "skip-2lanes",
                     "gemma3-swa", "gemma3-portable"]:
         assert f"v5-{feature}.nc" in names
+    for feature in ["isum", "isum-custom-2lanes", "isum-gemma3"]:
+        assert f"v9-{feature}.nc" in names
     from nacrith import frames as F
     d = F.scan_bytes((GOLDEN / "v5-gemma3-portable.nc").read_bytes())[1]
     assert (d.engine, d.engine_check, d.params["ctx"]) == (F.E_PORTABLE, 1, 1280)
@@ -107,6 +109,13 @@ def test_mixer_presets_of_the_golden_archives():
         assert MixParams.from_params(d.full_params()) == PRESETS[want]
     d = F.scan_bytes((GOLDEN / "v5-guard-custom.nc").read_bytes())[1]
     assert d.params["guard"] == 20000 and d.version == 5
+    # v9 archives: an absent mix_preset means preset 5 (exact sums)
+    for name in ("v9-isum.nc", "v9-isum-custom-2lanes.nc", "v9-isum-gemma3.nc"):
+        d = F.scan_bytes((GOLDEN / name).read_bytes())[1]
+        assert "mix_preset" not in d.params and d.version == 9, name
+        assert MixParams.from_params(d.full_params()).isum == 1, name
+    assert F.scan_bytes((GOLDEN / "v9-isum-custom-2lanes.nc").read_bytes())[1].params == \
+        {"lanes": 2, "ngram": 2, "match": 4, "guard": 20000, "skip": 62259, "skip_cap": 8}
 
 
 @pytest.mark.parametrize("sha, size, name, methods", ENTRIES, ids=[e[2] for e in ENTRIES])
@@ -143,11 +152,11 @@ def test_golden_solid_restores(tmp_path, sha, size, name, methods):
                        1700000000 + (i * 3) // 2) for i, p in enumerate(order)}
 
 
-# v5 and v7 archives that today's encoder writes byte for byte (the current defaults and the main
+# v5, v8 and v9 archives that today's encoder writes byte for byte (the current defaults and the main
 # options): a refactor of the coder, the mixer or the framing must keep these bytes (the v4
 # ones cannot be re-encoded: today's encoder writes version 5)
 REENCODE = ["v5-neural", "v5-neural-llm", "v5-guard-custom", "v5-skip-2lanes", "v5-zstd",
-            "v8-bias-gemma3"]
+            "v8-bias-gemma3", "v9-isum", "v9-isum-custom-2lanes", "v9-isum-gemma3"]
 
 
 @pytest.mark.parametrize("name", REENCODE)

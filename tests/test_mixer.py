@@ -57,6 +57,7 @@ CONFIGS = {
     "apm_only": replace(PRESETS[1], apm_lr=10000, apm_w=65536),
     "col_only": replace(MixParams(), col_lr=131072),
     "preset2": PRESETS[2],
+    "preset5": PRESETS[5],
     "apm_no_mixer_inputs": replace(DEFAULTS, ngram=0, match=0),
     "new_nondefault": replace(DEFAULTS, ngram=5, ngram_bits=9, ngram_limit=9, match=2,
                               match_bits=7, **NEW_ODD),
@@ -177,6 +178,46 @@ def test_match_model_learns_repeats_synthetic():
     assert bits(replace(DEFAULTS, **dict(OFF, match=6))) < 0.5 * bits(MixParams())
 
 
+def test_preset5_sums_are_exact_in_any_order():
+    """Preset 5 rounds the terms of every vocabulary-wide sum to a fixed grid, so the sum is
+    exact: the 8-partial kernel sum, any permutation, a split into chunks and numpy's pairwise sum
+    all give math.fsum's bits. Without the grid (preset 4's terms) the order changes the bits."""
+    import math
+    from nacrith.mixer.ensemble import EL_GRID, EL_MAX, P_GRID, _exp_row, _sum8, _sum8_pl
+    assert PRESETS[5] == replace(PRESETS[4], isum=1) and PRESETS[4].isum == 0
+    rng = np.random.default_rng(3)
+    for V in (49152, 262144):
+        x = rng.normal(0, 3, V)
+        x[7:9] = (-800.0, -60.0)                       # exp underflow and a tiny term
+        x[9] = x.max() - 0.5
+        raw, p = np.empty(V), np.empty(V)
+        _exp_row(x, x.max(), raw, V, 0)
+        _exp_row(x, x.max(), p, V, 1)
+        lg = rng.normal(0, 8, V).astype(np.float32)
+        lg[9] = 3e4                                    # clamped: |p l| <= EL_MAX
+        assert np.abs(p - raw).max() <= 0.5 / P_GRID and p.max() == 1.0
+        assert raw[7] == 0.0 and raw[8] > 0.0 and p[8] == 0.0
+        assert np.all(p * P_GRID == np.round(p * P_GRID))
+        perm = rng.permutation(V)
+        exact = math.fsum(p)
+        sums = {_sum8(p, V), _sum8(np.ascontiguousarray(p[perm]), V), float(np.sum(p[::-1])),
+                sum(_sum8(c.copy(), len(c)) for c in np.array_split(p[perm], 7))}
+        assert sums == {exact}
+        t = np.where(p > 0, p * lg.astype(np.float64), 0.0).clip(-EL_MAX, EL_MAX)
+        t = np.round(t * EL_GRID) / EL_GRID
+        el = {_sum8_pl(p, lg, V, 1), _sum8_pl(np.ascontiguousarray(p[perm]),
+                                               np.ascontiguousarray(lg[perm]), V, 1)}
+        assert el == {math.fsum(t)}
+        # the check can fail: preset 4's terms give other bits in another order
+        assert len({_sum8(raw, V), _sum8(np.ascontiguousarray(raw[perm]), V),
+                    math.fsum(raw)}) > 1
+        assert _sum8_pl(raw, lg, V, 0) != _sum8_pl(np.ascontiguousarray(raw[perm]),
+                                                    np.ascontiguousarray(lg[perm]), V, 0)
+    from nacrith.mixer.state import new_state
+    with pytest.raises(NacritError, match="preset 5 sums at most 2097152"):
+        new_state(PRESETS[5], (1 << 21) + 1, 4)
+
+
 def test_params_roundtrip_and_absent_keys_mean_off():
     p = CONFIGS["boost_nondefault"].params()
     assert MixParams.from_params(p) == CONFIGS["boost_nondefault"]
@@ -199,6 +240,9 @@ def test_params_roundtrip_and_absent_keys_mean_off():
     assert MixParams.from_params({"mix_preset": 2}) == PRESETS[2] and PRESETS[2].col_lr == 0
     with pytest.raises(NacritError, match="unknown mixer preset 9"):
         MixParams.from_params({"mix_preset": 9})
+    # preset 5 = preset 4 with exact sums; settings with isum are written as preset 5
+    assert PRESETS[5].params() == {"mix_preset": 5}
+    assert replace(PRESETS[5], guard=0).params() == {"mix_preset": 5, "guard": 0}
     # preset 1 (version-2 archives before preset 2) keeps its meaning: the preset-only fields
     # are off, and settings with them off are written as preset 1
     p1 = MixParams.from_params({"mix_preset": 1})
@@ -233,6 +277,8 @@ ARCHIVES = {
                        mix_lr=900000, mix_floor=1000, boost_lr=300000),
     "guard_off": dict(guard=0),
     "guard_nondefault": dict(guard=30000),
+    "isum": dict(mix_preset=5),
+    "isum_guard": dict(mix_preset=5, guard=30000),
 }
 
 
@@ -286,6 +332,13 @@ def test_archive_fields(archives):
     assert _desc(archives["guard_off"][1]).params == {"guard": 0}
     assert _desc(archives["guard_nondefault"][1]).params == {"guard": 30000}
     assert len({archives[n][1][-40:] for n in ("full_default", "guard_off", "guard_nondefault")}) == 3
+    # preset 5 is a version-9 archive whose absent mix_preset means 5 (no parameter bytes)
+    for name, params in (("isum", {}), ("isum_guard", {"guard": 30000})):
+        blob = archives[name][1]
+        d = _desc(blob)
+        assert (blob[3] & 15, d.version, d.params) == (9, 9, params)
+        assert MixParams.from_params(d.full_params()) == replace(PRESETS[5], **params)
+    assert archives["full_default"][1][3] & 15 == 5
 
 
 def test_decode_all_in_fresh_process(archives):

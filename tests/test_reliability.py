@@ -332,6 +332,24 @@ def test_v4_descriptor_refuses_version3_only_keys(no_model, key):
     assert msg == f"corrupt archive header (parameter {key} not allowed or repeated)"
 
 
+def test_preset5_is_version9s_and_only_its(no_model):
+    """The ensemble's preset 5 (exact sums) is what version 9 means: refused in a version-5
+    descriptor, and a version-9 one must name it (absent = 5) and may not have the two-model
+    keys; all refused before a model loads."""
+    with pytest.raises(_Built):                        # control: the intact golden
+        nacrith.decompress((GOLDEN / "v9-isum.nc").read_bytes())
+    no_model.clear()
+    tail = " archive: preset 5 is version 9's, and only its)"
+    assert _refused_before_engine(_v4_golden_with("v5-neural.nc", mix_preset=5), no_model) == \
+        "corrupt model frame (mixer preset 5 in a version-5" + tail
+    for preset in (4, 0):
+        assert _refused_before_engine(_v4_golden_with("v9-isum.nc", mix_preset=preset),
+                                      no_model) == \
+            f"corrupt model frame (mixer preset {preset} in a version-9" + tail
+    assert _refused_before_engine(_v4_golden_with("v9-isum.nc", ctx2=256), no_model) == \
+        "corrupt archive header (parameter ctx2 not allowed or repeated)"
+
+
 def test_v4_descriptor_refuses_version5_keys_and_v5_takes_them(no_model):
     # key 22 (guard) exists from version 5 on; the same descriptor in a v5 archive is fine
     msg = _refused_before_engine(_v4_golden_with("v4-neural.nc", guard=1311), no_model)

@@ -40,8 +40,13 @@ points) -> ensemble (predict / update) -> sparse (n-gram, match, skip) -> state 
 state, Config) -> params (MixParams, PRESETS, constants).
 
 Presets (PRESETS, model-frame key mix_preset) are frozen; fields without a model-frame key
-(ngram_slots, slot_lr, mix2, apm_lr, apm_w, bias_g0) come only from the preset, and 0 means the
-preset-1 behaviour, so preset-1 archives decode exactly as before.
+(ngram_slots, slot_lr, mix2, apm_lr, apm_w, bias_g0, col_lr, isum) come only from the preset, and
+0 means the preset-1 behaviour, so preset-1 archives decode exactly as before.
+
+Preset 5 (isum, version-9 archives) is preset 4 whose vocabulary-wide sums are exact: their terms
+are rounded to a fixed binary grid first (ensemble._grid), so every partial sum is an exact
+double and the sums have the same bits in any order or split over threads or a device's blocks;
+every other vocabulary pass is element-wise, a maximum, a first index or an integer sum.
 """
 
 from .lane import LaneModel

@@ -67,28 +67,51 @@ def _sum8(p, n):
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
+# Exact sums (preset 5, cfg.isum): p and the guard's r are rounded to multiples of 2^-32, and each
+# term p l to a multiple of 2^-20 after clamping |p l| to EL_MAX, before they are summed.  With at
+# most params.ISUM_MAX_V = 2^21 terms every partial sum is then an integer multiple of its grid
+# below 2^53 grid steps, an exact double, so the sums (S, E, the column buckets' Q_j and the
+# guard's sum) have the same bits in any order or split.
+P_GRID = 4294967296.0            # 2^32
+EL_GRID = 1048576.0              # 2^20
+EL_MAX = 2048.0
+_RN = 4503599627370496.0         # 2^52: (x + 2^52) - 2^52 rounds x to an integer, 0 <= x < 2^52
+_RN_S = 6755399441055744.0       # 1.5 * 2^52: the same for |x| < 2^51
+
+
 @njit
-def _pl(p, l):
+def _grid(p):
+    """round(p 2^32) / 2^32 (ties to even; 0 <= p <= 1): a term of an exact sum."""
+    return ((p * P_GRID + _RN) - _RN) / P_GRID
+
+
+@njit
+def _pl(p, l, grid):
     v = p * np.float64(l)
-    return v if p > 0.0 else 0.0        # p = 0 where l is -inf or NaN
+    v = v if p > 0.0 else 0.0           # p = 0 where l is -inf or NaN
+    if grid == 0:
+        return v
+    v = v if v < EL_MAX else EL_MAX
+    v = v if v > -EL_MAX else -EL_MAX
+    return ((v * EL_GRID + _RN_S) - _RN_S) / EL_GRID
 
 
 @njit
-def _sum8_pl(p, logits, n):
+def _sum8_pl(p, logits, n, grid):
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
     i = 0
     while i + 8 <= n:
-        s0 += _pl(p[i], logits[i])
-        s1 += _pl(p[i + 1], logits[i + 1])
-        s2 += _pl(p[i + 2], logits[i + 2])
-        s3 += _pl(p[i + 3], logits[i + 3])
-        s4 += _pl(p[i + 4], logits[i + 4])
-        s5 += _pl(p[i + 5], logits[i + 5])
-        s6 += _pl(p[i + 6], logits[i + 6])
-        s7 += _pl(p[i + 7], logits[i + 7])
+        s0 += _pl(p[i], logits[i], grid)
+        s1 += _pl(p[i + 1], logits[i + 1], grid)
+        s2 += _pl(p[i + 2], logits[i + 2], grid)
+        s3 += _pl(p[i + 3], logits[i + 3], grid)
+        s4 += _pl(p[i + 4], logits[i + 4], grid)
+        s5 += _pl(p[i + 5], logits[i + 5], grid)
+        s6 += _pl(p[i + 6], logits[i + 6], grid)
+        s7 += _pl(p[i + 7], logits[i + 7], grid)
         i += 8
     while i < n:
-        s0 += _pl(p[i], logits[i])
+        s0 += _pl(p[i], logits[i], grid)
         i += 1
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
@@ -176,7 +199,7 @@ def _predict(logits, S, freqs):
     m = _max_ignoring_nan(xbuf)
 
     # ---- pass 2: p = exp(x - m) (vectorised); degenerate rows become uniform
-    _exp_row(xbuf, m, p, n)
+    _exp_row(xbuf, m, p, n, cfg.isum)
     arg = 0
     if m != -np.inf and m != np.inf:
         while xbuf[arg] != m:           # first index of the maximum (p == 1 there)
@@ -194,7 +217,7 @@ def _predict(logits, S, freqs):
             cq[_col_bucket(tcol, i, col)] += p[i]
     el = 0.0
     if use_temp:
-        el = _sum8_pl(p, logits, n)
+        el = _sum8_pl(p, logits, n, cfg.isum)
     invs = 1.0 / s
     fst[S_INVS] = invs
     fst[S_EL] = el * invs
@@ -327,7 +350,7 @@ def _predict(logits, S, freqs):
     # ---- guard: the coded distribution is w P + (1 - w) R, R = the bare LLM's softmax (same
     # exp and sums as passes 2-3), w the ensemble's weight of a fixed-share two-expert mixture
     if cfg.guard != 0:
-        _guard_row(logits, S.guard.r, fst, n)
+        _guard_row(logits, S.guard.r, fst, n, cfg.isum)
         _quantize_guarded(S, freqs, arg, aqi, iz, so, pn, T, ncand, n)
         return
 
@@ -376,21 +399,26 @@ def _give_remainder(freqs, arg, cand_tok, ncand, fbest, tot):
 
 
 @njit
-def _exp_row(x, m, out, n):
-    """out_i = exp(x_i - m) for x (float32 or float64) and m its maximum ignoring NaN (float64);
-    every out_i = 1 if m is +-inf (a degenerate row becomes uniform). Passes 2 and the guard."""
+def _exp_row(x, m, out, n, grid):
+    """out_i = exp(x_i - m) for x (float32 or float64) and m its maximum ignoring NaN (float64),
+    on the exact-sum grid if grid (_grid); every out_i = 1 if m is +-inf (a degenerate row becomes
+    uniform). Passes 2 and the guard."""
     if m == -np.inf or m == np.inf:
         for i in range(n):
             out[i] = 1.0
+    elif grid != 0:
+        for i in range(n):
+            out[i] = _grid(_exp_nonpos(np.float64(x[i]) - m))
     else:
         for i in range(n):
             out[i] = _exp_nonpos(np.float64(x[i]) - m)
 
 
 @njit
-def _guard_row(logits, r, fst, n):
-    """r = exp(l - max l) of the bare LLM row (uniform if degenerate); fst[S_RINVS] = 1 / sum."""
-    _exp_row(logits, _max_ignoring_nan(logits), r, n)
+def _guard_row(logits, r, fst, n, grid):
+    """r = exp(l - max l) of the bare LLM row (uniform if degenerate; on the exact-sum grid if
+    grid); fst[S_RINVS] = 1 / sum."""
+    _exp_row(logits, _max_ignoring_nan(logits), r, n, grid)
     fst[S_RINVS] = 1.0 / _sum8(r, n)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 SLOTS = 4               # (token, count) slots per n-gram bucket
+ISUM_MAX_V = 1 << 21    # preset 5 sums at most this many vocabulary entries exactly
 MAX_ORDER = 8
 MATCH_VERIFY = 400      # a new match's length is verified back this many tokens at most
 N_MBUCKETS = 24         # match-length buckets of the adaptive hit/miss counts
@@ -65,6 +66,7 @@ class MixParams:
     apm_w: int = 0          # weight of the SSE output / 2^16
     bias_g0: int = 0        # AdaGrad initial sum G0 / 2^16; 0 = BIAS_G0 (1.0)
     col_lr: int = 0         # column bias (AdaGrad) learning rate / 2^20; 0 = off
+    isum: int = 0           # 1: vocabulary-wide sums exact on a fixed grid (order-free)
 
     KEYS = ("ngram", "ngram_bits", "ngram_limit", "ngram_esc", "match", "match_bits",
             "match_limit", "bias_lr", "temp_lr", "mix_lr", "mix_floor", "boost_lr",
@@ -159,4 +161,8 @@ PRESETS[3] = replace(PRESETS[2], col_lr=131072)
 # bare LLM at rate 1 / (t + 2), a0 = 1/2; README "Ratio work on short files"; a constant rate
 # 0.02 cost +0.24% on the whole alice29.txt, this one +0.003%).
 PRESETS[4] = replace(PRESETS[3], guard=32768)
+# Preset 5: preset 4 whose vocabulary-wide sums are exact (each term rounded to a fixed binary
+# grid first, so every partial sum is an exact double and any order or split of the sum gives the
+# same bits: what a parallel device or a team of threads needs).
+PRESETS[5] = replace(PRESETS[4], isum=1)
 DEFAULTS = PRESETS[4]

@@ -12,8 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .params import (APM_N, BIAS_G0, COL_NB, FRAC_SCALE, LR_SCALE, MAX_ORDER, MIX_LLM_BUCKETS,
-                     MIX_MATCH_BUCKETS, N_MBUCKETS, SLOTS, MixParams)
+from .params import (APM_N, BIAS_G0, COL_NB, FRAC_SCALE, ISUM_MAX_V, LR_SCALE, MAX_ORDER,
+                     MIX_LLM_BUCKETS, MIX_MATCH_BUCKETS, N_MBUCKETS, SLOTS, MixParams)
 
 # Lane.ist slots (ints of the lane state)
 I_T, I_MPTR, I_MLEN, I_SET, I_MPRED, I_NCAND, I_HAVEP, I_Y, I_APMT, I_APMI, I_SET2, I_COL, \
@@ -54,6 +54,7 @@ class Config(NamedTuple):
     col_lr: float
     guard: int          # 1: final ensemble-vs-bare-LLM switch
     guard_a: float      # its first fixed-share rate a0 (token t: a0 / (1 + t a0))
+    isum: int           # 1: vocabulary-wide sums on a fixed grid (exact, order-free)
 
 
 class Lane(NamedTuple):
@@ -165,11 +166,14 @@ def config(mp: MixParams) -> Config:
         ng_esc=mp.ngram_esc / FRAC_SCALE, boost_lr=mp.boost_lr / LR_SCALE,
         apm_lr=mp.apm_lr / LR_SCALE, apm_w=mp.apm_w / FRAC_SCALE, sb_lr=mp.slot_lr / LR_SCALE,
         col_lr=mp.col_lr / LR_SCALE, guard=1 if mp.guard else 0,
-        guard_a=mp.guard / FRAC_SCALE)
+        guard_a=mp.guard / FRAC_SCALE, isum=1 if mp.isum else 0)
 
 
 def new_state(mp: MixParams, V: int, n_tokens: int, tcol=None) -> State:
     """Fresh state (SSE nodes and table still to be filled by the apm_init kernel)."""
+    if mp.isum and V > ISUM_MAX_V:
+        from ..errors import NacritError
+        raise NacritError(f"mixer preset 5 sums at most {ISUM_MAX_V} vocabulary entries exactly")
     cfg = config(mp)
     N, K, nsets = cfg.ng, cfg.K, cfg.nsets
     nsets2 = (N + 1) * 3 * 4 * 3 if mp.mix2 else 0
