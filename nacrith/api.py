@@ -107,11 +107,14 @@ class Options:
         """The container version these options write (frames.py)."""
         if self.model2 is not None:
             return F.BYTEMIX_VERSION
-        if self.mix_preset is not None:          # (else no numba import)
-            mix = self.mix_params()
-            if mix.isum and mix.active:
-                return F.ISUM_VERSION
-        return F.VERSION
+        # (no preset given: the default, version 5, without importing the mixer's numba)
+        return F.VERSION if self.mix_preset is None else _mix_version(self.mix_params())
+
+
+def _mix_version(mix) -> int:
+    """The container version of an archive coded with the ensemble settings mix (MixParams):
+    9 for preset 5's exact sums with the ensemble on, else 5 (frames.py)."""
+    return F.ISUM_VERSION if mix.isum and mix.active else F.VERSION
 
 
 class Engine:
@@ -157,7 +160,7 @@ class Engine:
         """The version-4 model descriptor: registered model id (or the custom GGUF's SHA-256),
         engine and the parameters that differ from its version's frames.DEFAULTS_OF (version 9
         for the ensemble's preset 5, else 5)."""
-        version = F.ISUM_VERSION if mix.isum and mix.active else F.VERSION
+        version = _mix_version(mix)
         implied = {**F.DEFAULTS_OF[version], "slide": self.params["ctx"] // 4}  # slide: ctx / 4
         params = {k: self.params[k] for k in ("ctx", "slide", "n_keep", "lanes")
                   if self.params[k] != implied[k]}
@@ -565,7 +568,7 @@ def check_descriptor(d: F.Descriptor) -> tuple[dict, object]:
         return p, _check_bytemix(d, p)
     mix = MixParams.from_params(p)
     mix.validate()
-    if (d.version == F.ISUM_VERSION) != bool(mix.isum and mix.active):
+    if (d.version == F.ISUM_VERSION) != (_mix_version(mix) == F.ISUM_VERSION):
         raise NacritError(f"corrupt model frame (mixer preset {p['mix_preset']} in a version-"
                           f"{d.version} archive: preset 5 is version 9's, and only its)")
     return p, mix

@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+GOLDEN = REPO / "formats" / "golden"
+# formats/golden/MANIFEST.txt: [sha256 of the original, its size, archive name, methods]
+GOLDEN_ENTRIES = [ln.split() for ln in (GOLDEN / "MANIFEST.txt").read_text().splitlines() if ln]
 CORPUS = REPO.parent / "shared" / "corpus"
 
 

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import REPO
+from helpers import GOLDEN, REPO
 from nacrith import bytemix, cdf
 from nacrith.errors import NacritError
 from nacrith.portable.backend import PortableBackend
@@ -145,7 +145,6 @@ def test_another_target_cpu_decodes(paths, tmp_path):
 
 
 # ---------------------------------------------------------------- the version-6 to -8 archives
-GOLDEN = REPO / "formats" / "golden"
 BIAS = (380000, 380000)          # the v8 golden's bias_ppm, bias2_ppm
 TWO = {"ctx": 256, "model2": 1, "ctx2": 256, "beam": 4, "lag": 2, "rel_ppm": 1000,
        "alpha_ppm": 200000, "eps_bits": 12, "tau_ppm": 1000}

@@ -5,7 +5,6 @@ them breaks users' archives."""
 import hashlib
 import importlib.util
 import io
-from pathlib import Path
 
 import pytest
 
@@ -13,8 +12,7 @@ import nacrith
 from nacrith import api
 from nacrith import container as C
 
-GOLDEN = Path(__file__).resolve().parents[1] / "formats" / "golden"
-ALL = [line.split() for line in (GOLDEN / "MANIFEST.txt").read_text().splitlines() if line]
+from helpers import GOLDEN, GOLDEN_ENTRIES as ALL
 ENTRIES = [e for e in ALL if "-solid" not in e[2]]
 SOLID = [e for e in ALL if "-solid" in e[2]]
 

