@@ -54,15 +54,27 @@ _INITIAL_BUFFER = 256
 # ----------------------------------------------------------------------------- encoder kernels
 
 @njit(cache=True)
+def _reserve(st, buf):
+    """buf, grown (amortised doubling) if it has less room than one symbol or the finish can
+    take: one symbol emits at most pending + 26 bits (its range keeps >= 64 of the 2^32 values,
+    so at most 26 doublings restore it), so pending / 8 + 8 bytes always suffice.  Every CPU
+    kernel that codes calls it first; the steps below never allocate (mixer/device.py runs them
+    on a device, with buffers sized for 4 bytes per token)."""
+    n = st[E_NBYTES]
+    need = n + (st[E_PENDING] >> 3) + 8
+    if need <= buf.shape[0]:
+        return buf
+    nb = np.zeros(max(2 * buf.shape[0], need, 64), dtype=np.uint8)
+    nb[:n] = buf[:n]
+    return nb
+
+
+@njit(cache=True)
 def _write_byte(st, buf, byte):
     n = st[E_NBYTES]
-    if n >= buf.shape[0]:                       # amortised doubling
-        nb = np.zeros(max(2 * buf.shape[0], 64), dtype=np.uint8)
-        nb[:n] = buf[:n]
-        buf = nb
-    buf[n] = byte
+    if n < buf.shape[0]:                        # always after _reserve; a full fixed buffer
+        buf[n] = byte                           # drops the byte and its count tells
     st[E_NBYTES] = n + 1
-    return buf
 
 
 @njit(cache=True)
@@ -70,28 +82,27 @@ def _put_bit(st, buf, bit):
     acc = (st[E_ACC] << 1) | bit
     k = st[E_NACC] + 1
     if k == 8:
-        buf = _write_byte(st, buf, acc)
+        _write_byte(st, buf, acc)
         acc = 0
         k = 0
     st[E_ACC] = acc
     st[E_NACC] = k
-    return buf
 
 
 @njit(cache=True)
 def _emit(st, buf, bit):
     """Emit bit followed by the pending (opposite) bits."""
-    buf = _put_bit(st, buf, bit)
+    _put_bit(st, buf, bit)
     nbit = 1 - bit
     for _ in range(st[E_PENDING]):
-        buf = _put_bit(st, buf, nbit)
+        _put_bit(st, buf, nbit)
     st[E_PENDING] = 0
-    return buf
 
 
 @njit(cache=True)
 def _encode_range(st, buf, c_lo, c_hi):
-    """Code the cumulative range [c_lo, c_hi) of TOTAL (0 <= c_lo < c_hi <= TOTAL)."""
+    """Code the cumulative range [c_lo, c_hi) of TOTAL (0 <= c_lo < c_hi <= TOTAL); buf must
+    have _reserve's room."""
     low = st[E_LOW]
     high = st[E_HIGH]
     rng = high - low + 1
@@ -99,9 +110,9 @@ def _encode_range(st, buf, c_lo, c_hi):
     low = low + ((rng * c_lo) >> PRECISION_BITS)
     while True:
         if high < HALF:
-            buf = _emit(st, buf, 0)
+            _emit(st, buf, 0)
         elif low >= HALF:
-            buf = _emit(st, buf, 1)
+            _emit(st, buf, 1)
             low -= HALF
             high -= HALF
         elif low >= QUARTER and high < THREE_QUARTERS:
@@ -114,7 +125,6 @@ def _encode_range(st, buf, c_lo, c_hi):
         high = (high << 1) | 1
     st[E_LOW] = low
     st[E_HIGH] = high
-    return buf
 
 
 @njit(cache=True)
@@ -133,38 +143,53 @@ def _enc_freqs_kernel(st, buf, freqs, sym):
     if tot != TOTAL or fmin < 1 or sym < 0 or sym >= n:
         st[E_ERR] = 1
         return buf
-    return _encode_range(st, buf, c_lo, c_lo + freqs[sym])
+    buf = _reserve(st, buf)
+    _encode_range(st, buf, c_lo, c_lo + freqs[sym])
+    return buf
 
 
 @njit(cache=True)
 def _enc_bit_kernel(st, buf, f1, bit):
     """Code bit with the two-symbol table (TOTAL - f1, f1), 1 <= f1 < TOTAL."""
+    buf = _reserve(st, buf)
     if bit:
-        return _encode_range(st, buf, TOTAL - f1, TOTAL)
-    return _encode_range(st, buf, 0, TOTAL - f1)
+        _encode_range(st, buf, TOTAL - f1, TOTAL)
+    else:
+        _encode_range(st, buf, 0, TOTAL - f1)
+    return buf
 
 
 @njit(cache=True)
 def _enc_uniform_kernel(st, buf, value, nbits):
     shift = PRECISION_BITS - nbits
-    return _encode_range(st, buf, value << shift, (value + 1) << shift)
+    buf = _reserve(st, buf)
+    _encode_range(st, buf, value << shift, (value + 1) << shift)
+    return buf
+
+
+@njit(cache=True)
+def _finish(st, buf):
+    """Terminate the stream (buf must have _reserve's room)."""
+    st[E_PENDING] += 1
+    if st[E_LOW] < QUARTER:
+        _emit(st, buf, 0)
+    else:
+        _emit(st, buf, 1)
+    if st[E_NACC] > 0:                          # pad the last byte with zero bits
+        _write_byte(st, buf, st[E_ACC] << (8 - st[E_NACC]))
+        st[E_ACC] = 0
+        st[E_NACC] = 0
+    n = min(st[E_NBYTES], buf.shape[0])
+    while n > 0 and buf[n - 1] == 0:            # zero bytes at the end carry no information
+        n -= 1
+    if st[E_NBYTES] <= buf.shape[0]:            # else kept as is: the device reports it
+        st[E_NBYTES] = n
 
 
 @njit(cache=True)
 def _enc_finish_kernel(st, buf):
-    st[E_PENDING] += 1
-    if st[E_LOW] < QUARTER:
-        buf = _emit(st, buf, 0)
-    else:
-        buf = _emit(st, buf, 1)
-    if st[E_NACC] > 0:                          # pad the last byte with zero bits
-        buf = _write_byte(st, buf, st[E_ACC] << (8 - st[E_NACC]))
-        st[E_ACC] = 0
-        st[E_NACC] = 0
-    n = st[E_NBYTES]
-    while n > 0 and buf[n - 1] == 0:            # zero bytes at the end carry no information
-        n -= 1
-    st[E_NBYTES] = n
+    buf = _reserve(st, buf)
+    _finish(st, buf)
     return buf
 
 
@@ -309,11 +334,12 @@ def _source_stamp(*sources) -> int:
 
 @njit(cache=True)
 def _encode_symbol(st, buf, freqs, sym):
-    """Code symbol sym of the frequency table freqs (total TOTAL)."""
+    """Code symbol sym of the frequency table freqs (total TOTAL); buf must have _reserve's
+    room."""
     c_lo = 0
     for i in range(sym):
         c_lo += freqs[i]
-    return _encode_range(st, buf, c_lo, c_lo + freqs[sym])
+    _encode_range(st, buf, c_lo, c_lo + freqs[sym])
 
 
 @njit(cache=True)
@@ -330,7 +356,9 @@ def _make_fused_kernels(cdf_stamp):
         """Fused: quantize logits into the scratch freqs, then code sym."""
         _ = cdf_stamp                           # part of the cache key (see above)
         quantize_into(logits, freqs, p)
-        return _encode_symbol(st, buf, freqs, sym)
+        buf = _reserve(st, buf)
+        _encode_symbol(st, buf, freqs, sym)
+        return buf
 
     @njit(cache=True)
     def dec_logits_kernel(st, data, logits, freqs, p):

@@ -147,6 +147,8 @@ class _Ask:
 class View:
     """The backend interface (neural.lockstep's) over k lanes of a hub's backend."""
 
+    codes_on_device = False     # a view's rows come back to the host (hub.Hub._feed)
+
     def __init__(self, hub: Hub, k: int):
         self.hub, self.k, self.lanes = hub, k, k
         self.phys = None                        # the hub's lanes, while stepping

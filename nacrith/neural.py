@@ -20,6 +20,7 @@ Invariants:
 """
 from __future__ import annotations
 
+import numpy as np
 
 from .coder import Decoder, Encoder
 from .container import Reader, Segment, put_varint
@@ -50,37 +51,44 @@ def lockstep(backend, k: int, more, code, progress=None, skip=None, cap: int = 0
     count of tokens, or, when decoding a version-4 lane, "fewer bytes decoded than it holds").
     skip(lane) -> bool (optional): code the lane's token t without the LLM (code gets row None);
     asked before step t, only while at most `cap` tokens of that lane wait for the LLM."""
+    def step(t, active, need, logits):
+        rows = dict(zip(need, logits)) if need else {}
+        return [code(lane, t, rows.get(lane)) for lane in active]
+    skips = None if skip is None else (lambda lanes: {lane for lane in lanes if skip(lane)})
+    lockstep_steps(backend, k, more, step, progress, skips, cap)
+
+
+def lockstep_steps(backend, k: int, more, step, progress=None, skips=None, cap: int = 0,
+                   device: bool = False) -> None:
+    """lockstep with a whole step coded at once: step(t, active, need, logits) codes token t of
+    every active lane (those in need with row i of logits for need[i], the others without the
+    LLM) and returns them in active's order; skips(lanes) -> the set of them to skip.  device:
+    logits stay on the device (backend.forward) for a device coder (mixer/device.py)."""
     backend.reset()
     try:
-        _steps(backend, k, more, code, progress, skip, cap)
+        feed = backend.forward if device else backend.feed
+        wait = [[backend.bos] for _ in range(k)]   # tokens not yet fed to the LLM, per lane
+        t = 0
+        while True:
+            active = [lane for lane in range(k) if more(lane, t)]
+            if not active:
+                return
+            sk = set() if skips is None else skips(
+                [lane for lane in active if len(wait[lane]) <= cap])
+            need = [lane for lane in active if lane not in sk]
+            logits = feed(need, [wait[lane] for lane in need]) if need else None
+            for lane, sym in zip(active, step(t, active, need, logits)):
+                if lane in sk:
+                    wait[lane].append(sym)
+                else:
+                    wait[lane] = [sym]
+            if progress is not None:
+                progress(len(active))
+            t += 1
     finally:
         done = getattr(backend, "done", None)     # a shared engine's View (hub.py): lanes back
         if done is not None:
             done()
-
-
-def _steps(backend, k, more, code, progress, skip, cap) -> None:
-    wait = [[backend.bos] for _ in range(k)]       # tokens not yet fed to the LLM, per lane
-    t = 0
-    while True:
-        active = [lane for lane in range(k) if more(lane, t)]
-        if not active:
-            return
-        if skip is None:
-            need = active
-        else:
-            need = [lane for lane in active if len(wait[lane]) > cap or not skip(lane)]
-        logits = backend.feed(need, [wait[lane] for lane in need]) if need else None
-        i = 0
-        for lane in active:
-            if i < len(need) and need[i] == lane:
-                wait[lane] = [code(lane, t, logits[i])]
-                i += 1
-            else:
-                wait[lane].append(code(lane, t, None))
-        if progress is not None:
-            progress(len(active))
-        t += 1
 
 
 def pack_escapes(escapes) -> bytes:
@@ -123,6 +131,16 @@ def _lane_models(engine, mix, n_tokens):
     return [LaneModel(mix, engine.backend.n_vocab, n, tcol) for n in n_tokens]
 
 
+def _device_lanes(engine, mix, n_tokens):
+    """The lanes' ensembles and coders on the device (mixer/device.py), where the backend is a
+    device engine of this coder's own (not a shared View) and the ensemble is on; else None."""
+    if mix is None or not mix.active or not getattr(engine.backend, "codes_on_device", False):
+        return None
+    from .mixer.device import LaneBatch
+    tcol = engine.column_table if mix.col_lr else None
+    return LaneBatch(mix, engine.backend.n_vocab, len(n_tokens), max(n_tokens + [1]), tcol)
+
+
 def _run(engine, mix, lms, more, code, progress):
     """lockstep with the confidence skip that mix selects."""
     skip, cap = None, 0
@@ -131,6 +149,26 @@ def _run(engine, mix, lms, more, code, progress):
         thr = mix.skip / FRAC_SCALE
         skip, cap = (lambda lane: lms[lane].skip_conf() >= thr), mix.skip_cap
     lockstep(engine.backend, len(more.limits), more, code, progress, skip, cap)
+
+
+def _run_device(engine, mix, batch, more, step, progress):
+    """lockstep_steps with every lane's coding on the device; step(t, active, need, skipped,
+    logits) -> the active lanes' tokens."""
+    skips, cap = None, 0
+    if mix.skip:
+        from .mixer import FRAC_SCALE
+        thr = mix.skip / FRAC_SCALE
+        cap = mix.skip_cap
+
+        def skips(lanes):
+            conf = batch.skip_conf(lanes) if lanes else None
+            return {lane for lane in lanes if conf[lane] >= thr}
+
+    def whole(t, active, need, logits):
+        coded = set(need)
+        return step(t, active, need, [lane for lane in active if lane not in coded], logits)
+    lockstep_steps(engine.backend, len(more.limits), more, whole, progress, skips, cap,
+                   device=True)
 
 
 class _Counts:
@@ -169,9 +207,21 @@ def encode_segment(engine, data: bytes, lanes: int, max_escaped: int, progress=N
             return None
         toks.append(r[0])
         escs.append(r[1])
+    bounds = [len(p) - sum(len(raw) for _, raw in e) for p, e in zip(parts, escs)]
+    batch = _device_lanes(engine, mix, bounds)
+    if batch is not None:
+        def step(t, active, need, skipped, logits):
+            syms = np.zeros(len(parts), dtype=np.int64)
+            for lane in active:
+                syms[lane] = toks[lane][t]
+            batch.encode(logits, need, skipped, syms)
+            return syms[active]
+        _run_device(engine, mix, batch, _Counts([len(t) for t in toks]), step, progress)
+        streams = batch.finish(range(len(parts)))
+        return [(len(part), pack_escapes(esc) + stream)
+                for part, esc, stream in zip(parts, escs, streams)]
     encoders = [Encoder() for _ in parts]
-    lms = _lane_models(engine, mix, [len(p) - sum(len(raw) for _, raw in e)
-                                     for p, e in zip(parts, escs)])
+    lms = _lane_models(engine, mix, bounds)
 
     def code(lane, t, row):
         sym = int(toks[lane][t])
@@ -204,9 +254,22 @@ def decode_lanes(engine, lanes, progress=None, mix=None) -> bytes:
 
 def _decode(engine, mix, more, bounds, escs, decoders, origs, progress) -> bytes:
     toks = [[] for _ in origs]
-    lms = _lane_models(engine, mix, bounds)
     sizes = [len(p) for p in engine.tokenizer.pieces]
     done = getattr(more, "done", None)
+    batch = _device_lanes(engine, mix, bounds)
+    if batch is not None:
+        batch.start_decode({lane: d._data.tobytes() for lane, d in enumerate(decoders)})
+
+        def step(t, active, need, skipped, logits):
+            syms = batch.decode(logits, need, skipped)[active]
+            for lane, sym in zip(active, syms):
+                toks[lane].append(int(sym))
+                if done is not None:
+                    done[lane] += sizes[sym]
+            return syms
+        _run_device(engine, mix, batch, more, step, progress)
+        return _merge(engine, origs, toks, escs)
+    lms = _lane_models(engine, mix, bounds)
 
     def code(lane, t, row):
         if lms is None:
@@ -221,6 +284,10 @@ def _decode(engine, mix, more, bounds, escs, decoders, origs, progress) -> bytes
         return sym
 
     _run(engine, mix, lms, more, code, progress)
+    return _merge(engine, origs, toks, escs)
+
+
+def _merge(engine, origs, toks, escs) -> bytes:
     pieces = engine.tokenizer.pieces
     out = []
     for orig, tk, esc in zip(origs, toks, escs):

@@ -17,9 +17,15 @@ shapes (30 layers, d 576, 9/3 heads, ff 1536, vocab 49152; --sim: the tests' tin
    device backend, each payload against the text coded alone on the CPU, then all decoded at
    once (not with --sim: the simulator is slow; tests/test_hub.py decodes through the hub on
    the CPU);
-3. speed (not with --sim): tokens/s of the device forward pass (logits left on the device) at
+3. the ensemble on the device (mixer/device.py; slow under --sim: tests/test_device.py checks it
+   on real logits instead): a text in 3 lanes coded with the device engine and every lane's
+   mixer, CDF and coder on the device, for mix preset 4 with the confidence skip and preset 5,
+   against the CPU engine with the CPU's mixer: payloads compared, then decoded crosswise;
+4. speed (not with --sim): tokens/s of the device forward pass (logits left on the device) at
    each --lanes count, ctx 2048, windows at fill 0, 1024 and 2040, and the peak device memory;
-   then the host's share: the same steps with the logits copied to the host.
+   then the host's share: the same steps with the logits copied to the host; and the device
+   coder alone (preset 4, V 49152, random logits on the device) at each --lanes count that fits,
+   encode and decode ms per step, with its device memory per lane.
 """
 from __future__ import annotations
 
@@ -145,6 +151,80 @@ def check_batching(path, DB, PB, win, nbytes, n=6, decode=True):
     return got == ref, (back == texts) if decode else None, h.batches
 
 
+def check_coder(path, DB, PB, win, nbytes):
+    """The ensemble coded on the device (mixer/device.py: every lane's mixer, 24-bit CDF and
+    arithmetic coder in a device thread) against the CPU's LaneModels, for mix preset 4 with the
+    confidence skip on (its skip kernels too) and preset 5: payloads compared, then the device's
+    lanes decoded on the CPU and the CPU's on the device.  {preset: (same, d2c, c2d)}."""
+    from nacrith import neural
+    from nacrith.mixer import MixParams, column_table
+    text = ((b"the cat sat on the mat; the cat sat on the hat. \r\n\x00\xff " * 12)
+            + b"It was the best of times, it was the worst of times.")[:nbytes]
+    out = {}
+    for name, params in (("4+skip", {"mix_preset": 4, "skip": 32768, "skip_cap": 3}),
+                         ("5", {"mix_preset": 5})):
+        mix = MixParams.from_params(params)
+        kw = dict(lanes=3, threads=1, group=mix.skip_cap + 1, **win)
+        eng = {}
+        for side, cls in (("cpu", PB), ("device", DB)):
+            b = cls(path, **kw)
+            if side == "device":
+                b.codes_on_device = True              # opt-in (portable/device.py)
+            t = byte_tokenizer(b)
+            eng[side] = SimpleNamespace(backend=b, tokenizer=t, params={},
+                                        column_table=column_table(t.pieces))
+        assert eng["device"].backend.codes_on_device and not getattr(
+            eng["cpu"].backend, "codes_on_device", False)
+        lanes = {side: neural.encode_segment(e, text, 3, len(text), mix=mix)
+                 for side, e in eng.items()}
+        d2c = neural.decode_lanes(eng["cpu"], lanes["device"], mix=mix) == text
+        c2d = neural.decode_lanes(eng["device"], lanes["cpu"], mix=mix) == text
+        out[name] = (lanes["cpu"] == lanes["device"], d2c, c2d,
+                     sum(len(p) for _, p in lanes["cpu"]))
+    return out
+
+
+def coder_speed(lanes_list, n_vocab, steps):
+    """tokens/s of the device coder alone (mixer/device.py, preset 4, no skip) at each lane
+    count that fits: random logits already on the device, `steps` encode steps, then as many
+    decode steps; the lanes are also capped by LaneBatch.lanes_that_fit."""
+    from nacrith.mixer import DEFAULTS, column_table  # noqa: F401
+    from nacrith.mixer.device import LaneBatch
+    cuda = __import__("nacrith.gpu", fromlist=["x"]).numba_cuda()
+    rng = np.random.default_rng(0)
+    tcol = np.zeros((3, n_vocab), np.int32)
+    rows = []
+    for n in lanes_list:
+        fit = LaneBatch.lanes_that_fit(DEFAULTS, n_vocab, steps)
+        if n > fit:
+            rows.append((n, f"does not fit ({fit} lanes fit)"))
+            continue
+        logits = cuda.to_device((rng.standard_normal((n, n_vocab)) * 4).astype(np.float32))
+        syms = rng.integers(0, n_vocab, (steps, n))
+        lanes = list(range(n))
+        b = LaneBatch(DEFAULTS, n_vocab, n, steps, tcol)
+        b.encode(logits, lanes, [], syms[0])          # compile + warm up
+        cuda.synchronize()
+        t0 = time.perf_counter()
+        for t in range(1, steps):
+            b.encode(logits, lanes, [], syms[t])
+        cuda.synchronize()
+        te = (time.perf_counter() - t0) / (steps - 1)
+        streams = b.finish(lanes)
+        d = LaneBatch(DEFAULTS, n_vocab, n, steps, tcol)
+        d.start_decode(dict(enumerate(streams)))
+        d.decode(logits, lanes, [])
+        cuda.synchronize()
+        t0 = time.perf_counter()
+        for t in range(1, steps):
+            d.decode(logits, lanes, [])
+        cuda.synchronize()
+        td = (time.perf_counter() - t0) / (steps - 1)
+        rows.append((n, te, td, LaneBatch.bytes_per_lane(DEFAULTS, n_vocab, steps) / 2**20))
+        del b, d
+    return rows
+
+
 def split(dev, lanes, reps):
     """ms per step of the matrix products alone and of attention alone (fill 1024), launched
     eagerly (so each includes its launch cost)."""
@@ -236,8 +316,11 @@ def main(argv=None):
     ap.add_argument("--text-bytes", type=int, default=714, help="size of the archive check's text")
     ap.add_argument("--speed-steps", type=int, default=5)
     ap.add_argument("--batch-texts", type=int, default=6, help="texts of the batching check")
+    ap.add_argument("--coder-bytes", type=int, default=600, help="text of the coder check")
+    ap.add_argument("--coder-steps", type=int, default=8, help="steps of the coder speed rows")
     ap.add_argument("--skip", default="",
-                    help="comma list of parts to skip: logits,archives,batching,speed")
+                    help="comma list of parts to skip: logits,archives,batching,coder,"
+                         "coder-speed,speed")
     a = ap.parse_args(argv)
     if a.sim:
         os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
@@ -279,6 +362,26 @@ def main(argv=None):
         print(f"continuous batching: {a.batch_texts} texts at once on one device backend == "
               f"each alone on the CPU: {same}; decoded at once: {dec} ({batches} device feeds)",
               flush=True)
+    if "coder" not in skip:
+        for name, (same, d2c, c2d, nb) in check_coder(path, DeviceBackend, PortableBackend, win,
+                                                      a.coder_bytes).items():
+            ok &= same and d2c and c2d
+            print(f"ensemble on the device, mix preset {name}: device payload == cpu payload: "
+                  f"{same} ({nb} bytes); device->cpu round trip: {d2c}; cpu->device round trip: "
+                  f"{c2d}", flush=True)
+    if not a.sim and "coder-speed" not in skip:
+        print(f"device coder alone (preset 4, V {SMOL['n_vocab']}, one thread per lane):")
+        print("| lanes | encode ms/step | encode tok/s | decode ms/step | decode tok/s | "
+              "MiB per lane |")
+        print("|---|---|---|---|---|---|")
+        for row in coder_speed([int(x) for x in a.lanes.split(",")], SMOL["n_vocab"],
+                               a.coder_steps):
+            if isinstance(row[1], str):
+                print(f"| {row[0]} | {row[1]} |")
+                continue
+            n, te, td, mib = row
+            print(f"| {n} | {te * 1e3:.1f} | {n / te:.0f} | {td * 1e3:.1f} | {n / td:.0f} | "
+                  f"{mib:.1f} |", flush=True)
     if not a.sim and "speed" not in skip:
         lanes = [int(x) for x in a.lanes.split(",")]
         from nacrith.portable.device import _use_triton

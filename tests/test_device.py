@@ -6,18 +6,21 @@
 - the checker catches a plain `a * b + c` kernel (it can fail);
 - the device kernels under the CUDA simulator equal the CPU engine on the tiny model, bit for
   bit, with slides, several lane counts and multi-token groups, and lane 0 of a batch equals
-  the lane alone.
+  the lane alone;
+- the ensemble coder on the device (nacrith/mixer/device.py): its kernels' PTX is free of fma /
+  ftz / approx only thanks to gpu.py's -fma=0 (shown), and under the simulator it writes the
+  CPU's payloads on SmolLM2's logits, with and without the confidence skip.
 scripts/gpu_check.py runs the same comparisons on a real GPU.
 """
+import contextlib
 import os
 import re
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from helpers import REPO
+from helpers import CORPUS, REPO, corpus
 
 BAD_PTX = [
     (re.compile(r"\bfma\.rn\.f(32|64)|\bfma\b[.\w]*\.f(16|32|64)"), "fma"),
@@ -40,9 +43,10 @@ def ptx_violations(ptx: str) -> list:
 
 
 def _numba_cuda():
-    np.row_stack = getattr(np, "row_stack", np.vstack)
+    """numba.cuda as nacrith compiles with it (gpu.py: -fma=0), or a skip."""
     try:
-        from numba import cuda
+        from nacrith.gpu import numba_cuda
+        cuda = numba_cuda()
         cuda.compile_ptx                                  # noqa: B018
         from numba.cuda import libdevice                  # noqa: F401
     except Exception as e:                                # pragma: no cover
@@ -109,6 +113,20 @@ def test_numba_device_kernels_ptx_has_no_contraction(cc):
     assert "div.rn.f32" in ptxs["k_quant"] and "sqrt.rn.f64" in ptxs["k_norm_quant"]
 
 
+@contextlib.contextmanager
+def _without_fma_rule():
+    """numba-cuda's own compile step, without gpu.py's -fma=0 (what NVVM does by default)."""
+    from numba.cuda.cudadrv import nvvm
+    from nacrith.gpu import numba_cuda
+    numba_cuda()
+    wrapped = nvvm.compile_ir
+    nvvm.compile_ir = wrapped.__wrapped__
+    try:
+        yield
+    finally:
+        nvvm.compile_ir = wrapped
+
+
 def test_ptx_checker_can_fail():
     cuda = _numba_cuda()
     from numba import types as nt
@@ -118,6 +136,9 @@ def test_ptx_checker_can_fail():
         if i < out.size:
             out[i] = a[i] * b[i] + c[i]
     ptx, _ = cuda.compile_ptx(plain, (nt.float32[:],) * 4, cc=(9, 0))
+    assert ptx_violations(ptx) == []                # gpu.py's rule: mul.rn + add.rn
+    with _without_fma_rule():
+        ptx, _ = cuda.compile_ptx(plain, (nt.float32[:],) * 4, cc=(9, 0))
     assert any(v.startswith("fma") for v in ptx_violations(ptx))
     assert ptx_violations("\tmul.f32 \t%f1, %f2, %f3;\n") == \
         ["float op without .rn: mul.f32 \t%f1, %f2, %f3;"]
@@ -155,7 +176,9 @@ def test_gpu_check_under_simulator():
     env = dict(os.environ, PYTHONPATH=str(REPO))
     r = subprocess.run([sys.executable, "-W", "ignore", "scripts/gpu_check.py", "--sim",
                         "--ctx", "8", "--slide", "2", "--n-keep", "2", "--steps", "7",
-                        "--check-lanes", "2", "--text-bytes", "8", "--batch-texts", "2"],
+                        "--check-lanes", "2", "--text-bytes", "8", "--batch-texts", "2",
+                        "--skip", "coder"],       # the simulated forward pass makes it minutes:
+                                                  # test_device_coder_equals_cpu_under_simulator
                        env=env, capture_output=True, timeout=1200, cwd=REPO)
     out = r.stdout.decode()
     assert r.returncode == 0, out + r.stderr.decode()[-3000:]
@@ -212,3 +235,117 @@ def test_api_device_backend(sim):
         assert out[1] == "engine: DeviceBackend portable-1 True 49152"
     else:
         assert out[1] == "error: no CUDA device is available for the device engine"
+
+
+# ---------------------------------------------------------------- the ensemble coder on the device
+def _mixer_ptx(cuda, cc, fma_rule=True):
+    """{kernel: ptx} of mixer/device.py's kernels for compute capability cc (preset 4's and 5's
+    state types are the same); fma_rule=False compiles without gpu.py's -fma=0."""
+    import numba.cuda.dispatcher as D
+    from nacrith.mixer import DEFAULTS
+    from nacrith.mixer import device as MD
+
+    class _Dev:
+        compute_capability = cc
+    old = D.get_current_device
+    D.get_current_device = lambda: _Dev()
+    try:
+        ks = MD._compile()                           # fresh: no device function cached
+        sigs = MD.signatures(DEFAULTS)
+        assert set(sigs) == set(ks) == {f.__name__ for f in MD.KERNELS}
+        with contextlib.nullcontext() if fma_rule else _without_fma_rule():
+            return {name: cuda.compile_ptx(k.py_func, sigs[name], cc=cc)[0]
+                    for name, k in ks.items()}
+    finally:
+        D.get_current_device = old
+
+
+@pytest.mark.parametrize("cc", [(8, 0), (9, 0)])
+def test_mixer_device_kernels_ptx_has_no_contraction(cc):
+    """The ensemble, its CDF and the coder compiled for the device from the CPU's own Python:
+    no fma, .ftz or .approx anywhere, and the float steps are there as .rn operations."""
+    cuda = _numba_cuda()
+    ptxs = _mixer_ptx(cuda, cc)
+    for name, ptx in ptxs.items():
+        assert ".entry" in ptx, name
+        assert ptx_violations(ptx) == [], name
+    for op in ("mul.rn.f64", "add.rn.f64", "sub.rn.f64", "div.rn.f64", "sqrt.rn.f64"):
+        assert op in ptxs["k_encode"] and op in ptxs["k_decode"], op
+    assert "fma" not in ptxs["k_encode"]
+
+
+def test_mixer_ptx_contracts_without_the_fma_rule():
+    """gpu.py's -fma=0 is what keeps them apart: without it NVVM fuses the same kernels'
+    a * b + c into fma (so the PTX test above can fail)."""
+    cuda = _numba_cuda()
+    ptx = _mixer_ptx(cuda, (9, 0), fma_rule=False)["k_encode"]
+    assert any(v.startswith("fma") for v in ptx_violations(ptx))
+
+
+DEVICE_CODER_CHILD = r"""
+import copy, sys
+from pathlib import Path
+import numpy as np
+from nacrith import api, models, neural
+from nacrith.mixer import device as MD
+
+class OnDevice:
+    '''The engine's backend, its logits coded by the device coder (mixer/device.py).'''
+    codes_on_device = True
+    def __init__(self, b):
+        self.b = b
+    def __getattr__(self, k):
+        return getattr(self.b, k)
+    def forward(self, lanes, groups):
+        return self.b.feed(lanes, groups)
+
+text = open(sys.argv[1], "rb").read()[:int(sys.argv[2])]
+text = text * 6             # each lane ~twice over: the match model grows confident, skips fire
+for kw in (dict(level=1), dict(level=6, mix_preset=5)):
+    o = api.normalized(threads=1, lanes=3, **kw)
+    mix = o.mix_params()
+    e = api.Engine(Path(models.resolve(None)), o)
+    d = copy.copy(e)
+    d.backend = OnDevice(e.backend)
+    batches = []
+    old = MD.LaneBatch.encode
+    def enc(self, logits, need, skipped, syms):
+        batches.append((len(need), len(skipped)))
+        return old(self, logits, need, skipped, syms)
+    MD.LaneBatch.encode = enc
+    dev = neural.encode_segment(d, text, 3, len(text), mix=mix)
+    MD.LaneBatch.encode = old
+    cpu = neural.encode_segment(e, text, 3, len(text), mix=mix)
+    d2c = neural.decode_lanes(e, dev, mix=mix) == text
+    c2d = neural.decode_lanes(d, cpu, mix=mix) == text
+    print(f"preset {o.mix_preset or 4} skip {mix.skip} same {dev == cpu} d2c {d2c} c2d {c2d} "
+          f"llm {sum(n for n, _ in batches)} skipped {sum(s for _, s in batches)} "
+          f"bytes {sum(len(p) for _, p in cpu)}")
+"""
+
+
+def test_device_coder_equals_cpu_under_simulator():
+    """neural.py's device path (every lane's ensemble, CDF and coder in a device thread, called
+    once per step for all lanes) under the CUDA simulator, on SmolLM2's real logits for
+    alice29.txt's first 300 bytes 6 times over, in 3 lanes: level 1 (preset 4 with the
+    confidence skip: ~100 tokens go through the device's skip kernels) and preset 5; the
+    payloads equal the CPU's LaneModels' byte for byte and each side decodes the other's.
+    (Under the simulator the kernels' threads call the CPU-compiled steps: this checks the lane
+    views, buffers, modes and the neural.py path; the PTX tests check the device compile.)"""
+    _numba_cuda()
+    corpus("alice29.txt", 10)
+    env = dict(os.environ, PYTHONPATH=str(REPO), NUMBA_ENABLE_CUDASIM="1")
+    r = subprocess.run([sys.executable, "-W", "ignore", "-c", DEVICE_CODER_CHILD,
+                        str(CORPUS / "alice29.txt"), "300"], env=env, capture_output=True,
+                       timeout=1200, cwd=REPO)
+    out = r.stdout.decode()
+    assert r.returncode == 0, out + r.stderr.decode()[-3000:]
+    rows = [ln.split() for ln in out.splitlines() if ln.startswith("preset")]
+    assert [row[:4] for row in rows] == [["preset", "4", "skip", rows[0][3]],
+                                         ["preset", "5", "skip", "0"]], out
+    assert int(rows[0][3]) > 0, out
+    for row in rows:
+        assert row[4:10] == ["same", "True", "d2c", "True", "c2d", "True"], out
+        assert 0 < int(row[-1]) < 1000, out
+    assert int(rows[0][rows[0].index("skipped") + 1]) > 0, out    # the skip kernels ran
+    assert int(rows[1][rows[1].index("skipped") + 1]) == 0, out

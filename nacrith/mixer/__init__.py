@@ -35,9 +35,10 @@ the quantization, and the coder's cumulative sum / symbol search: ~0.15 ms for V
 idle core here (scripts/ablation.py prints it).  The n-gram, match, mixer, slot-bias and SSE work
 is O(orders x slots).
 
-Package layout (imports only go down): lane (LaneModel) -> kernels (the stamped, cached entry
-points) -> ensemble (predict / update) -> sparse (n-gram, match, skip) -> state (named-tuple
-state, Config) -> params (MixParams, PRESETS, constants).
+Package layout (imports only go down): lane (LaneModel) and device (LaneBatch: the same steps
+for many lanes on a CUDA device) -> kernels (the stamped, cached entry points) -> ensemble
+(predict / update) -> sparse (n-gram, match, skip) -> state (named-tuple state, Config) ->
+params (MixParams, PRESETS, constants).
 
 Presets (PRESETS, model-frame key mix_preset) are frozen; fields without a model-frame key
 (ngram_slots, slot_lr, mix2, apm_lr, apm_w, bias_g0, col_lr, isum) come only from the preset, and

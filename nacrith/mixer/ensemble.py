@@ -8,6 +8,8 @@ every float that reaches the coder comes from IEEE basic operations in a fixed o
 fastmath, exp is cdf._exp_nonpos, no log is taken; _predict leaves in the state what _update of
 the same token needs (and nothing else carries over); every f >= 1 and the total is 2^24.
 """
+import math
+
 import numpy as np
 from numba import njit
 
@@ -172,7 +174,7 @@ def _predict(logits, S, freqs):
             b = b if b < BIAS_MAX else BIAS_MAX
             bias[i] = b
             xbuf[i] = tau * np.float64(logits[i]) + b
-        bias_g[y] = 1.0 / np.sqrt(G)
+        bias_g[y] = 1.0 / math.sqrt(G)
     elif use_bias and ist[I_HAVEP] != 0:
         lr = cfg.bias_lr
         step = lr * fst[S_INVS]
@@ -620,7 +622,7 @@ def _update(S, y, ly):
             g = (1.0 if j == by else 0.0) - cq[j] * invs
             G = cg[j] + g * g
             cg[j] = G
-            b = cb[j] + lr * g / np.sqrt(G)
+            b = cb[j] + lr * g / math.sqrt(G)
             b = b if b < COL_MAX else COL_MAX
             cb[j] = b if b > -COL_MAX else -COL_MAX
 

@@ -15,7 +15,7 @@ from numba import njit
 
 from .. import cdf as _cdf
 from .. import coder as _coder
-from ..coder import _dec_count, _decode_symbol, _encode_symbol, _source_stamp
+from ..coder import _dec_count, _decode_symbol, _encode_symbol, _reserve, _source_stamp
 from .ensemble import _apm_init, _predict, _update
 from .sparse import _learn_sparse, _skip_conf, _skip_predict
 
@@ -23,13 +23,28 @@ from .sparse import _learn_sparse, _skip_conf, _skip_predict
 STAMP = _source_stamp(_cdf, _coder, *sorted(Path(__file__).parent.glob("*.py")))
 
 
+@njit
+def enc_step(st, buf, logits, sym, freqs, S):
+    """One coder step: predict, code sym (buf with coder._reserve's room), learn.  The device's
+    kernels (device.py) call it, and the skip step, as they are."""
+    _predict(logits, S, freqs)
+    _encode_symbol(st, buf, freqs, sym)
+    _update(S, sym, np.float64(logits[sym]))
+
+
+@njit
+def enc_skip_step(st, buf, sym, freqs, S):
+    _skip_predict(S, freqs)
+    _encode_symbol(st, buf, freqs, sym)
+    _learn_sparse(S, sym)
+
+
 def _make_kernels(stamp):
     @njit(cache=True)
     def enc_kernel(st, buf, logits, sym, freqs, S):
         _ = stamp                               # part of the cache key (module docstring)
-        _predict(logits, S, freqs)
-        buf = _encode_symbol(st, buf, freqs, sym)
-        _update(S, sym, np.float64(logits[sym]))
+        buf = _reserve(st, buf)
+        enc_step(st, buf, logits, sym, freqs, S)
         return buf
 
     @njit(cache=True)
@@ -55,9 +70,8 @@ def _make_kernels(stamp):
     @njit(cache=True)
     def enc_skip_kernel(st, buf, sym, freqs, S):
         _ = stamp
-        _skip_predict(S, freqs)
-        buf = _encode_symbol(st, buf, freqs, sym)
-        _learn_sparse(S, sym)
+        buf = _reserve(st, buf)
+        enc_skip_step(st, buf, sym, freqs, S)
         return buf
 
     @njit(cache=True)

@@ -29,6 +29,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from ..gpu import numba_cuda
+
 # ---------------------------------------------------------------- constants (ENGINE.md §4)
 LOG2E_F = np.float32(1.44269504088896341)
 LN2_HI_F = np.float32(0.693359375)          # 0x3F318000: n * LN2_HI_F exact for |n| < 2^15
@@ -381,14 +383,6 @@ def _sim_helpers():
         "umul": lambda a, b: np.uint64((int(a) * int(b)) & 0xFFFFFFFFFFFFFFFF),
         "fbits": fbits,
     }
-
-
-def numba_cuda():
-    """numba.cuda (numba-cuda); numba-cuda 0.30 still uses np.row_stack, gone in numpy 2.5."""
-    if not hasattr(np, "row_stack"):
-        np.row_stack = np.vstack
-    from numba import cuda
-    return cuda
 
 
 def _cuda_helpers():

@@ -380,6 +380,12 @@ def _codes(kind, q, d, m):
 class DeviceBackend:
     """PortableBackend's interface on a CUDA device (or the CUDA simulator)."""
 
+    # True: neural.py codes the ensemble on the device too (mixer/device.py, one device thread
+    # per lane).  Off by default until timed on a GPU: a lane's serial vocabulary passes are far
+    # slower on one device thread than on a host core, so it can only pay with hundreds of lanes
+    # in one batch, which the hub's shared backends (not wired to it yet) would give.
+    codes_on_device = False
+
     def __init__(self, path: str, *, ctx: int, lanes: int, slide: int, n_keep: int,
                  threads: int = 1, group: int = 1, model=None, **ignored):
         if not 1 <= n_keep < ctx or not 1 <= slide <= ctx - n_keep:
