@@ -14,7 +14,10 @@ Invariants:
   at the lane's next LLM step; nothing is ever re-evaluated). Without skips this is exactly one
   token per active lane per step;
 - with the ensemble on (mix), each lane has its own mixer.LaneModel, fresh at segment start, and
-  every token is coded with the ensemble's frequencies instead of the LLM's;
+  every token is coded with the ensemble's frequencies instead of the LLM's; on a device backend
+  that opts in (codes_on_device), the lanes' ensembles and coders live on the device instead
+  (mixer.device.LaneBatch, one call per step for every lane, the logits never leave the device),
+  the same steps compiled for it, so the same bytes;
 - lane payload = escape block + coded stream; escape block = varint count, then per escape
   varint(gap from the end of the previous escape), varint(length), raw bytes.
 """
@@ -133,12 +136,16 @@ def _lane_models(engine, mix, n_tokens):
 
 def _device_lanes(engine, mix, n_tokens):
     """The lanes' ensembles and coders on the device (mixer/device.py), where the backend is a
-    device engine of this coder's own (not a shared View) and the ensemble is on; else None."""
+    device engine of this coder's own (not a shared View) that opts in, the ensemble is on and
+    the lanes fit in the device's free memory; else None (the host codes them: same bytes)."""
     if mix is None or not mix.active or not getattr(engine.backend, "codes_on_device", False):
         return None
     from .mixer.device import LaneBatch
+    bound = max(n_tokens + [1])
+    if LaneBatch.lanes_that_fit(mix, engine.backend.n_vocab, bound) < len(n_tokens):
+        return None
     tcol = engine.column_table if mix.col_lr else None
-    return LaneBatch(mix, engine.backend.n_vocab, len(n_tokens), max(n_tokens + [1]), tcol)
+    return LaneBatch(mix, engine.backend.n_vocab, len(n_tokens), bound, tcol)
 
 
 def _run(engine, mix, lms, more, code, progress):

@@ -349,3 +349,21 @@ def test_device_coder_equals_cpu_under_simulator():
         assert 0 < int(row[-1]) < 1000, out
     assert int(rows[0][rows[0].index("skipped") + 1]) > 0, out    # the skip kernels ran
     assert int(rows[1][rows[1].index("skipped") + 1]) == 0, out
+
+
+def test_device_coder_lanes_from_free_memory():
+    """A lane's device bytes are its state's arrays plus its frequencies and output buffer, and
+    the lanes a device takes are what fits in a share of its free memory."""
+    import numpy as np
+    from nacrith.mixer import DEFAULTS, PRESETS
+    from nacrith.mixer.device import LaneBatch
+    from nacrith.mixer.state import new_state
+    V, n = 49152, 1000
+    S = new_state(DEFAULTS, V, n, np.zeros((3, V), np.int32))
+    state = sum(a.nbytes for f, part in S._asdict().items() if f != "cfg" for a in part)
+    per = LaneBatch.bytes_per_lane(DEFAULTS, V, n)
+    assert per == state + 8 * V + 4 * n + 16 + 64
+    assert 30 << 20 < per < 32 << 20                  # ~30 MiB, mostly the n-gram tables
+    assert LaneBatch.bytes_per_lane(PRESETS[1], V, n) < 15 << 20
+    assert LaneBatch.lanes_that_fit(DEFAULTS, V, n, free=10 * per + 1, share=1.0) == 10
+    assert LaneBatch.lanes_that_fit(DEFAULTS, V, n, free=80 * 10**9) == int(72e9) // per

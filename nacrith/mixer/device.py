@@ -188,7 +188,6 @@ class LaneBatch:
             raise ValueError("the column bias needs the token column table of the model")
         fresh = _state.new_state(mp, n_vocab, n_tokens, tcol)
         K.init_kernel(fresh)
-        self.fresh = fresh
         self.lanes, self.n_vocab, self.n_tokens = lanes, n_vocab, n_tokens
         self._grid = _grid(lanes)
         parts = {name: part for name, part in fresh._asdict().items()
@@ -222,6 +221,8 @@ class LaneBatch:
         if free is None:
             from ..gpu import numba_cuda
             free = numba_cuda().current_context().get_memory_info()[0]
+        if free == float("inf"):                          # the simulator
+            return 1 << 30
         return int(free * share) // LaneBatch.bytes_per_lane(mp, n_vocab, n_tokens)
 
     def reset(self, lanes) -> None:
