@@ -145,6 +145,29 @@ def test_improbable_symbols_and_long_pending_runs():
     assert [dec.decode_freqs(f) for _ in syms] == syms
 
 
+def test_fixed_buffer_steps_write_the_encoders_bytes():
+    """The steps the device runs (mixer/device.py) write into a fixed buffer of 4 bytes per token
+    + 16, never grown: on the worst cases (a frequency of 1 in 2^24 costs 24 bits; the straddling
+    middle symbol makes long pending runs) the stream fits and equals Encoder's (which grows its
+    buffer before each step, coder._reserve)."""
+    from nacrith.coder import E_HIGH, E_NBYTES, TOP, _encode_symbol, _finish
+    f1 = np.array([1, TOTAL - 1], dtype=np.int64)
+    fm = np.array([TOTAL // 2 - 1, 2, TOTAL // 2 - 1], dtype=np.int64)
+    steps = [(f1, 0)] * 500 + [(fm, 1)] * 500 + [(fm, 0), (f1, 0)] * 200 + [(fm, 2)]
+    st = np.zeros(8, dtype=np.int64)
+    st[E_HIGH] = TOP
+    buf = np.zeros(4 * len(steps) + 16, dtype=np.uint8)
+    enc = Encoder()
+    for f, s in steps:
+        _encode_symbol(st, buf, f, s)
+        enc.encode_freqs(f, s)
+    _finish(st, buf)
+    data = enc.finish()
+    assert len(data) > 3 * len(steps) // 2           # the worst cases are there
+    assert st[E_NBYTES] == len(data) <= len(buf)
+    assert buf[:st[E_NBYTES]].tobytes() == data
+
+
 def test_trailing_zero_bytes_dropped_exact():
     # termination leaves 3f ff ff 7f c0 00 00 here; zero bytes at the end carry no information
     f = np.array([TOTAL // 2 - 1, 2, TOTAL // 2 - 1], dtype=np.int64)
