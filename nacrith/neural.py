@@ -54,7 +54,8 @@ def lockstep(backend, k: int, more, code, progress=None, skip=None, cap: int = 0
     count of tokens, or, when decoding a version-4 lane, "fewer bytes decoded than it holds").
     skip(lane) -> bool (optional): code the lane's token t without the LLM (code gets row None);
     asked before step t, only while at most `cap` tokens of that lane wait for the LLM."""
-    def step(t, active, need, logits):
+    def step(t, active, need, groups):
+        logits = backend.feed(need, groups) if need else None
         rows = dict(zip(need, logits)) if need else {}
         return [code(lane, t, rows.get(lane)) for lane in active]
     skips = None if skip is None else (lambda lanes: {lane for lane in lanes if skip(lane)})
@@ -62,25 +63,26 @@ def lockstep(backend, k: int, more, code, progress=None, skip=None, cap: int = 0
 
 
 def lockstep_steps(backend, k: int, more, step, progress=None, skips=None, cap: int = 0,
-                   device: bool = False) -> None:
-    """lockstep with a whole step coded at once: step(t, active, need, logits) codes token t of
-    every active lane (those in need with row i of logits for need[i], the others without the
-    LLM) and returns them in active's order; skips(lanes) -> the set of them to skip.  device:
-    logits stay on the device (backend.forward) for a device coder (mixer/device.py)."""
+                   begin=None, end=None):
+    """lockstep with a whole step at once: step(t, active, need, groups) feeds groups[i] to
+    lane need[i] (the LLM), codes token t of every active lane (those not in need without the
+    LLM) and returns them in active's order; skips(lanes) -> the set of them to skip; begin()
+    runs once the backend's lanes are reset (a shared engine's View has its lanes then) and
+    end() after the last step, while it still has them; end()'s result is returned."""
     backend.reset()
     try:
-        feed = backend.forward if device else backend.feed
+        if begin is not None:
+            begin()
         wait = [[backend.bos] for _ in range(k)]   # tokens not yet fed to the LLM, per lane
         t = 0
         while True:
             active = [lane for lane in range(k) if more(lane, t)]
             if not active:
-                return
+                return None if end is None else end()
             sk = set() if skips is None else skips(
                 [lane for lane in active if len(wait[lane]) <= cap])
             need = [lane for lane in active if lane not in sk]
-            logits = feed(need, [wait[lane] for lane in need]) if need else None
-            for lane, sym in zip(active, step(t, active, need, logits)):
+            for lane, sym in zip(active, step(t, active, need, [wait[lane] for lane in need])):
                 if lane in sk:
                     wait[lane].append(sym)
                 else:
@@ -134,18 +136,50 @@ def _lane_models(engine, mix, n_tokens):
     return [LaneModel(mix, engine.backend.n_vocab, n, tcol) for n in n_tokens]
 
 
+class OwnDevice:
+    """The device coder of an engine of its own (a DeviceBackend that opts in): each step, the
+    forward pass of the lanes that need the LLM, then one launch codes every active lane."""
+
+    def __init__(self, backend, batch):
+        self.backend, self.batch = backend, batch
+
+    def begin(self, streams=None) -> None:
+        if streams is not None:
+            self.batch.start_decode(streams)
+
+    def skip_conf(self):
+        return self.batch.skip_conf()
+
+    def step(self, need, groups, skipped, syms=None):
+        logits = self.backend.forward(need, groups) if need else None
+        if syms is None:
+            return self.batch.decode(logits, need, skipped)
+        self.batch.encode(logits, need, skipped, syms)
+        return None
+
+    def finish(self, k: int) -> list:
+        return self.batch.finish(range(k))
+
+
 def _device_lanes(engine, mix, n_tokens):
-    """The lanes' ensembles and coders on the device (mixer/device.py), where the backend is a
-    device engine of this coder's own (not a shared View) that opts in, the ensemble is on and
-    the lanes fit in the device's free memory; else None (the host codes them: same bytes)."""
-    if mix is None or not mix.active or not getattr(engine.backend, "codes_on_device", False):
+    """The lanes' ensembles and coders on the device (mixer/device.py): through the shared
+    engine of a hub's View where it has a device coder (hub.View.device_coder), or on a device
+    engine of this coder's own that opts in; only with the ensemble on and where the lanes fit
+    in the device's free memory; else None (the host codes them: the same bytes)."""
+    if mix is None or not mix.active:
+        return None
+    b = engine.backend
+    tcol = engine.column_table if mix.col_lr else None
+    shared = getattr(b, "device_coder", None)
+    if shared is not None:
+        return shared(mix, n_tokens, tcol)
+    if not getattr(b, "codes_on_device", False):
         return None
     from .mixer.device import LaneBatch
     bound = max(n_tokens + [1])
-    if LaneBatch.lanes_that_fit(mix, engine.backend.n_vocab, bound) < len(n_tokens):
+    if LaneBatch.lanes_that_fit(mix, b.n_vocab, bound) < len(n_tokens):
         return None
-    tcol = engine.column_table if mix.col_lr else None
-    return LaneBatch(mix, engine.backend.n_vocab, len(n_tokens), bound, tcol)
+    return OwnDevice(b, LaneBatch(mix, b.n_vocab, len(n_tokens), bound, tcol))
 
 
 def _run(engine, mix, lms, more, code, progress):
@@ -158,9 +192,10 @@ def _run(engine, mix, lms, more, code, progress):
     lockstep(engine.backend, len(more.limits), more, code, progress, skip, cap)
 
 
-def _run_device(engine, mix, batch, more, step, progress):
-    """lockstep_steps with every lane's coding on the device; step(t, active, need, skipped,
-    logits) -> the active lanes' tokens."""
+def _run_device(engine, mix, dev, more, step, progress, streams=None):
+    """lockstep_steps with every lane's coding on the device (dev: OwnDevice or hub's
+    DeviceLanes); step(t, active, need, groups, skipped) -> the active lanes' tokens; encoding
+    (streams None): the lanes' coded streams."""
     skips, cap = None, 0
     if mix.skip:
         from .mixer import FRAC_SCALE
@@ -168,14 +203,16 @@ def _run_device(engine, mix, batch, more, step, progress):
         cap = mix.skip_cap
 
         def skips(lanes):
-            conf = batch.skip_conf(lanes) if lanes else None
+            conf = dev.skip_conf() if lanes else None
             return {lane for lane in lanes if conf[lane] >= thr}
 
-    def whole(t, active, need, logits):
+    def whole(t, active, need, groups):
         coded = set(need)
-        return step(t, active, need, [lane for lane in active if lane not in coded], logits)
-    lockstep_steps(engine.backend, len(more.limits), more, whole, progress, skips, cap,
-                   device=True)
+        return step(t, active, need, groups, [lane for lane in active if lane not in coded])
+    k = len(more.limits)
+    return lockstep_steps(engine.backend, k, more, whole, progress, skips, cap,
+                          begin=lambda: dev.begin(streams),
+                          end=(lambda: dev.finish(k)) if streams is None else None)
 
 
 class _Counts:
@@ -215,16 +252,15 @@ def encode_segment(engine, data: bytes, lanes: int, max_escaped: int, progress=N
         toks.append(r[0])
         escs.append(r[1])
     bounds = [len(p) - sum(len(raw) for _, raw in e) for p, e in zip(parts, escs)]
-    batch = _device_lanes(engine, mix, bounds)
-    if batch is not None:
-        def step(t, active, need, skipped, logits):
+    dev = _device_lanes(engine, mix, bounds)
+    if dev is not None:
+        def step(t, active, need, groups, skipped):
             syms = np.zeros(len(parts), dtype=np.int64)
             for lane in active:
                 syms[lane] = toks[lane][t]
-            batch.encode(logits, need, skipped, syms)
+            dev.step(need, groups, skipped, syms)
             return syms[active]
-        _run_device(engine, mix, batch, _Counts([len(t) for t in toks]), step, progress)
-        streams = batch.finish(range(len(parts)))
+        streams = _run_device(engine, mix, dev, _Counts([len(t) for t in toks]), step, progress)
         return [(len(part), pack_escapes(esc) + stream)
                 for part, esc, stream in zip(parts, escs, streams)]
     encoders = [Encoder() for _ in parts]
@@ -263,18 +299,17 @@ def _decode(engine, mix, more, bounds, escs, decoders, origs, progress) -> bytes
     toks = [[] for _ in origs]
     sizes = [len(p) for p in engine.tokenizer.pieces]
     done = getattr(more, "done", None)
-    batch = _device_lanes(engine, mix, bounds)
-    if batch is not None:
-        batch.start_decode({lane: d._data.tobytes() for lane, d in enumerate(decoders)})
-
-        def step(t, active, need, skipped, logits):
-            syms = batch.decode(logits, need, skipped)[active]
+    dev = _device_lanes(engine, mix, bounds)
+    if dev is not None:
+        def step(t, active, need, groups, skipped):
+            syms = dev.step(need, groups, skipped)[active]
             for lane, sym in zip(active, syms):
                 toks[lane].append(int(sym))
                 if done is not None:
                     done[lane] += sizes[sym]
             return syms
-        _run_device(engine, mix, batch, more, step, progress)
+        _run_device(engine, mix, dev, more, step, progress,
+                    {lane: d._data.tobytes() for lane, d in enumerate(decoders)})
         return _merge(engine, origs, toks, escs)
     lms = _lane_models(engine, mix, bounds)
 

@@ -20,7 +20,8 @@ shapes (30 layers, d 576, 9/3 heads, ff 1536, vocab 49152; --sim: the tests' tin
 3. the ensemble on the device (mixer/device.py; slow under --sim: tests/test_device.py checks it
    on real logits instead): a text in 3 lanes coded with the device engine and every lane's
    mixer, CDF and coder on the device, for mix preset 4 with the confidence skip and preset 5,
-   against the CPU engine with the CPU's mixer: payloads compared, then decoded crosswise;
+   against the CPU engine with the CPU's mixer: payloads compared, then decoded crosswise; and
+   (not with --sim) the batching check of 2. with the hub's coder on the device;
 4. speed (not with --sim): tokens/s of the device forward pass (logits left on the device) at
    each --lanes count, ctx 2048, windows at fill 0, 1024 and 2040, and the peak device memory;
    then the host's share: the same steps with the logits copied to the host; and the device
@@ -113,11 +114,12 @@ def check_archives(path, DB, PB, win, nbytes):
     return same, out["device"][1], out["cpu"][1], len(out["cpu"][0]), len(text)
 
 
-def check_batching(path, DB, PB, win, nbytes, n=6, decode=True):
+def check_batching(path, DB, PB, win, nbytes, n=6, decode=True, device_coder=False):
     """Continuous batching (nacrith/hub.py): n texts of 1-3 lanes coded at once, started at
     different times, through one device backend with room for min(5, n + 1) lanes (later ones
     wait for lanes), with the ensemble (multi-token catch-up groups): each payload against the same
-    text coded alone on a CPU engine of its own; then all decoded at once through the hub."""
+    text coded alone on a CPU engine of its own; then all decoded at once through the hub.
+    device_coder: the hub codes every coder's lanes on the device too (hub.DeviceLanes)."""
     import threading
     from nacrith import hub, neural
     from nacrith.mixer import DEFAULTS as mix, column_table
@@ -134,7 +136,9 @@ def check_batching(path, DB, PB, win, nbytes, n=6, decode=True):
                                params={})
     ref = [neural.encode_segment(engine(PB, k), t, k, len(t), mix=mix)
            for t, k in zip(texts, lanes)]
-    h = hub.Hub(engine(DB, min(5, n + 1)))
+    shared = engine(DB, min(5, n + 1))
+    shared.backend.codes_on_device = device_coder
+    h = hub.Hub(shared)
     got, back = [None] * n, [None] * n
 
     def code(i):
@@ -148,6 +152,7 @@ def check_batching(path, DB, PB, win, nbytes, n=6, decode=True):
         t.start()
     for t in threads:
         t.join()
+    assert (h.coder is not None) == device_coder
     return got == ref, (back == texts) if decode else None, h.batches
 
 
@@ -361,6 +366,13 @@ def main(argv=None):
         dec = "not checked (--sim)" if back is None else back
         print(f"continuous batching: {a.batch_texts} texts at once on one device backend == "
               f"each alone on the CPU: {same}; decoded at once: {dec} ({batches} device feeds)",
+              flush=True)
+    if not a.sim and "batching" not in skip and "coder" not in skip:
+        same, back, batches = check_batching(path, DeviceBackend, PortableBackend, win,
+                                             a.text_bytes, a.batch_texts, device_coder=True)
+        ok &= same and back is not False
+        print(f"continuous batching, coder on the device too: {a.batch_texts} texts at once == "
+              f"each alone on the CPU: {same}; decoded at once: {back} ({batches} steps)",
               flush=True)
     if "coder" not in skip:
         for name, (same, d2c, c2d, nb) in check_coder(path, DeviceBackend, PortableBackend, win,

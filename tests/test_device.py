@@ -362,8 +362,103 @@ def test_device_coder_lanes_from_free_memory():
     S = new_state(DEFAULTS, V, n, np.zeros((3, V), np.int32))
     state = sum(a.nbytes for f, part in S._asdict().items() if f != "cfg" for a in part)
     per = LaneBatch.bytes_per_lane(DEFAULTS, V, n)
-    assert per == state + 8 * V + 4 * n + 16 + 64
+    assert per == state + 8 * V + 2 * (4 * n + 16) + 80
     assert 30 << 20 < per < 32 << 20                  # ~30 MiB, mostly the n-gram tables
     assert LaneBatch.bytes_per_lane(PRESETS[1], V, n) < 15 << 20
     assert LaneBatch.lanes_that_fit(DEFAULTS, V, n, free=10 * per + 1, share=1.0) == 10
     assert LaneBatch.lanes_that_fit(DEFAULTS, V, n, free=80 * 10**9) == int(72e9) // per
+
+
+HUB_CODER_CHILD = r"""
+import sys, tempfile, threading, time
+from pathlib import Path
+from types import SimpleNamespace
+sys.path.insert(0, "scripts")
+from gpu_check import byte_tokenizer
+from nacrith import hub, neural
+from nacrith.gpu import numba_cuda
+from nacrith.mixer import MixParams, column_table
+from nacrith.mixer import device as MD
+from nacrith.portable.backend import PortableBackend
+from nacrith.portable.tiny import write_tiny_llama
+
+cuda = numba_cuda()
+
+class OnDevice:
+    '''The CPU engine as a device engine that codes on the device (logits as device arrays).'''
+    codes_on_device = True
+    def __init__(self, b):
+        self.b = b
+    def __getattr__(self, k):
+        return getattr(self.b, k)
+    def forward(self, lanes, groups):
+        return cuda.to_device(self.b.feed(lanes, groups))
+
+path = str(write_tiny_llama(Path(tempfile.mkdtemp()) / "t.gguf", n_vocab=320, n_ff=64))
+mix = MixParams.from_params({"mix_preset": 4, "skip": 32768, "skip_cap": 3})
+WIN = dict(ctx=16, slide=4, n_keep=2, threads=1)
+TEXT = b"the cat sat on the mat; the cat sat on the hat. \r\n\x00\xff " * 10
+LANES = [1, 2, 1, 3]
+TEXTS = [TEXT[7 * i:100 + 40 * i] for i in range(len(LANES))]
+
+def engine(lanes, dev):
+    b = PortableBackend(path, lanes=lanes, group=mix.skip_cap + 1, **WIN)
+    t = byte_tokenizer(b)
+    return SimpleNamespace(backend=OnDevice(b) if dev else b, tokenizer=t, params={},
+                           column_table=column_table(t.pieces))
+
+alone = [neural.encode_segment(engine(k, False), t, k, len(t), mix=mix)
+         for t, k in zip(TEXTS, LANES)]
+launches = []
+for name in ("encode", "decode"):
+    def wrap(f, name=name):
+        def call(self, logits, need, skipped, *a):
+            launches.append((name, len(need), len(skipped)))
+            return f(self, logits, need, skipped, *a)
+        return call
+    setattr(MD.LaneBatch, name, wrap(getattr(MD.LaneBatch, name)))
+h = hub.Hub(engine(5, True))
+
+def at_once(fn):
+    out = [None] * len(LANES)
+    def run(i):
+        time.sleep(0.02 * i)
+        out[i] = fn(i)
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(len(LANES))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return out
+
+got = at_once(lambda i: neural.encode_segment(h.engine_for(LANES[i]), TEXTS[i], LANES[i],
+                                              len(TEXTS[i]), mix=mix))
+enc = [x for x in launches if x[0] == "encode"]
+back = at_once(lambda i: neural.decode_lanes(h.engine_for(LANES[i]), alone[i], mix=mix))
+dec = [x for x in launches if x[0] == "decode"]
+print("hub coder", h.coder is not None, "same", got == alone, "decoded", back == TEXTS,
+      "enc_launches", len(enc), "lanes", sum(n + s for _, n, s in enc),
+      "skipped", sum(s for _, _, s in enc), "widest", max(n + s for _, n, s in enc),
+      "dec_launches", len(dec), "free", sorted(h.free))
+"""
+
+
+def test_hub_device_coder_equals_each_alone_under_simulator():
+    """Continuous batching with the coder on the device (hub.DeviceLanes): 4 coders of 1-3
+    lanes on a shared engine of 5 lanes (one waits for lanes), each step of all of them coded
+    by one launch of the hub's LaneBatch; preset 4 with the confidence skip (skipped lanes ride
+    in the same launches). Every payload equals the text coded alone on the CPU's LaneModels,
+    then all decode at once through the hub, and every lane is free at the end. (CPU engine's
+    logits handed over as device arrays; the CUDA simulator.)"""
+    _numba_cuda()
+    env = dict(os.environ, PYTHONPATH=str(REPO), NUMBA_ENABLE_CUDASIM="1")
+    r = subprocess.run([sys.executable, "-W", "ignore", "-c", HUB_CODER_CHILD], env=env,
+                       capture_output=True, timeout=1200, cwd=REPO)
+    out = r.stdout.decode()
+    assert r.returncode == 0, out + r.stderr.decode()[-3000:]
+    f = out.split()
+    v = {f[i]: f[i + 1] for i in range(len(f) - 1)}
+    assert (v["coder"], v["same"], v["decoded"]) == ("True", "True", "True"), out
+    assert int(v["skipped"]) > 0 and int(v["widest"]) > 3, out      # coders shared launches
+    assert int(v["enc_launches"]) < int(v["lanes"]), out
+    assert out.rstrip().endswith("free [0, 1, 2, 3, 4]"), out

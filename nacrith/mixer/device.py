@@ -25,10 +25,11 @@ state into its rows; lanes are independent, so a lane's bits do not depend on it
 the lane count or which lanes are active (tests: device vs CPU under the CUDA simulator, and
 the PTX checks).
 
-Not here yet: a block of threads per lane over preset 5's order-free vocabulary sums (one
-thread per lane runs the vocabulary passes serially, latency-bound: issue 22 measured ~50 ms a
-step at 256-4096 lanes for three such passes), and the hub's shared backends (hub.View codes on
-the host).
+Users: neural.OwnDevice (a device engine of a coder's own) and hub.DeviceLanes (the lanes of
+every coder in flight on a shared engine, one launch a step).  Not here yet: a block of threads
+per lane over preset 5's order-free vocabulary sums (one thread per lane runs the vocabulary
+passes serially, latency-bound: issue 22 measured ~50 ms a step at 256-4096 lanes for three
+such passes).
 """
 from __future__ import annotations
 
@@ -69,30 +70,29 @@ def _view_source() -> str:
 # ---------------------------------------------------------------- kernels (one thread per lane)
 # Written against the globals cuda, VIEW and the CPU steps ENC, DEC, ENC_SKIP, DEC_SKIP, CONF,
 # FINISH, DINIT, bound in _compile.  mode[lane]: 0 idle this step, 1 coded with the logits row
-# row_of[lane], 2 coded without the LLM (the confidence skip).
+# row_of[lane], 2 coded without the LLM (the confidence skip); after its step a lane's skip
+# confidence for the next step goes to conf[lane] (the host decides the skips from it).
 
-def k_conf(SS, act, conf):
+def k_encode(SS, logits, row_of, syms, mode, freqs, st, buf, conf):
     lane = cuda.grid(1)                                                        # noqa: F821
-    if lane < act.shape[0] and act[lane] != 0:
-        conf[lane] = CONF(VIEW(SS, lane))                                      # noqa: F821
+    if lane < mode.shape[0] and mode[lane] != 0:
+        S = VIEW(SS, lane)                                                     # noqa: F821
+        if mode[lane] == 1:
+            ENC(st[lane], buf[lane], logits[row_of[lane]], syms[lane], freqs[lane], S)  # noqa
+        else:
+            ENC_SKIP(st[lane], buf[lane], syms[lane], freqs[lane], S)          # noqa: F821
+        conf[lane] = CONF(S)                # the next step's skip confidence   # noqa: F821
 
 
-def k_encode(SS, logits, row_of, syms, mode, freqs, st, buf):
+def k_decode(SS, logits, row_of, mode, freqs, st, data, out, conf):
     lane = cuda.grid(1)                                                        # noqa: F821
-    if lane < mode.shape[0] and mode[lane] == 1:
-        ENC(st[lane], buf[lane], logits[row_of[lane]], syms[lane], freqs[lane],   # noqa: F821
-            VIEW(SS, lane))                                                    # noqa: F821
-    elif lane < mode.shape[0] and mode[lane] == 2:
-        ENC_SKIP(st[lane], buf[lane], syms[lane], freqs[lane], VIEW(SS, lane))  # noqa: F821
-
-
-def k_decode(SS, logits, row_of, mode, freqs, st, data, out):
-    lane = cuda.grid(1)                                                        # noqa: F821
-    if lane < mode.shape[0] and mode[lane] == 1:
-        out[lane] = DEC(st[lane], data[lane], logits[row_of[lane]], freqs[lane],  # noqa: F821
-                        VIEW(SS, lane))                                        # noqa: F821
-    elif lane < mode.shape[0] and mode[lane] == 2:
-        out[lane] = DEC_SKIP(st[lane], data[lane], freqs[lane], VIEW(SS, lane))   # noqa: F821
+    if lane < mode.shape[0] and mode[lane] != 0:
+        S = VIEW(SS, lane)                                                     # noqa: F821
+        if mode[lane] == 1:
+            out[lane] = DEC(st[lane], data[lane], logits[row_of[lane]], freqs[lane], S)  # noqa
+        else:
+            out[lane] = DEC_SKIP(st[lane], data[lane], freqs[lane], S)         # noqa: F821
+        conf[lane] = CONF(S)                                                   # noqa: F821
 
 
 def k_finish(act, st, buf):
@@ -107,7 +107,7 @@ def k_dec_init(act, st, data):
         DINIT(st[lane], data[lane])                                            # noqa: F821
 
 
-KERNELS = (k_conf, k_encode, k_decode, k_finish, k_dec_init)
+KERNELS = (k_encode, k_decode, k_finish, k_dec_init)
 
 
 def _compile() -> dict:
@@ -169,9 +169,8 @@ def signatures(mp: MixParams) -> dict:
     a2 = {dt: typeof(np.zeros((1, 1), dt)) for dt in (np.float32, np.int64, np.uint8)}
     i8, i64, f64 = a[np.int8], a[np.int64], a[np.float64]
     f32_2, i64_2, u8_2 = a2[np.float32], a2[np.int64], a2[np.uint8]
-    return {"k_conf": (SS, i8, f64),
-            "k_encode": (SS, f32_2, i64, i64, i8, i64_2, i64_2, u8_2),
-            "k_decode": (SS, f32_2, i64, i8, i64_2, i64_2, u8_2, i64),
+    return {"k_encode": (SS, f32_2, i64, i64, i8, i64_2, i64_2, u8_2, f64),
+            "k_decode": (SS, f32_2, i64, i8, i64_2, i64_2, u8_2, i64, f64),
             "k_finish": (i8, i64_2, u8_2),
             "k_dec_init": (i8, i64_2, u8_2)}
 
@@ -201,18 +200,22 @@ class LaneBatch:
         self.st = cuda.to_device(np.zeros((lanes, 8), dtype=np.int64))
         cap = _BYTES_PER_TOKEN * n_tokens + _BYTES_SLACK
         self.buf = cuda.to_device(np.zeros((lanes, cap), dtype=np.uint8))
+        self.data = cuda.to_device(np.zeros((lanes, cap), dtype=np.uint8))
         self.out = cuda.device_array(lanes, dtype=np.int64)
+        self.dconf = cuda.to_device(np.zeros(lanes, dtype=np.float64))
+        self.conf = np.zeros(lanes, dtype=np.float64)     # host copy, after each step
         self._nologits = cuda.to_device(np.zeros((1, n_vocab), dtype=np.float32))
         self.reset(range(lanes))
 
     @staticmethod
     def bytes_per_lane(mp: MixParams, n_vocab: int, n_tokens: int) -> int:
         """Device bytes one lane takes: its state (mixer/state.py's arrays; ~30 MiB for preset
-        4 at V = 49152, mostly the n-gram tables), its frequencies and its output buffer."""
+        4 at V = 49152, mostly the n-gram tables), its frequencies, its output and input
+        stream buffers and its scalars."""
         fresh = _state.new_state(mp, n_vocab, n_tokens, np.zeros((3, n_vocab), np.int32))
         state = sum(a.nbytes for name, part in fresh._asdict().items()
                     if not isinstance(part, _state.Config) for a in part)
-        return state + 8 * n_vocab + _BYTES_PER_TOKEN * n_tokens + _BYTES_SLACK + 64
+        return state + 8 * n_vocab + 2 * (_BYTES_PER_TOKEN * n_tokens + _BYTES_SLACK) + 80
 
     @staticmethod
     def lanes_that_fit(mp: MixParams, n_vocab: int, n_tokens: int, free: int | None = None,
@@ -233,74 +236,83 @@ class LaneBatch:
             for rows, a in zip(self._rows, self._fresh):
                 rows[lane].copy_to_device(a)
             self.st[lane].copy_to_device(st0)
+            self.conf[lane] = 0.0                       # a fresh state's: no match yet
+        self.dconf.copy_to_device(self.conf)
 
     def _flags(self, lanes, value=1, out=None):
         a = np.zeros(self.lanes, dtype=np.int8) if out is None else out
         a[np.asarray(list(lanes), dtype=np.int64)] = value
         return a
 
-    def _plan(self, logits, need, skipped):
-        """(logits on the device, row_of, mode) of one step: lane need[i] takes row i."""
+    def _plan(self, logits, need, skipped, rows=None):
+        """(logits on the device, row_of, mode) of one step: lane need[i] takes row i of logits
+        (row rows[i] where given)."""
         if need:
             if isinstance(logits, np.ndarray):
                 logits = self.cuda.to_device(np.ascontiguousarray(logits, dtype=np.float32))
-            if tuple(logits.shape) != (len(need), self.n_vocab):
+            if logits.shape[1] != self.n_vocab or (rows is None and
+                                                   logits.shape[0] != len(need)):
                 raise ValueError(f"logits must be [{len(need)}, {self.n_vocab}]")
         else:
             logits = self._nologits
         row_of = np.zeros(self.lanes, dtype=np.int64)
-        row_of[np.asarray(need, dtype=np.int64)] = np.arange(len(need))
+        row_of[np.asarray(need, dtype=np.int64)] = np.arange(len(need)) if rows is None else rows
         mode = self._flags(skipped, 2, self._flags(need))
         return logits, self.cuda.to_device(row_of), self.cuda.to_device(mode)
 
-    def skip_conf(self, lanes) -> np.ndarray:
-        """The confidence-skip probability of each lane in `lanes` ([self.lanes] float64)."""
-        conf = self.cuda.to_device(np.zeros(self.lanes, dtype=np.float64))
-        self.k["k_conf"][self._grid](self.SS, self.cuda.to_device(
-            self._flags(lanes)), conf)
-        return conf.copy_to_host()
+    def skip_conf(self) -> np.ndarray:
+        """The confidence-skip probability of every lane ([self.lanes] float64), as its last
+        step (or its reset) left it: what the CPU's LaneModel.skip_conf gives before the next."""
+        return self.conf
 
-    def encode(self, logits, need, skipped, syms) -> None:
+    def encode(self, logits, need, skipped, syms, rows=None) -> None:
         """Code syms[l] for every lane l of need (with row i of logits for need[i]: [len(need),
         V] float32, host or device) and of skipped (without the LLM), then learn it."""
         syms = np.ascontiguousarray(syms, dtype=np.int64)
         if syms.shape != (self.lanes,) or syms.min(initial=0) < 0 or \
                 syms.max(initial=0) >= self.n_vocab:
             raise ValueError(f"symbols must be [{self.lanes}] in [0, {self.n_vocab})")
-        logits, row_of, mode = self._plan(logits, need, skipped)
+        logits, row_of, mode = self._plan(logits, need, skipped, rows)
         self.k["k_encode"][self._grid](
             self.SS, logits, row_of, self.cuda.to_device(syms), mode, self.freqs, self.st,
-            self.buf)
+            self.buf, self.dconf)
+        self.conf = self.dconf.copy_to_host()
 
     def finish(self, lanes) -> list:
         """Terminate the streams of `lanes`; their coded bytes, in that order."""
-        self.k["k_finish"][self._grid](self.cuda.to_device(self._flags(lanes)),
-                                                     self.st, self.buf)
-        st, buf = self.st.copy_to_host(), self.buf.copy_to_host()
+        self.k["k_finish"][self._grid](self.cuda.to_device(self._flags(lanes)), self.st,
+                                       self.buf)
+        st = self.st.copy_to_host()
         out = []
         for lane in lanes:
             n = int(st[lane, _coder.E_NBYTES])
-            if n > buf.shape[1]:                      # cannot happen (module docstring)
+            if n > self.buf.shape[1]:                 # cannot happen (module docstring)
                 raise NacritError(f"device lane {lane}: coded stream outgrew its buffer")
-            out.append(buf[lane, :n].tobytes())
+            out.append(self.buf[lane, :n].copy_to_host().tobytes() if n else b"")
         return out
 
     def start_decode(self, streams: dict) -> None:
-        """Load {lane: coded bytes} and start those lanes' decoders."""
-        data = np.zeros((self.lanes, max([len(b) for b in streams.values()] + [1])), np.uint8)
+        """Load {lane: coded bytes} and start those lanes' decoders (a stream longer than a lane
+        holds cannot come from a valid lane of this length: a clear error)."""
         for lane, b in streams.items():
-            data[lane, :len(b)] = np.frombuffer(b, dtype=np.uint8)   # zero bits past the end
-        self.data = self.cuda.to_device(data)
+            if len(b) > self.data.shape[1]:
+                raise NacritError(f"corrupt lane: {len(b)} coded bytes for at most "
+                                  f"{self.n_tokens} tokens")
+            row = np.zeros(self.data.shape[1], np.uint8)     # zero bits past the end
+            row[:len(b)] = np.frombuffer(b, dtype=np.uint8)
+            self.data[lane].copy_to_device(row)
         self.k["k_dec_init"][self._grid](
             self.cuda.to_device(self._flags(streams)), self.st, self.data)
 
-    def decode(self, logits, need, skipped) -> np.ndarray:
+    def decode(self, logits, need, skipped, rows=None) -> np.ndarray:
         """Decode one symbol for every lane of need and skipped (as encode), then learn it;
         [self.lanes] int64, 0 for the other lanes."""
-        logits, row_of, mode = self._plan(logits, need, skipped)
+        logits, row_of, mode = self._plan(logits, need, skipped, rows)
         self.out.copy_to_device(np.zeros(self.lanes, dtype=np.int64))
         self.k["k_decode"][self._grid](
-            self.SS, logits, row_of, mode, self.freqs, self.st, self.data, self.out)
+            self.SS, logits, row_of, mode, self.freqs, self.st, self.data, self.out,
+            self.dconf)
+        self.conf = self.dconf.copy_to_host()
         return self.out.copy_to_host()
 
 
