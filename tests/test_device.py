@@ -282,22 +282,27 @@ def test_mixer_ptx_contracts_without_the_fma_rule():
     assert any(v.startswith("fma") for v in ptx_violations(ptx))
 
 
-DEVICE_CODER_CHILD = r"""
-import copy, sys
-from pathlib import Path
-import numpy as np
-from nacrith import api, models, neural
-from nacrith.mixer import device as MD
+ON_DEVICE = r"""
+from nacrith.gpu import numba_cuda
+cuda = numba_cuda()
 
 class OnDevice:
-    '''The engine's backend, its logits coded by the device coder (mixer/device.py).'''
+    '''The CPU engine as a device engine that codes on the device (logits as device arrays).'''
     codes_on_device = True
     def __init__(self, b):
         self.b = b
     def __getattr__(self, k):
         return getattr(self.b, k)
     def forward(self, lanes, groups):
-        return self.b.feed(lanes, groups)
+        return cuda.to_device(self.b.feed(lanes, groups))
+"""
+
+DEVICE_CODER_CHILD = ON_DEVICE + r"""
+import copy, sys
+from pathlib import Path
+import numpy as np
+from nacrith import api, models, neural
+from nacrith.mixer import device as MD
 
 text = open(sys.argv[1], "rb").read()[:int(sys.argv[2])]
 text = text * 6             # each lane ~twice over: the match model grows confident, skips fire
@@ -369,30 +374,17 @@ def test_device_coder_lanes_from_free_memory():
     assert LaneBatch.lanes_that_fit(DEFAULTS, V, n, free=80 * 10**9) == int(72e9) // per
 
 
-HUB_CODER_CHILD = r"""
+HUB_CODER_CHILD = ON_DEVICE + r"""
 import sys, tempfile, threading, time
 from pathlib import Path
 from types import SimpleNamespace
 sys.path.insert(0, "scripts")
 from gpu_check import byte_tokenizer
 from nacrith import hub, neural
-from nacrith.gpu import numba_cuda
 from nacrith.mixer import MixParams, column_table
 from nacrith.mixer import device as MD
 from nacrith.portable.backend import PortableBackend
 from nacrith.portable.tiny import write_tiny_llama
-
-cuda = numba_cuda()
-
-class OnDevice:
-    '''The CPU engine as a device engine that codes on the device (logits as device arrays).'''
-    codes_on_device = True
-    def __init__(self, b):
-        self.b = b
-    def __getattr__(self, k):
-        return getattr(self.b, k)
-    def forward(self, lanes, groups):
-        return cuda.to_device(self.b.feed(lanes, groups))
 
 path = str(write_tiny_llama(Path(tempfile.mkdtemp()) / "t.gguf", n_vocab=320, n_ff=64))
 mix = MixParams.from_params({"mix_preset": 4, "skip": 32768, "skip_cap": 3})
