@@ -159,23 +159,20 @@ class Hub:
         one launch that codes all their lanes (hub.DeviceLanes); each ask's result."""
         lanes = [lane for a in asks for lane in a.lanes]
         groups = [g for a in asks for g in a.groups]
-        coding = any(a.code is not None for a in asks)
         chunks, start, n = [], 0, 0
         for i, g in enumerate(groups):
             if n and n + len(g) > MAX_TOKENS:
                 chunks.append((start, i))
                 start, n = i, 0
             n += len(g)
-        if lanes:
-            chunks.append((start, len(lanes)))
+        chunks.append((start, len(lanes)))
+        if all(a.code is None for a in asks):       # every row to the host
+            out = [self.backend.feed(lanes[s:e], groups[s:e]) for s, e in chunks]
+            rows = out[0] if len(out) == 1 else np.concatenate(out)
+            ends = np.cumsum([len(a.lanes) for a in asks])
+            return [rows[e - len(a.lanes):e] for a, e in zip(asks, ends)]
         owner = [k for k, a in enumerate(asks) for _ in a.lanes]
         rows = [[] for _ in asks]
-        if not coding:
-            for s, e in chunks:
-                out = self.backend.feed(lanes[s:e], groups[s:e])
-                for i in range(s, e):
-                    rows[owner[i]].append(out[i - s])
-            return [np.array(r) for r in rows]
         c = self.coder
         syms = np.zeros(c.lanes, dtype=np.int64)
         enc_skip, dec_skip, decoded = [], [], np.zeros(c.lanes, dtype=np.int64)
@@ -185,7 +182,7 @@ class Hub:
                 (enc_skip if sym is not None else dec_skip).extend(skipped)
                 for p, v in (sym or {}).items():
                     syms[p] = v
-        for j, (s, e) in enumerate(chunks or [(0, 0)]):
+        for j, (s, e) in enumerate(chunks):
             out = self.backend.forward(lanes[s:e], groups[s:e]) if e > s else None
             host = None
             enc, erows, dec, drows = [], [], [], []
@@ -224,8 +221,6 @@ class _Ask:
 
 class View:
     """The backend interface (neural.lockstep's) over k lanes of a hub's backend."""
-
-    codes_on_device = False     # a view's rows come back to the host (hub.Hub._feed)
 
     def __init__(self, hub: Hub, k: int):
         self.hub, self.k, self.lanes = hub, k, k

@@ -182,13 +182,21 @@ def _device_lanes(engine, mix, n_tokens):
     return OwnDevice(b, LaneBatch(mix, b.n_vocab, len(n_tokens), bound, tcol))
 
 
+def _skip_rule(mix):
+    """(threshold, cap) of mix's confidence skip: a lane whose skip confidence >= threshold,
+    with at most cap tokens waiting for the LLM, codes its next token without it."""
+    from .mixer import FRAC_SCALE
+    return mix.skip / FRAC_SCALE, mix.skip_cap
+
+
 def _run(engine, mix, lms, more, code, progress):
     """lockstep with the confidence skip that mix selects."""
     skip, cap = None, 0
     if lms is not None and mix.skip:
-        from .mixer import FRAC_SCALE
-        thr = mix.skip / FRAC_SCALE
-        skip, cap = (lambda lane: lms[lane].skip_conf() >= thr), mix.skip_cap
+        thr, cap = _skip_rule(mix)
+
+        def skip(lane):
+            return lms[lane].skip_conf() >= thr
     lockstep(engine.backend, len(more.limits), more, code, progress, skip, cap)
 
 
@@ -198,9 +206,7 @@ def _run_device(engine, mix, dev, more, step, progress, streams=None):
     (streams None): the lanes' coded streams."""
     skips, cap = None, 0
     if mix.skip:
-        from .mixer import FRAC_SCALE
-        thr = mix.skip / FRAC_SCALE
-        cap = mix.skip_cap
+        thr, cap = _skip_rule(mix)
 
         def skips(lanes):
             conf = dev.skip_conf() if lanes else None

@@ -55,6 +55,12 @@ def _parts() -> dict:
     return typing.get_type_hints(_state.State)
 
 
+def _arrays(S) -> dict:
+    """{field: its named tuple of arrays} of a State, every field but cfg (Config)."""
+    return {name: part for name, part in S._asdict().items()
+            if not isinstance(part, _state.Config)}
+
+
 def _view_source() -> str:
     """def _lane_view(SS, l): State(cfg=SS.cfg, lane=Lane(ist=SS.lane.ist[l], ...), ...)."""
     parts = []
@@ -164,7 +170,7 @@ def signatures(mp: MixParams) -> dict:
     fresh = _state.new_state(mp, 8, 8, np.zeros((3, 8), np.int32))
     SS = typeof(_state.State(cfg=fresh.cfg, **{
         name: type(part)(*(np.zeros((1,) + a.shape, a.dtype) for a in part))
-        for name, part in fresh._asdict().items() if not isinstance(part, _state.Config)}))
+        for name, part in _arrays(fresh).items()}))
     a = {dt: typeof(np.zeros(1, dt)) for dt in (np.int8, np.int64, np.float64)}
     a2 = {dt: typeof(np.zeros((1, 1), dt)) for dt in (np.float32, np.int64, np.uint8)}
     i8, i64, f64 = a[np.int8], a[np.int64], a[np.float64]
@@ -189,8 +195,7 @@ class LaneBatch:
         K.init_kernel(fresh)
         self.lanes, self.n_vocab, self.n_tokens = lanes, n_vocab, n_tokens
         self._grid = _grid(lanes)
-        parts = {name: part for name, part in fresh._asdict().items()
-                 if not isinstance(part, _state.Config)}
+        parts = _arrays(fresh)
         self._fresh = [cuda.to_device(a) for part in parts.values() for a in part]
         self.SS = _state.State(cfg=fresh.cfg, **{
             name: type(part)(*(cuda.device_array((lanes,) + a.shape, dtype=a.dtype)
@@ -213,8 +218,7 @@ class LaneBatch:
         4 at V = 49152, mostly the n-gram tables), its frequencies, its output and input
         stream buffers and its scalars."""
         fresh = _state.new_state(mp, n_vocab, n_tokens, np.zeros((3, n_vocab), np.int32))
-        state = sum(a.nbytes for name, part in fresh._asdict().items()
-                    if not isinstance(part, _state.Config) for a in part)
+        state = sum(a.nbytes for part in _arrays(fresh).values() for a in part)
         return state + 8 * n_vocab + 2 * (_BYTES_PER_TOKEN * n_tokens + _BYTES_SLACK) + 80
 
     @staticmethod
