@@ -263,9 +263,14 @@ def _dec_update(st, data, c_lo, c_hi):
 @njit(cache=True)
 def _find_symbol(freqs, count):
     """(s, cum[s]) with cum[s] <= count < cum[s + 1]; s is clamped to the last symbol."""
+    return _find_from(freqs, 0, 0, count)
+
+
+@njit(cache=True)
+def _find_from(freqs, s, cum, count):
+    """_find_symbol's walk from symbol s, whose cum[s] is cum (the device's block of threads
+    starts it at the chunk that holds count)."""
     n = freqs.shape[0]
-    cum = 0
-    s = 0
     while s < n - 1:
         nxt = cum + freqs[s]
         if count < nxt:

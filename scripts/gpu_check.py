@@ -19,14 +19,16 @@ shapes (30 layers, d 576, 9/3 heads, ff 1536, vocab 49152; --sim: the tests' tin
    the CPU);
 3. the ensemble on the device (mixer/device.py; slow under --sim: tests/test_device.py checks it
    on real logits instead): a text in 3 lanes coded with the device engine and every lane's
-   mixer, CDF and coder on the device, for mix preset 4 with the confidence skip and preset 5,
+   mixer, CDF and coder on the device, for mix preset 4 with the confidence skip and preset 5
+   (a block of threads per lane) without and with it,
    against the CPU engine with the CPU's mixer: payloads compared, then decoded crosswise; and
    (not with --sim) the batching check of 2. with the hub's coder on the device;
 4. speed (not with --sim): tokens/s of the device forward pass (logits left on the device) at
    each --lanes count, ctx 2048, windows at fill 0, 1024 and 2040, and the peak device memory;
    then the host's share: the same steps with the logits copied to the host; and the device
-   coder alone (preset 4, V 49152, random logits on the device) at each --lanes count that fits,
-   encode and decode ms per step, with its device memory per lane.
+   coder alone (V 49152, random logits on the device; preset 4 a thread per lane, preset 5 a
+   block of 64 / 128 / 256 threads per lane) at each --lanes count that fits, encode and decode
+   ms per step, with its device memory per lane.
 """
 from __future__ import annotations
 
@@ -158,8 +160,9 @@ def check_batching(path, DB, PB, win, nbytes, n=6, decode=True, device_coder=Fal
 
 def check_coder(path, DB, PB, win, nbytes):
     """The ensemble coded on the device (mixer/device.py: every lane's mixer, 24-bit CDF and
-    arithmetic coder in a device thread) against the CPU's LaneModels, for mix preset 4 with the
-    confidence skip on (its skip kernels too) and preset 5: payloads compared, then the device's
+    arithmetic coder on the device: a thread per lane, or for preset 5 a block of threads per
+    lane) against the CPU's LaneModels, for mix preset 4 with the confidence skip on (its skip
+    kernels too) and preset 5 without and with it: payloads compared, then the device's
     lanes decoded on the CPU and the CPU's on the device.  {preset: (same, d2c, c2d)}."""
     from nacrith import neural
     from nacrith.mixer import MixParams, column_table
@@ -167,7 +170,8 @@ def check_coder(path, DB, PB, win, nbytes):
             + b"It was the best of times, it was the worst of times.")[:nbytes]
     out = {}
     for name, params in (("4+skip", {"mix_preset": 4, "skip": 32768, "skip_cap": 3}),
-                         ("5", {"mix_preset": 5})):
+                         ("5", {"mix_preset": 5}),
+                         ("5+skip", {"mix_preset": 5, "skip": 32768, "skip_cap": 3})):
         mix = MixParams.from_params(params)
         kw = dict(lanes=3, threads=1, group=mix.skip_cap + 1, **win)
         eng = {}
@@ -189,44 +193,54 @@ def check_coder(path, DB, PB, win, nbytes):
     return out
 
 
+CODER_VARIANTS = (("4", 4, None), ("5/64", 5, 64), ("5/128", 5, 128), ("5/256", 5, 256))
+
+
 def coder_speed(lanes_list, n_vocab, steps):
-    """tokens/s of the device coder alone (mixer/device.py, preset 4, no skip) at each lane
-    count that fits: random logits already on the device, `steps` encode steps, then as many
-    decode steps; the lanes are also capped by LaneBatch.lanes_that_fit."""
-    from nacrith.mixer import DEFAULTS, column_table  # noqa: F401
+    """tokens/s of the device coder alone (mixer/device.py, no skip) at each lane count that
+    fits, for preset 4 (a thread per lane) and preset 5 (a block of 64, 128, 256 threads per
+    lane): random logits already on the device, `steps` encode steps, then as many decode steps;
+    the lanes are also capped by LaneBatch.lanes_that_fit.  Rows (variant, lanes, encode s/step,
+    decode s/step, MiB per lane) or (variant, lanes, why not)."""
+    from nacrith.mixer import PRESETS
     from nacrith.mixer.device import LaneBatch
     cuda = __import__("nacrith.gpu", fromlist=["x"]).numba_cuda()
     rng = np.random.default_rng(0)
     tcol = np.zeros((3, n_vocab), np.int32)
     rows = []
-    for n in lanes_list:
-        fit = LaneBatch.lanes_that_fit(DEFAULTS, n_vocab, steps)
-        if n > fit:
-            rows.append((n, f"does not fit ({fit} lanes fit)"))
-            continue
-        logits = cuda.to_device((rng.standard_normal((n, n_vocab)) * 4).astype(np.float32))
-        syms = rng.integers(0, n_vocab, (steps, n))
-        lanes = list(range(n))
-        b = LaneBatch(DEFAULTS, n_vocab, n, steps, tcol)
-        b.encode(logits, lanes, [], syms[0])          # compile + warm up
-        cuda.synchronize()
-        t0 = time.perf_counter()
-        for t in range(1, steps):
-            b.encode(logits, lanes, [], syms[t])
-        cuda.synchronize()
-        te = (time.perf_counter() - t0) / (steps - 1)
-        streams = b.finish(lanes)
-        d = LaneBatch(DEFAULTS, n_vocab, n, steps, tcol)
-        d.start_decode(dict(enumerate(streams)))
-        d.decode(logits, lanes, [])
-        cuda.synchronize()
-        t0 = time.perf_counter()
-        for t in range(1, steps):
-            d.decode(logits, lanes, [])
-        cuda.synchronize()
-        td = (time.perf_counter() - t0) / (steps - 1)
-        rows.append((n, te, td, LaneBatch.bytes_per_lane(DEFAULTS, n_vocab, steps) / 2**20))
-        del b, d
+    for name, pid, threads in CODER_VARIANTS:
+        mp = PRESETS[pid]
+        for n in lanes_list:
+            fit = LaneBatch.lanes_that_fit(mp, n_vocab, steps)
+            if n > fit:
+                rows.append((name, n, f"does not fit ({fit} lanes fit)"))
+                continue
+            logits = cuda.to_device((rng.standard_normal((n, n_vocab)) * 4).astype(np.float32))
+            syms = rng.integers(0, n_vocab, (steps, n))
+            lanes = list(range(n))
+            b = LaneBatch(mp, n_vocab, n, steps, tcol, threads=threads)
+            b.encode(logits, lanes, [], syms[0])          # compile + warm up
+            cuda.synchronize()
+            t0 = time.perf_counter()
+            for t in range(1, steps):
+                b.encode(logits, lanes, [], syms[t])
+            cuda.synchronize()
+            te = (time.perf_counter() - t0) / (steps - 1)
+            streams = b.finish(lanes)
+            d = LaneBatch(mp, n_vocab, n, steps, tcol, threads=threads)
+            d.start_decode(dict(enumerate(streams)))
+            first = d.decode(logits, lanes, [])
+            cuda.synchronize()
+            t0 = time.perf_counter()
+            for t in range(1, steps):
+                d.decode(logits, lanes, [])
+            cuda.synchronize()
+            td = (time.perf_counter() - t0) / (steps - 1)
+            if not np.array_equal(first, syms[0]):
+                rows.append((name, n, "MISMATCH: decoded symbols differ"))
+                continue
+            rows.append((name, n, te, td, LaneBatch.bytes_per_lane(mp, n_vocab, steps) / 2**20))
+            del b, d
     return rows
 
 
@@ -309,6 +323,96 @@ def speed(path, lanes_list, steps, DB):
     return rows
 
 
+E2E_TEXT = (b"It was the best of times, it was the worst of times, it was the age of wisdom, it "
+            b"was the age of foolishness, it was the epoch of belief, it was the epoch of "
+            b"incredulity, it was the season of Light, it was the season of Darkness.\n")
+
+
+def end_to_end(path, DB, lanes_list, win, nbytes):
+    """Text per GPU through continuous batching with the coder on the device (nacrith/hub.py,
+    mixer/device.py; mix preset 5, a block of threads per lane): at each lane count, a tree of
+    2 x lanes small texts of ~nbytes each, then one text of lanes x nbytes cut into lanes
+    segments, each coded as one lane in a thread of its own through one shared device backend,
+    then all decoded the same way.  The split: the time in the device forward pass and the
+    coder's launches (synchronised) against the wall time; the rest is the host (the hub's
+    batching, the coders' threads).  Tokens are bytes here (the random model's byte
+    tokenizer); SmolLM2's tokenizer takes ~4 bytes of English per token.  Rows (lanes, files,
+    bytes, compress s, its device s, decompress s, its device s, round trip ok, steps) or
+    (lanes, why not)."""
+    import threading
+    from nacrith import hub, neural
+    from nacrith.mixer import PRESETS, column_table
+    from nacrith.mixer import device as MD
+    cuda = __import__("nacrith.gpu", fromlist=["x"]).numba_cuda()
+    mix = PRESETS[5]
+    rows = []
+    for L in lanes_list:
+        texts = [(b"file %d: " % i + E2E_TEXT * (nbytes // len(E2E_TEXT) + 2))[
+            i % 50:i % 50 + nbytes + i % 97] for i in range(2 * L)]
+        big = (E2E_TEXT * (L * nbytes // len(E2E_TEXT) + 1))[:L * nbytes]
+        texts += [big[i * nbytes:(i + 1) * nbytes] for i in range(L)]
+        try:
+            b = DB(path, lanes=L, threads=1, group=1, **win)
+        except Exception as e:                          # out of memory, ...
+            rows.append((L, f"failed: {type(e).__name__}: {e}"))
+            continue
+        b.codes_on_device = True
+        t = byte_tokenizer(b)
+        h = hub.Hub(SimpleNamespace(backend=b, tokenizer=t, params={},
+                                    column_table=column_table(t.pieces)))
+        dev = [0.0]
+
+        def timed(f):
+            def g(*a, **k):
+                t0 = time.perf_counter()
+                r = f(*a, **k)
+                cuda.synchronize()
+                dev[0] += time.perf_counter() - t0
+                return r
+            return g
+        b.forward = timed(b.forward)
+        old = MD.LaneBatch.encode, MD.LaneBatch.decode
+        MD.LaneBatch.encode, MD.LaneBatch.decode = timed(old[0]), timed(old[1])
+        payloads = [None] * len(texts)
+        back = [None] * len(texts)
+
+        def run(work):
+            nxt = iter(range(len(texts)))
+            lock = threading.Lock()
+
+            def worker():
+                e = h.engine_for(1)
+                while True:
+                    with lock:
+                        i = next(nxt, None)
+                    if i is None:
+                        return
+                    work(e, i)
+            ths = [threading.Thread(target=worker) for _ in range(L)]
+            dev[0] = 0.0
+            t0 = time.perf_counter()
+            for th in ths:
+                th.start()
+            for th in ths:
+                th.join()
+            return time.perf_counter() - t0, dev[0]
+
+        def enc(e, i):
+            payloads[i] = neural.encode_segment(e, texts[i], 1, len(texts[i]), mix=mix)
+
+        def dec(e, i):
+            back[i] = neural.decode_lanes(e, payloads[i], mix=mix)
+        try:
+            tc, dc = run(enc)
+            steps = h.batches
+            td, dd = run(dec)
+        finally:
+            MD.LaneBatch.encode, MD.LaneBatch.decode = old
+        n = sum(len(x) for x in texts)
+        rows.append((L, len(texts), n, tc, dc, td, dd, back == texts, steps))
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sim", action="store_true", help="CUDA simulator, tiny model (CPU only)")
@@ -323,9 +427,12 @@ def main(argv=None):
     ap.add_argument("--batch-texts", type=int, default=6, help="texts of the batching check")
     ap.add_argument("--coder-bytes", type=int, default=600, help="text of the coder check")
     ap.add_argument("--coder-steps", type=int, default=8, help="steps of the coder speed rows")
+    ap.add_argument("--e2e-lanes", default="256,1024,4096", help="end-to-end rows")
+    ap.add_argument("--e2e-bytes", type=int, default=2000, help="bytes of each end-to-end file")
+    ap.add_argument("--e2e-ctx", type=int, default=2048, help="window of the end-to-end rows")
     ap.add_argument("--skip", default="",
                     help="comma list of parts to skip: logits,archives,batching,coder,"
-                         "coder-speed,speed")
+                         "coder-speed,e2e,speed")
     a = ap.parse_args(argv)
     if a.sim:
         os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
@@ -382,18 +489,38 @@ def main(argv=None):
                   f"{same} ({nb} bytes); device->cpu round trip: {d2c}; cpu->device round trip: "
                   f"{c2d}", flush=True)
     if not a.sim and "coder-speed" not in skip:
-        print(f"device coder alone (preset 4, V {SMOL['n_vocab']}, one thread per lane):")
-        print("| lanes | encode ms/step | encode tok/s | decode ms/step | decode tok/s | "
+        print(f"device coder alone (V {SMOL['n_vocab']}; preset 4: a thread per lane, "
+              f"preset 5/T: a block of T threads per lane):")
+        print("| preset | lanes | encode ms/step | encode tok/s | decode ms/step | decode tok/s | "
               "MiB per lane |")
-        print("|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|")
         for row in coder_speed([int(x) for x in a.lanes.split(",")], SMOL["n_vocab"],
                                a.coder_steps):
+            if isinstance(row[2], str):
+                ok &= not row[2].startswith("MISMATCH")
+                print(f"| {row[0]} | {row[1]} | {row[2]} |")
+                continue
+            name, n, te, td, mib = row
+            print(f"| {name} | {n} | {te * 1e3:.1f} | {n / te:.0f} | {td * 1e3:.1f} | "
+                  f"{n / td:.0f} | {mib:.1f} |", flush=True)
+    if "e2e" not in skip:
+        print(f"end to end, coder on the device (mix preset 5, a block of threads per lane), "
+              f"ctx {a.e2e_ctx}: 2 x lanes files of ~{a.e2e_bytes} bytes, then one text of lanes "
+              f"x {a.e2e_bytes} bytes in lanes segments; a thread per file, one shared backend; "
+              f"tokens = bytes (the random model's byte tokenizer)")
+        print("| lanes | files | bytes | compress bytes/s | device share | decompress bytes/s | "
+              "device share | round trip | steps |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        e2e_win = dict(ctx=a.e2e_ctx, slide=max(1, a.e2e_ctx // 4), n_keep=1)
+        for row in end_to_end(path, DeviceBackend, [int(x) for x in a.e2e_lanes.split(",")],
+                              e2e_win, a.e2e_bytes):
             if isinstance(row[1], str):
                 print(f"| {row[0]} | {row[1]} |")
                 continue
-            n, te, td, mib = row
-            print(f"| {n} | {te * 1e3:.1f} | {n / te:.0f} | {td * 1e3:.1f} | {n / td:.0f} | "
-                  f"{mib:.1f} |", flush=True)
+            L, nf, n, tc, dc, td, dd, rt, steps = row
+            ok &= rt
+            print(f"| {L} | {nf} | {n} | {n / tc:.0f} | {dc / tc:.0%} | {n / td:.0f} | "
+                  f"{dd / td:.0%} | {rt} | {steps} |", flush=True)
     if not a.sim and "speed" not in skip:
         lanes = [int(x) for x in a.lanes.split(",")]
         from nacrith.portable.device import _use_triton

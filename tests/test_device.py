@@ -177,8 +177,9 @@ def test_gpu_check_under_simulator():
     r = subprocess.run([sys.executable, "-W", "ignore", "scripts/gpu_check.py", "--sim",
                         "--ctx", "8", "--slide", "2", "--n-keep", "2", "--steps", "7",
                         "--check-lanes", "2", "--text-bytes", "8", "--batch-texts", "2",
-                        "--skip", "coder"],       # the simulated forward pass makes it minutes:
-                                                  # test_device_coder_equals_cpu_under_simulator
+                        "--skip", "coder,e2e"],   # the simulated forward pass makes them
+                                              # minutes: test_device_coder_equals_cpu_under_
+                                              # simulator checks the coder; e2e is timing
                        env=env, capture_output=True, timeout=1200, cwd=REPO)
     out = r.stdout.decode()
     assert r.returncode == 0, out + r.stderr.decode()[-3000:]
@@ -306,7 +307,7 @@ from nacrith.mixer import device as MD
 
 text = open(sys.argv[1], "rb").read()[:int(sys.argv[2])]
 text = text * 6             # each lane ~twice over: the match model grows confident, skips fire
-for kw in (dict(level=1), dict(level=6, mix_preset=5)):
+for kw in (dict(level=1), dict(level=6, mix_preset=5), dict(level=1, mix_preset=5)):
     o = api.normalized(threads=1, lanes=3, **kw)
     mix = o.mix_params()
     e = api.Engine(Path(models.resolve(None)), o)
@@ -315,7 +316,7 @@ for kw in (dict(level=1), dict(level=6, mix_preset=5)):
     batches = []
     old = MD.LaneBatch.encode
     def enc(self, logits, need, skipped, syms):
-        batches.append((len(need), len(skipped)))
+        batches.append((len(need), len(skipped), self.threads))
         return old(self, logits, need, skipped, syms)
     MD.LaneBatch.encode = enc
     dev = neural.encode_segment(d, text, 3, len(text), mix=mix)
@@ -324,17 +325,19 @@ for kw in (dict(level=1), dict(level=6, mix_preset=5)):
     d2c = neural.decode_lanes(e, dev, mix=mix) == text
     c2d = neural.decode_lanes(d, cpu, mix=mix) == text
     print(f"preset {o.mix_preset or 4} skip {mix.skip} same {dev == cpu} d2c {d2c} c2d {c2d} "
-          f"llm {sum(n for n, _ in batches)} skipped {sum(s for _, s in batches)} "
-          f"bytes {sum(len(p) for _, p in cpu)}")
+          f"llm {sum(b[0] for b in batches)} skipped {sum(b[1] for b in batches)} "
+          f"threads {max(b[2] for b in batches)} bytes {sum(len(p) for _, p in cpu)}")
 """
 
 
 def test_device_coder_equals_cpu_under_simulator():
-    """neural.py's device path (every lane's ensemble, CDF and coder in a device thread, called
+    """neural.py's device path (every lane's ensemble, CDF and coder on the device, called
     once per step for all lanes) under the CUDA simulator, on SmolLM2's real logits for
     alice29.txt's first 300 bytes 6 times over, in 3 lanes: level 1 (preset 4 with the
-    confidence skip: ~100 tokens go through the device's skip kernels) and preset 5; the
-    payloads equal the CPU's LaneModels' byte for byte and each side decodes the other's.
+    confidence skip: ~100 tokens go through the device's skip kernels; a thread per lane) and
+    preset 5 without and with the skip (the block kernels: 4 threads per lane, their row passes
+    split 4 ways and the order-free reductions between them); the payloads equal the CPU's
+    LaneModels' byte for byte and each side decodes the other's.
     (Under the simulator the kernels' threads call the CPU-compiled steps: this checks the lane
     views, buffers, modes and the neural.py path; the PTX tests check the device compile.)"""
     _numba_cuda()
@@ -347,13 +350,80 @@ def test_device_coder_equals_cpu_under_simulator():
     assert r.returncode == 0, out + r.stderr.decode()[-3000:]
     rows = [ln.split() for ln in out.splitlines() if ln.startswith("preset")]
     assert [row[:4] for row in rows] == [["preset", "4", "skip", rows[0][3]],
-                                         ["preset", "5", "skip", "0"]], out
+                                         ["preset", "5", "skip", "0"],
+                                         ["preset", "5", "skip", rows[0][3]]], out
     assert int(rows[0][3]) > 0, out
     for row in rows:
         assert row[4:10] == ["same", "True", "d2c", "True", "c2d", "True"], out
         assert 0 < int(row[-1]) < 1000, out
-    assert int(rows[0][rows[0].index("skipped") + 1]) > 0, out    # the skip kernels ran
-    assert int(rows[1][rows[1].index("skipped") + 1]) == 0, out
+    skipped = [int(row[row.index("skipped") + 1]) for row in rows]
+    assert skipped[0] > 0 and skipped[1] == 0 and skipped[2] > 0, out   # the skip kernels ran
+    assert [row[row.index("threads") + 1] for row in rows] == ["0", "4", "4"], out  # block
+
+
+BLOCK_CHILD = r"""
+import sys
+from dataclasses import replace
+import numpy as np
+from nacrith import coder
+from nacrith.mixer import PRESETS
+from nacrith.mixer import device as MD, kernels as K, state as ST
+
+V, T, L = 300, int(sys.argv[1]), 2
+rng = np.random.default_rng(1)
+text = b"the cat sat. " * 8
+toks = np.array([[b for b in text[l:l + T]] for l in range(L)], np.int64)
+lg = (rng.standard_normal((L, T, V)) * 3).astype(np.float32)
+lg[0, 3, 7] = np.nan                        # NaN ignored by the max; a row of -inf is uniform
+lg[1, 4, :] = -np.inf
+lg[0, 5, :] = lg[0, 5, 11]                  # a tie everywhere: the first index is the max's
+tcol = np.stack([rng.integers(0, 5, V), rng.integers(0, 2, V), np.zeros(V)]).astype(np.int32)
+mp = replace(PRESETS[5], skip=30000, skip_cap=3)
+cpu, skips = [], []
+for l in range(L):                          # the CPU, with lockstep's skip rule
+    S = ST.new_state(mp, V, T, tcol)
+    K.init_kernel(S)
+    enc, f, run, sk = coder.Encoder(), np.zeros(V, np.int64), 0, set()
+    for t in range(T):
+        if K.skip_conf_kernel(S) >= mp.skip / 65536 and run < mp.skip_cap:
+            enc._buf = K.enc_skip_kernel(enc._st, enc._buf, toks[l, t], f, S)
+            run += 1
+            sk.add(t)
+        else:
+            enc._buf = K.enc_kernel(enc._st, enc._buf, lg[l, t], toks[l, t], f, S)
+            run = 0
+    cpu.append(enc.finish())
+    skips.append(sk)
+for threads in map(int, sys.argv[2:]):
+    plan = [([l for l in range(L) if t not in skips[l]], [l for l in range(L) if t in skips[l]])
+            for t in range(T)]
+    b = MD.LaneBatch(mp, V, L, T, tcol, threads=threads)
+    for t, (need, sk) in enumerate(plan):
+        b.encode(lg[need, t] if need else None, need, sk, toks[:, t])
+    same = b.finish(range(L)) == cpu
+    d = MD.LaneBatch(mp, V, L, T, tcol, threads=threads)
+    d.start_decode(dict(enumerate(cpu)))
+    back = np.stack([d.decode(lg[need, t] if need else None, need, sk)
+                     for t, (need, sk) in enumerate(plan)], 1)
+    print("threads", threads, "same", same, "back", bool((back == toks).all()),
+          "skipped", sum(map(len, skips)))
+"""
+
+
+def test_block_kernels_equal_cpu_at_any_thread_count_under_simulator():
+    """Preset 5's block kernels (a block of threads per lane) write the CPU's streams and decode
+    them at 1, 3 and 32 threads per lane (32: the decoder's last chunks are empty), with
+    the confidence skip, a NaN logit, a row of -inf and a row of ties (V 300, random logits)."""
+    _numba_cuda()
+    env = dict(os.environ, PYTHONPATH=str(REPO), NUMBA_ENABLE_CUDASIM="1")
+    r = subprocess.run([sys.executable, "-W", "ignore", "-c", BLOCK_CHILD, "28", "1", "3", "32"],
+                       env=env, capture_output=True, timeout=1200, cwd=REPO)
+    out = r.stdout.decode()
+    assert r.returncode == 0, out + r.stderr.decode()[-3000:]
+    rows = [ln.split() for ln in out.splitlines() if ln.startswith("threads")]
+    assert [row[:6] for row in rows] == [["threads", n, "same", "True", "back", "True"]
+                                         for n in ("1", "3", "32")], out
+    assert int(rows[0][-1]) > 0, out                        # the skip kernels ran
 
 
 def test_device_coder_lanes_from_free_memory():

@@ -183,7 +183,7 @@ def test_preset5_sums_are_exact_in_any_order():
     exact: the 8-partial kernel sum, any permutation, a split into chunks and numpy's pairwise sum
     all give math.fsum's bits. Without the grid (preset 4's terms) the order changes the bits."""
     import math
-    from nacrith.mixer.ensemble import EL_GRID, EL_MAX, P_GRID, _exp_row, _sum8, _sum8_pl
+    from nacrith.mixer.ensemble import EL_GRID, EL_MAX, P_GRID, _exp_rows, _sum8, _sum8_pl
     assert PRESETS[5] == replace(PRESETS[4], isum=1) and PRESETS[4].isum == 0
     rng = np.random.default_rng(3)
     for V in (49152, 262144):
@@ -191,8 +191,8 @@ def test_preset5_sums_are_exact_in_any_order():
         x[7:9] = (-800.0, -60.0)                       # exp underflow and a tiny term
         x[9] = x.max() - 0.5
         raw, p = np.empty(V), np.empty(V)
-        _exp_row(x, x.max(), raw, V, 0)
-        _exp_row(x, x.max(), p, V, 1)
+        _exp_rows(x, x.max(), raw, 0, V, 1, 0)
+        _exp_rows(x, x.max(), p, 0, V, 1, 1)
         lg = rng.normal(0, 8, V).astype(np.float32)
         lg[9] = 3e4                                    # clamped: |p l| <= EL_MAX
         assert np.abs(p - raw).max() <= 0.5 / P_GRID and p.max() == 1.0

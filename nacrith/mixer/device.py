@@ -1,18 +1,28 @@
 """The coder's per-token work on a CUDA device: the ensemble, its 24-bit frequencies and the
-arithmetic coder of many lanes at once, one device thread per lane, the same bits as the CPU.
+arithmetic coder of many lanes at once, the same bits as the CPU.  Two ways: one device thread
+per lane (every preset), or a block of threads per lane for the presets whose vocabulary sums are
+exact (cfg.isum, preset 5): one thread per lane runs the vocabulary passes serially, a chain of
+~150k dependent loads per step that no number of lanes hides (issue 22 measured ~50 ms a step at
+256-4096 lanes for three such passes); the block splits each pass over its threads.
 
-One source of truth: the device kernels call the CPU's own compiled steps (kernels.enc_step /
+One source of truth: the device kernels call the CPU's own compiled functions (kernels.enc_step /
 enc_skip_step / dec_kernel / dec_skip_kernel / skip_conf_kernel, coder._finish /
-_dec_init_kernel: ensemble._predict, coder._encode_symbol, ensemble._update, ...); numba-cuda
-compiles a CPU @njit function's Python for the device, so there is no second copy of any of it.
+_dec_init_kernel; for the block kernels the pieces ensemble._predict and sparse._skip_predict are
+made of: the *_rows passes over rows range(t, V, nt), the serial _mid / _q_fix / _skip_tail,
+coder._encode_range, ensemble._update); numba-cuda compiles a CPU @njit function's Python for
+the device, so there is no second copy of any of it.  The block kernels' own code is barriers,
+the broadcast of a few scalars through shared memory and the order-free reductions between the
+passes (max, first index of the max, sums of terms on the isum grid, integer sums: any split
+gives the same bits) — and one atomic add of a grid value per token into its column bucket.
 What makes the bits the same:
 - gpu.numba_cuda() compiles every kernel with NVVM's -fma=0 and fastmath off: each float
   multiply / add / subtract is a separate round-to-nearest `.rn` instruction, divisions and
   square roots are `div.rn` / `sqrt.rn`, nothing is flushed to zero (tests/test_device.py fails
   on any fma, .ftz or .approx in the PTX of these kernels, and shows NVVM fusing them without
   the rule);
-- the mixer takes no libm function (its exp is cdf._exp_nonpos; math.sqrt is IEEE's sqrt) and
-  every reduction is the CPU's own loop in its own order, run by the one thread of the lane;
+- the mixer takes no libm function (its exp is cdf._exp_nonpos; math.sqrt is IEEE's sqrt);
+  with a thread per lane every reduction is the CPU's own loop in its own order; with a block
+  per lane only the exact ones are split (the serial pieces run on thread 0);
 - the steps never allocate: the CPU kernels grow the output buffer before a step
   (coder._reserve), the device's buffers are sized for 4 bytes per token (the coder emits at
   most 26 bits per symbol); a byte past a full buffer is dropped and counted, and finish()
@@ -26,10 +36,7 @@ the lane count or which lanes are active (tests: device vs CPU under the CUDA si
 the PTX checks).
 
 Users: neural.OwnDevice (a device engine of a coder's own) and hub.DeviceLanes (the lanes of
-every coder in flight on a shared engine, one launch a step).  Not here yet: a block of threads
-per lane over preset 5's order-free vocabulary sums (one thread per lane runs the vocabulary
-passes serially, latency-bound: issue 22 measured ~50 ms a step at 256-4096 lanes for three
-such passes).
+every coder in flight on a shared engine, one launch a step).
 """
 from __future__ import annotations
 
@@ -41,11 +48,15 @@ import numpy as np
 
 from .. import coder as _coder
 from ..errors import NacritError
+from . import ensemble as E
 from . import kernels as K
+from . import sparse as _sparse
 from . import state as _state
 from .params import MixParams
+from .state import I_COL, S_RINVS
 
-TPB = 64                        # threads (lanes) per block
+TPB = 64                        # threads (lanes) per block of the one-thread-per-lane kernels
+BT = 256                        # most threads per lane of the block kernels (preset 5)
 _BYTES_PER_TOKEN = 4            # output room per token (>= 26 bits, the coder's bound) ...
 _BYTES_SLACK = 16               # ... plus the finish bits and the last byte
 
@@ -113,7 +124,198 @@ def k_dec_init(act, st, data):
         DINIT(st[lane], data[lane])                                            # noqa: F821
 
 
-KERNELS = (k_encode, k_decode, k_finish, k_dec_init)
+# ------------------------------------------------------ kernels (a block of threads per lane)
+# For the presets with exact vocabulary sums (cfg.isum, preset 5): block `lane` codes lane `lane`
+# with nt <= BT threads.  The row passes of ensemble._predict / sparse._skip_predict (the *_rows
+# pieces: the CPU's own functions over rows range(t, V, nt)) run on every thread; the serial
+# pieces (_bias_pre is read by all, _x_post, _mid, _q_fix, _skip_tail, the coder, _update) on
+# thread 0; between them the order-free reductions below: max, the first index of the max, sums
+# of values on the isum grid (exact: any split, the same double) and of integers.  Written against
+# the globals cuda, BT and the CPU functions bound in _compile (upper case).
+
+def b_fsum(sh, v, t, nt):
+    """The block's sum of every thread's v (float64, exact on the isum grid)."""
+    cuda.syncthreads()                      # the previous user of sh is done    # noqa: F821
+    sh[t] = v
+    cuda.syncthreads()                                                         # noqa: F821
+    s = sh[0]
+    for j in range(1, nt):
+        s += sh[j]
+    return s
+
+
+def b_isum(sh, v, t, nt):
+    """The block's sum of every thread's v (int64)."""
+    cuda.syncthreads()                                                         # noqa: F821
+    sh[t] = v
+    cuda.syncthreads()                                                         # noqa: F821
+    s = sh[0]
+    for j in range(1, nt):
+        s += sh[j]
+    return s
+
+
+def b_max(sh, v, t, nt):
+    """The block's max of every thread's v, ignoring NaN."""
+    cuda.syncthreads()                                                         # noqa: F821
+    sh[t] = v
+    cuda.syncthreads()                                                         # noqa: F821
+    m = sh[0]
+    for j in range(1, nt):
+        m = sh[j] if sh[j] > m else m
+    return m
+
+
+def b_min(sh, v, t, nt):
+    """The block's min of every thread's v (int64)."""
+    cuda.syncthreads()                                                         # noqa: F821
+    sh[t] = v
+    cuda.syncthreads()                                                         # noqa: F821
+    m = sh[0]
+    for j in range(1, nt):
+        m = sh[j] if sh[j] < m else m
+    return m
+
+
+def d_cq_rows(S, lo, hi, st):
+    """ensemble._cq_rows with an atomic add (threads share buckets; exact on the isum grid)."""
+    p, cq, tcol, col = S.lane.p, S.col.q, S.col.tcol, S.lane.ist[I_COL]
+    for i in range(lo, hi, st):
+        cuda.atomic.add(cq, COL_BUCKET(tcol, i, col), p[i])                   # noqa: F821
+
+
+def b_predict(logits, S, freqs, t, nt, shf, shi, bf, bi):
+    """ensemble._predict of one lane by its block (the same bits: module docstring)."""
+    cfg, fst, p, xbuf = S.cfg, S.lane.fst, S.lane.p, S.lane.xbuf
+    n = logits.shape[0]
+    kind, y, step, by, G = BIAS_PRE(S)                                         # noqa: F821
+    cuda.syncthreads()                      # every thread has read what pass 1 writes  # noqa
+    X_ROWS(logits, S, kind, y, step, by, t, n, nt)                             # noqa: F821
+    m = b_max(shf, MAX_ROWS(xbuf, t, n, nt), t, nt)                            # noqa: F821
+    if t == 0:
+        X_POST(S, kind, y, G)                                                  # noqa: F821
+    EXP_ROWS(xbuf, m, p, t, n, nt, 1)                                          # noqa: F821
+    arg = 0
+    if m != -np.inf and m != np.inf:
+        arg = b_min(shi, FIRST_ROWS(xbuf, m, t, n, nt), t, nt)                 # noqa: F821
+    s = b_fsum(shf, SUM_ROWS(p, t, n, nt), t, nt)                              # noqa: F821
+    el = 0.0
+    if cfg.temp != 0:
+        el = b_fsum(shf, PL_ROWS(p, logits, t, n, nt), t, nt)                  # noqa: F821
+    if cfg.col != 0:
+        cq = S.col.q
+        for j in range(t, cq.shape[0], nt):
+            cq[j] = 0.0
+        cuda.syncthreads()                                                     # noqa: F821
+        CQ_ROWS(S, t, n, nt)                                                   # noqa: F821
+    rs = 1.0
+    if cfg.guard != 0:
+        r = S.guard.r
+        mg = b_max(shf, MAX_ROWS(logits, t, n, nt), t, nt)                     # noqa: F821
+        EXP_ROWS(logits, mg, r, t, n, nt, 1)                                   # noqa: F821
+        rs = b_fsum(shf, SUM_ROWS(r, t, n, nt), t, nt)                         # noqa: F821
+    cuda.syncthreads()                      # every row of passes 1-3 is written  # noqa: F821
+    if t == 0:
+        if cfg.guard != 0:
+            fst[S_RINVS] = 1.0 / rs
+        aqi, iz, so, pn, T, ncand = MID(S, arg, s, el)                         # noqa: F821
+        aq, gq = Q_SCALES(S, aqi, iz, so, T, n)                                # noqa: F821
+        bf[0] = aq
+        bf[1] = gq
+        bf[2] = so
+        bf[3] = pn
+        bi[0] = T
+        bi[1] = ncand
+    cuda.syncthreads()                                                         # noqa: F821
+    aq, gq = bf[0], bf[1]
+    tot = b_isum(shi, Q_ROWS(S, freqs, aq, gq, t, n, nt), t, nt)               # noqa: F821
+    if t == 0:
+        Q_FIX(S, freqs, arg, bf[2], bf[3], bi[0], bi[1], gq, tot)              # noqa: F821
+    cuda.syncthreads()                                                         # noqa: F821
+
+
+def b_skip_predict(S, freqs, t, nt, bi):
+    """sparse._skip_predict of one lane by its block."""
+    n = freqs.shape[0]
+    if t == 0:
+        fu, hit = SKIP_HEAD(S, n)                                              # noqa: F821
+        bi[0] = fu
+        bi[1] = hit
+    cuda.syncthreads()                                                         # noqa: F821
+    fu = bi[0]
+    for i in range(t, n, nt):
+        freqs[i] = fu
+    cuda.syncthreads()                                                         # noqa: F821
+    if t == 0:
+        SKIP_TAIL(S, freqs, fu, bi[1])                                         # noqa: F821
+    cuda.syncthreads()                                                         # noqa: F821
+
+
+def kb_encode(SS, logits, row_of, syms, mode, freqs, st, buf, conf):
+    lane = cuda.blockIdx.x                                                     # noqa: F821
+    t, nt = cuda.threadIdx.x, cuda.blockDim.x                                  # noqa: F821
+    if lane >= mode.shape[0] or mode[lane] == 0:
+        return                                      # the whole block: no barrier is skipped
+    shf = cuda.shared.array(BT, np.float64)                                    # noqa: F821
+    shi = cuda.shared.array(BT, np.int64)                                      # noqa: F821
+    bf = cuda.shared.array(4, np.float64)                                      # noqa: F821
+    bi = cuda.shared.array(4, np.int64)                                        # noqa: F821
+    S, f, sym = VIEW(SS, lane), freqs[lane], syms[lane]                        # noqa: F821
+    if mode[lane] == 1:
+        b_predict(logits[row_of[lane]], S, f, t, nt, shf, shi, bf, bi)
+    else:
+        b_skip_predict(S, f, t, nt, bi)
+    c_lo = b_isum(shi, ISUM_ROWS(f, t, sym, nt), t, nt)                        # noqa: F821
+    if t == 0:
+        ENC_RANGE(st[lane], buf[lane], c_lo, c_lo + f[sym])                    # noqa: F821
+        if mode[lane] == 1:
+            UPDATE(S, sym, np.float64(logits[row_of[lane], sym]))              # noqa: F821
+        else:
+            LEARN(S, sym)                                                      # noqa: F821
+        conf[lane] = SKIP_CONF(S)           # the next step's skip confidence  # noqa: F821
+
+
+def kb_decode(SS, logits, row_of, mode, freqs, st, data, out, conf):
+    lane = cuda.blockIdx.x                                                     # noqa: F821
+    t, nt = cuda.threadIdx.x, cuda.blockDim.x                                  # noqa: F821
+    if lane >= mode.shape[0] or mode[lane] == 0:
+        return
+    shf = cuda.shared.array(BT, np.float64)                                    # noqa: F821
+    shi = cuda.shared.array(BT, np.int64)                                      # noqa: F821
+    bf = cuda.shared.array(4, np.float64)                                      # noqa: F821
+    bi = cuda.shared.array(4, np.int64)                                        # noqa: F821
+    S, f = VIEW(SS, lane), freqs[lane]                                         # noqa: F821
+    if mode[lane] == 1:
+        b_predict(logits[row_of[lane]], S, f, t, nt, shf, shi, bf, bi)
+    else:
+        b_skip_predict(S, f, t, nt, bi)
+    # the symbol whose range holds count: thread t sums its chunk of ch symbols, thread 0 finds
+    # the chunk and walks it (coder._find_from)
+    n = f.shape[0]
+    ch = (n + nt - 1) // nt
+    lo = t * ch
+    part = ISUM_ROWS(f, lo, min(n, lo + ch), 1)                                # noqa: F821
+    cuda.syncthreads()                                                         # noqa: F821
+    shi[t] = part
+    cuda.syncthreads()                                                         # noqa: F821
+    if t == 0:
+        count = DEC_COUNT(st[lane])                                            # noqa: F821
+        j, base = 0, 0
+        while j < nt - 1 and (j + 1) * ch < n and count >= base + shi[j]:
+            base += shi[j]
+            j += 1
+        s, c_lo = FIND_FROM(f, j * ch, base, count)                            # noqa: F821
+        DEC_UPDATE(st[lane], data[lane], c_lo, c_lo + f[s])                    # noqa: F821
+        out[lane] = s
+        if mode[lane] == 1:
+            UPDATE(S, s, np.float64(logits[row_of[lane], s]))                  # noqa: F821
+        else:
+            LEARN(S, s)                                                        # noqa: F821
+        conf[lane] = SKIP_CONF(S)                                              # noqa: F821
+
+
+KERNELS = (k_encode, k_decode, k_finish, k_dec_init, kb_encode, kb_decode)
+BLOCK_HELPERS = (b_fsum, b_isum, b_max, b_min, b_predict, b_skip_predict)
 
 
 def _compile() -> dict:
@@ -126,12 +328,29 @@ def _compile() -> dict:
     exec(_view_source(), env)
     steps = {"ENC": K.enc_step, "DEC": K.dec_kernel, "ENC_SKIP": K.enc_skip_step,
              "DEC_SKIP": K.dec_skip_kernel, "CONF": K.skip_conf_kernel,
-             "FINISH": _coder._finish, "DINIT": _coder._dec_init_kernel}
-    if simulated():                 # the simulator's kernels are Python: they call the CPU steps
+             "FINISH": _coder._finish, "DINIT": _coder._dec_init_kernel,
+             # the block kernels' pieces (ensemble.py, sparse.py, coder.py)
+             "BIAS_PRE": E._bias_pre, "X_ROWS": E._x_rows, "X_POST": E._x_post,
+             "MAX_ROWS": E._max_rows, "EXP_ROWS": E._exp_rows, "FIRST_ROWS": E._first_rows,
+             "SUM_ROWS": E._sum_rows, "ISUM_ROWS": E._isum_rows, "PL_ROWS": E._pl_rows,
+             "MID": E._mid, "Q_SCALES": E._q_scales, "Q_ROWS": E._q_rows, "Q_FIX": E._q_fix,
+             "SKIP_HEAD": _sparse._skip_head, "SKIP_TAIL": _sparse._skip_tail,
+             "UPDATE": E._update, "LEARN": _sparse._learn_sparse,
+             "SKIP_CONF": _sparse._skip_conf, "COL_BUCKET": E._col_bucket,
+             "ENC_RANGE": _coder._encode_range, "DEC_COUNT": _coder._dec_count,
+             "DEC_UPDATE": _coder._dec_update, "FIND_FROM": _coder._find_from}
+    sim = simulated()
+    if sim:                         # the simulator's kernels are Python: they call the CPU steps
         steps = {k: _on_host_arrays(f) for k, f in steps.items()}
+        # its threads take turns (a compiled call holds the GIL): the CPU's += is atomic there
+        steps["CQ_ROWS"] = _on_host_arrays(E._cq_rows)
     genv = dict(globals(), cuda=cuda, VIEW=cuda.jit(device=True)(env["_lane_view"]), **steps)
-    return {f.__name__: cuda.jit(types.FunctionType(f.__code__, genv, f.__name__))
-            for f in KERNELS}
+
+    def bind(f):
+        return types.FunctionType(f.__code__, genv, f.__name__)
+    for f in BLOCK_HELPERS + (() if sim else (d_cq_rows,)):
+        genv["CQ_ROWS" if f is d_cq_rows else f.__name__] = cuda.jit(device=True)(bind(f))
+    return {f.__name__: cuda.jit(bind(f)) for f in KERNELS}
 
 
 def _host(x):
@@ -177,6 +396,8 @@ def signatures(mp: MixParams) -> dict:
     f32_2, i64_2, u8_2 = a2[np.float32], a2[np.int64], a2[np.uint8]
     return {"k_encode": (SS, f32_2, i64, i64, i8, i64_2, i64_2, u8_2, f64),
             "k_decode": (SS, f32_2, i64, i8, i64_2, i64_2, u8_2, i64, f64),
+            "kb_encode": (SS, f32_2, i64, i64, i8, i64_2, i64_2, u8_2, f64),
+            "kb_decode": (SS, f32_2, i64, i8, i64_2, i64_2, u8_2, i64, f64),
             "k_finish": (i8, i64_2, u8_2),
             "k_dec_init": (i8, i64_2, u8_2)}
 
@@ -185,7 +406,10 @@ class LaneBatch:
     """The ensemble and coder state of `lanes` lanes on the device, each coding one sequence of
     at most n_tokens tokens (encode or decode, one direction per batch)."""
 
-    def __init__(self, mp: MixParams, n_vocab: int, lanes: int, n_tokens: int, tcol=None):
+    def __init__(self, mp: MixParams, n_vocab: int, lanes: int, n_tokens: int, tcol=None,
+                 threads: int | None = None):
+        """threads: per lane with exact vocabulary sums (mp.isum: the block kernels; default BT,
+        under the simulator 4); other presets run one thread per lane."""
         from ..gpu import numba_cuda
         self.cuda = cuda = numba_cuda()
         self.k = kernels()
@@ -195,6 +419,11 @@ class LaneBatch:
         K.init_kernel(fresh)
         self.lanes, self.n_vocab, self.n_tokens = lanes, n_vocab, n_tokens
         self._grid = _grid(lanes)
+        self.threads = 0
+        if mp.isum:
+            self.threads = threads or (4 if simulated() else BT)
+            if not 1 <= self.threads <= BT:
+                raise ValueError(f"threads per lane must be 1..{BT}")
         parts = _arrays(fresh)
         self._fresh = [cuda.to_device(a) for part in parts.values() for a in part]
         self.SS = _state.State(cfg=fresh.cfg, **{
@@ -277,8 +506,9 @@ class LaneBatch:
                 syms.max(initial=0) >= self.n_vocab:
             raise ValueError(f"symbols must be [{self.lanes}] in [0, {self.n_vocab})")
         logits, row_of, mode = self._plan(logits, need, skipped, rows)
-        self.k["k_encode"][self._grid](
-            self.SS, logits, row_of, self.cuda.to_device(syms), mode, self.freqs, self.st,
+        k = self.k["kb_encode"][self.lanes, self.threads] if self.threads else \
+            self.k["k_encode"][self._grid]
+        k(self.SS, logits, row_of, self.cuda.to_device(syms), mode, self.freqs, self.st,
             self.buf, self.dconf)
         self.conf = self.dconf.copy_to_host()
 
@@ -313,8 +543,9 @@ class LaneBatch:
         [self.lanes] int64, 0 for the other lanes."""
         logits, row_of, mode = self._plan(logits, need, skipped, rows)
         self.out.copy_to_device(np.zeros(self.lanes, dtype=np.int64))
-        self.k["k_decode"][self._grid](
-            self.SS, logits, row_of, mode, self.freqs, self.st, self.data, self.out,
+        k = self.k["kb_decode"][self.lanes, self.threads] if self.threads else \
+            self.k["k_decode"][self._grid]
+        k(self.SS, logits, row_of, mode, self.freqs, self.st, self.data, self.out,
             self.dconf)
         self.conf = self.dconf.copy_to_host()
         return self.out.copy_to_host()

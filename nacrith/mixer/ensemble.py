@@ -7,6 +7,9 @@ Invariants: plain @njit (compiled into the stamped kernels of kernels.py, never 
 every float that reaches the coder comes from IEEE basic operations in a fixed order without
 fastmath, exp is cdf._exp_nonpos, no log is taken; _predict leaves in the state what _update of
 the same token needs (and nothing else carries over); every f >= 1 and the total is 2^24.
+_predict is a sequence of pieces: the *_rows passes touch rows range(lo, hi, st) only (the CPU
+runs them over every row; mixer/device.py splits them over a block of threads where the sums
+between them are exact, cfg.isum), the others are serial.
 """
 import math
 
@@ -143,83 +146,87 @@ def _set_weights(mz, sel, K, fl, w, off):
         w[off + j] = fl + w[off + j] * sc
 
 
-@njit
-def _predict(logits, S, freqs):
-    """Fill freqs (int64[V]) with the ensemble distribution for the next token of this lane."""
-    cfg, ist, fst, p = S.cfg, S.lane.ist, S.lane.fst, S.lane.p
-    xbuf, ng_b, ngb, bias = S.lane.xbuf, S.ng.b, S.ng.bkt, S.bias.b
-    bias_g, mz, w, beta = S.bias.r, S.mix.z, S.mix.w, S.mix.beta
-    mk_tok, mk_c, mk_n, mk_e = S.preds.tok, S.preds.c, S.preds.n, S.preds.e
-    mk_s, cand_tok, cand_x, cand_g = S.preds.s, S.cands.tok, S.cands.x, S.cands.g
-    apm, apm_nodes, tcol = S.sse.t, S.sse.nodes, S.col.tcol
-    n = logits.shape[0]
-    tau = fst[S_TAU]
-    use_bias = cfg.bias != 0
-    use_temp = cfg.temp != 0
+# ---- _predict in pieces.  The CPU runs them in order over every row (lo, hi, st = 0, V, 1);
+# the device (device.py, exact-sum presets) runs the row passes (*_rows: rows range(lo, hi, st))
+# over a block of threads per lane and the serial pieces on one thread, with the order-free
+# reductions (max, first index of the max, exact sums, integer sums) between them.
 
-    # ---- pass 1: pending bias step of the previous token, x = tau l + b
-    if use_bias and ist[I_HAVEP] != 0 and cfg.bias == 2:
-        # AdaGrad-like: token i steps by lr * r_i, r_i = 1 / sqrt(G0 + sum over the earlier
-        # occurrences of i of (1 - q_i)^2) (bias_g holds r; only the coded token's r changes)
-        lr = cfg.bias_lr
-        step = lr * fst[S_INVS]
-        y = ist[I_Y]
-        gy = 1.0 - p[y] * fst[S_INVS]
-        by = bias[y] + lr * bias_g[y] * gy          # the coded token's step, with the old r_y
-        G = 1.0 / (bias_g[y] * bias_g[y]) + gy * gy
-        for i in range(n):
+@njit
+def _bias_pre(S):
+    """The scalars pass 1 reads before any row is written: (kind, y, step, by, G); kind 0: no
+    bias head, 1: no pending step, 2: the plain step, 3: the AdaGrad step."""
+    cfg, ist, fst, p = S.cfg, S.lane.ist, S.lane.fst, S.lane.p
+    if cfg.bias == 0:
+        return 0, 0, 0.0, 0.0, 0.0
+    if ist[I_HAVEP] == 0:
+        return 1, 0, 0.0, 0.0, 0.0
+    lr = cfg.bias_lr
+    step = lr * fst[S_INVS]
+    y = ist[I_Y]
+    if cfg.bias != 2:
+        return 2, y, step, 0.0, 0.0
+    # AdaGrad-like: token i steps by lr * r_i, r_i = 1 / sqrt(G0 + sum over the earlier
+    # occurrences of i of (1 - q_i)^2) (bias_g holds r; only the coded token's r changes)
+    bias_g = S.bias.r
+    gy = 1.0 - p[y] * fst[S_INVS]
+    by = S.bias.b[y] + lr * bias_g[y] * gy          # the coded token's step, with the old r_y
+    G = 1.0 / (bias_g[y] * bias_g[y]) + gy * gy
+    return 3, y, step, by, G
+
+
+@njit
+def _x_rows(logits, S, kind, y, step, by, lo, hi, st):
+    """Pass 1 on rows range(lo, hi, st): the pending bias step of the previous token, then
+    x = tau l + b, plus the column bias cb[bucket of token i at the current column]."""
+    cfg, fst, p, xbuf = S.cfg, S.lane.fst, S.lane.p, S.lane.xbuf
+    bias, bias_g = S.bias.b, S.bias.r
+    tau = fst[S_TAU]
+    if kind == 3:
+        for i in range(lo, hi, st):
             b = bias[i] - step * p[i] * bias_g[i]
             b = by if i == y else b
             b = b if b > -BIAS_MAX else -BIAS_MAX
             b = b if b < BIAS_MAX else BIAS_MAX
             bias[i] = b
             xbuf[i] = tau * np.float64(logits[i]) + b
-        bias_g[y] = 1.0 / math.sqrt(G)
-    elif use_bias and ist[I_HAVEP] != 0:
+    elif kind == 2:
         lr = cfg.bias_lr
-        step = lr * fst[S_INVS]
-        y = ist[I_Y]
-        for i in range(n):
+        for i in range(lo, hi, st):
             b = bias[i] - step * p[i] + (lr if i == y else 0.0)
             b = b if b > -BIAS_MAX else -BIAS_MAX
             b = b if b < BIAS_MAX else BIAS_MAX
             bias[i] = b
             xbuf[i] = tau * np.float64(logits[i]) + b
-    elif use_bias:
-        for i in range(n):
+    elif kind == 1:
+        for i in range(lo, hi, st):
             xbuf[i] = tau * np.float64(logits[i]) + bias[i]
     else:
-        for i in range(n):
+        for i in range(lo, hi, st):
             xbuf[i] = tau * np.float64(logits[i])
-    use_col = cfg.col != 0
-    col = ist[I_COL]
-    if use_col:
-        # column bias: x_i += cb[bucket of token i at the current column] (_col_bucket)
-        colb = S.col.b
-        for i in range(n):
+    if cfg.col != 0:
+        colb, tcol, col = S.col.b, S.col.tcol, S.lane.ist[I_COL]
+        for i in range(lo, hi, st):
             xbuf[i] += colb[_col_bucket(tcol, i, col)]
-    m = _max_ignoring_nan(xbuf)
 
-    # ---- pass 2: p = exp(x - m) (vectorised); degenerate rows become uniform
-    _exp_row(xbuf, m, p, n, cfg.isum)
-    arg = 0
-    if m != -np.inf and m != np.inf:
-        while xbuf[arg] != m:           # first index of the maximum (p == 1 there)
-            arg += 1
 
-    # ---- pass 3: S = sum p and E = sum p l, each as 8 interleaved partial sums (index i goes
-    # to partial i mod 8) added up as ((s0+s1)+(s2+s3))+((s4+s5)+(s6+s7)); the tail i >= 8 floor(n/8)
-    # is added to s0 in index order
-    s = _sum8(p, n)
-    if use_col:
-        cq = S.col.q
-        for j in range(2 * COL_NB):
-            cq[j] = 0.0
-        for i in range(n):
-            cq[_col_bucket(tcol, i, col)] += p[i]
-    el = 0.0
-    if use_temp:
-        el = _sum8_pl(p, logits, n, cfg.isum)
+@njit
+def _x_post(S, kind, y, G):
+    """After every row of pass 1: the coded token's new AdaGrad r."""
+    if kind == 3:
+        S.bias.r[y] = 1.0 / math.sqrt(G)
+
+
+@njit
+def _mid(S, arg, s, el):
+    """The serial middle of _predict, from pass 3's sums S = sum p and E = sum p l and the first
+    index arg of the maximum: 1 / S, the sparse models, the mixer weights, the candidates and
+    their boost, the SSE of the top token.  Returns (aqi, iz, so, pn, T, ncand)."""
+    cfg, ist, fst, p = S.cfg, S.lane.ist, S.lane.fst, S.lane.p
+    ng_b, ngb = S.ng.b, S.ng.bkt
+    mz, w, beta = S.mix.z, S.mix.w, S.mix.beta
+    mk_tok, mk_c, mk_n, mk_e = S.preds.tok, S.preds.c, S.preds.n, S.preds.e
+    mk_s, cand_tok, cand_x, cand_g = S.preds.s, S.cands.tok, S.cands.x, S.cands.g
+    apm, apm_nodes = S.sse.t, S.sse.nodes
     invs = 1.0 / s
     fst[S_INVS] = invs
     fst[S_EL] = el * invs
@@ -233,7 +240,6 @@ def _predict(logits, S, freqs):
     hm = _lookup_sparse(S)
     hit = hm >> 8
     mb = hm & 255
-
     # ---- mixer weights of the selected set
     lb = 0 if qmax < 0.3 else (1 if qmax < 0.6 else (2 if qmax < 0.9 else 3))
     sel = (hit * MIX_MATCH_BUCKETS + mb) * MIX_LLM_BUCKETS + lb
@@ -348,40 +354,126 @@ def _predict(logits, S, freqs):
 
     fst[S_SO] = so
     fst[S_PN] = pn
+    return aqi, iz, so, pn, T, ncand
 
-    # ---- guard: the coded distribution is w P + (1 - w) R, R = the bare LLM's softmax (same
-    # exp and sums as passes 2-3), w the ensemble's weight of a fixed-share two-expert mixture
-    if cfg.guard != 0:
-        _guard_row(logits, S.guard.r, fst, n, cfg.isum)
-        _quantize_guarded(S, freqs, arg, aqi, iz, so, pn, T, ncand, n)
-        return
 
-    # ---- pass 4: quantize P_i = A q_i / Z (candidates: P'_c), times so except T
+@njit
+def _q_scales(S, aqi, iz, so, T, n):
+    """(aq, gq) of pass 4: P_i (2^24 - V) = p_i aq (the guard's R_i (2^24 - V) = r_i gq)."""
     scale = np.float64(TOTAL - n)
     aq = aqi * iz * scale
     if T >= 0:
         aq = aq * so
+    if S.cfg.guard == 0:
+        return aq, 0.0
+    wg = S.lane.fst[S_GW]
+    return aq * wg, (1.0 - wg) * S.lane.fst[S_RINVS] * scale
+
+
+@njit
+def _q_rows(S, freqs, aq, gq, lo, hi, st):
+    """Pass 4 on rows range(lo, hi, st): f_i = 1 + floor(p_i aq) (with the guard:
+    1 + floor(p_i aq + r_i gq)); returns their sum."""
+    p = S.lane.p
     tot = 0
-    for i in range(n):
-        f = 1 + np.int64(p[i] * aq)
-        freqs[i] = f
-        tot += f
-    fbest = freqs[arg]
+    if S.cfg.guard == 0:
+        for i in range(lo, hi, st):
+            f = 1 + np.int64(p[i] * aq)
+            freqs[i] = f
+            tot += f
+    else:
+        r = S.guard.r
+        for i in range(lo, hi, st):
+            f = 1 + np.int64(p[i] * aq + r[i] * gq)
+            freqs[i] = f
+            tot += f
+    return tot
+
+
+@njit
+def _q_fix(S, freqs, arg, so, pn, T, ncand, gq, tot):
+    """After every row of pass 4 (tot their sum): the candidates' and the top token's f, the
+    rounding remainder to the largest f of arg and the candidates (_give_remainder)."""
+    cand_tok, cand_g = S.cands.tok, S.cands.g
+    n = freqs.shape[0]
+    scale = np.float64(TOTAL - n)
+    if S.cfg.guard == 0:
+        fbest = freqs[arg]
+        for j in range(ncand):
+            c = cand_tok[j]
+            if T < 0:
+                f = 1 + np.int64(cand_g[j] * scale)
+            elif c == T:
+                f = 1 + np.int64(pn * scale)
+            else:
+                f = 1 + np.int64(cand_g[j] * so * scale)
+            tot += f - freqs[c]
+            freqs[c] = f
+        if T == arg:
+            f = 1 + np.int64(pn * scale)
+            tot += f - freqs[arg]
+            freqs[arg] = f
+        _give_remainder(freqs, arg, cand_tok, ncand, fbest, tot)
+        return
+    r, wg = S.guard.r, S.lane.fst[S_GW]
     for j in range(ncand):
         c = cand_tok[j]
         if T < 0:
-            f = 1 + np.int64(cand_g[j] * scale)
+            v = cand_g[j] * scale
         elif c == T:
-            f = 1 + np.int64(pn * scale)
+            v = pn * scale
         else:
-            f = 1 + np.int64(cand_g[j] * so * scale)
+            v = cand_g[j] * so * scale
+        f = 1 + np.int64(wg * v + r[c] * gq)
         tot += f - freqs[c]
         freqs[c] = f
     if T == arg:
-        f = 1 + np.int64(pn * scale)
+        f = 1 + np.int64(wg * (pn * scale) + r[arg] * gq)
         tot += f - freqs[arg]
         freqs[arg] = f
-    _give_remainder(freqs, arg, cand_tok, ncand, fbest, tot)
+    _give_remainder(freqs, arg, cand_tok, ncand, freqs[arg], tot)
+
+
+@njit
+def _predict(logits, S, freqs):
+    """Fill freqs (int64[V]) with the ensemble distribution for the next token of this lane:
+    pass 1 (x), pass 2 (p = exp(x - max x)), pass 3 (sums), the serial middle, the guard's
+    row, pass 4 (quantization)."""
+    cfg, p, xbuf = S.cfg, S.lane.p, S.lane.xbuf
+    n = logits.shape[0]
+    kind, y, step, by, G = _bias_pre(S)
+    _x_rows(logits, S, kind, y, step, by, 0, n, 1)
+    _x_post(S, kind, y, G)
+    m = _max_ignoring_nan(xbuf)
+
+    # ---- pass 2: p = exp(x - m) (vectorised); degenerate rows become uniform
+    _exp_rows(xbuf, m, p, 0, n, 1, cfg.isum)
+    arg = 0
+    if m != -np.inf and m != np.inf:
+        while xbuf[arg] != m:           # first index of the maximum (p == 1 there)
+            arg += 1
+
+    # ---- pass 3: S = sum p and E = sum p l, each as 8 interleaved partial sums (index i goes
+    # to partial i mod 8) added up as ((s0+s1)+(s2+s3))+((s4+s5)+(s6+s7)); the tail i >= 8 floor(n/8)
+    # is added to s0 in index order (exact in any order with cfg.isum)
+    s = _sum8(p, n)
+    if cfg.col != 0:
+        S.col.q[:] = 0.0
+        _cq_rows(S, 0, n, 1)
+    el = 0.0
+    if cfg.temp != 0:
+        el = _sum8_pl(p, logits, n, cfg.isum)
+    aqi, iz, so, pn, T, ncand = _mid(S, arg, s, el)
+
+    # ---- guard: the coded distribution is w P + (1 - w) R, R = the bare LLM's softmax (same
+    # exp and sums as passes 2-3), w the ensemble's weight of a fixed-share two-expert mixture
+    if cfg.guard != 0:
+        _guard_row(logits, S.guard.r, S.lane.fst, n, cfg.isum)
+
+    # ---- pass 4: quantize P_i = A q_i / Z (candidates: P'_c), times so except T
+    aq, gq = _q_scales(S, aqi, iz, so, T, n)
+    tot = _q_rows(S, freqs, aq, gq, 0, n, 1)
+    _q_fix(S, freqs, arg, so, pn, T, ncand, gq, tot)
 
 
 @njit
@@ -401,18 +493,74 @@ def _give_remainder(freqs, arg, cand_tok, ncand, fbest, tot):
 
 
 @njit
-def _exp_row(x, m, out, n, grid):
-    """out_i = exp(x_i - m) for x (float32 or float64) and m its maximum ignoring NaN (float64),
-    on the exact-sum grid if grid (_grid); every out_i = 1 if m is +-inf (a degenerate row becomes
-    uniform). Passes 2 and the guard."""
+def _max_rows(x, lo, hi, st):
+    """max of x (as float64) on rows range(lo, hi, st), ignoring NaN (-inf if none): exact and
+    order-free, as cdf._max_ignoring_nan."""
+    m = -np.inf
+    for i in range(lo, hi, st):
+        v = np.float64(x[i])
+        m = v if v > m else m
+    return m
+
+
+@njit
+def _first_rows(x, m, lo, hi, st):
+    """The first index i of range(lo, hi, st) with x_i == m (hi if none)."""
+    for i in range(lo, hi, st):
+        if x[i] == m:
+            return i
+    return hi
+
+
+@njit
+def _sum_rows(x, lo, hi, st):
+    """sum of x (float64 on the isum grid) on rows range(lo, hi, st): a part of an exact sum,
+    so any split gives the same bits."""
+    s = 0.0
+    for i in range(lo, hi, st):
+        s += x[i]
+    return s
+
+
+@njit
+def _isum_rows(f, lo, hi, st):
+    """sum of the integers f on rows range(lo, hi, st)."""
+    s = 0
+    for i in range(lo, hi, st):
+        s += f[i]
+    return s
+
+
+@njit
+def _pl_rows(p, logits, lo, hi, st):
+    """sum of p_i l_i on rows range(lo, hi, st), each on the isum grid (_pl)."""
+    s = 0.0
+    for i in range(lo, hi, st):
+        s += _pl(p[i], logits[i], 1)
+    return s
+
+
+@njit
+def _cq_rows(S, lo, hi, st):
+    """Adds p_i to its column bucket's Q for rows range(lo, hi, st) (exact on the isum grid)."""
+    p, cq, tcol, col = S.lane.p, S.col.q, S.col.tcol, S.lane.ist[I_COL]
+    for i in range(lo, hi, st):
+        cq[_col_bucket(tcol, i, col)] += p[i]
+
+
+@njit
+def _exp_rows(x, m, out, lo, hi, st, grid):
+    """out_i = exp(x_i - m) on rows range(lo, hi, st) for x (float32 or float64) and m its
+    maximum ignoring NaN (float64), on the exact-sum grid if grid (_grid); every out_i = 1 if m is
+    +-inf (a degenerate row becomes uniform). Passes 2 and the guard."""
     if m == -np.inf or m == np.inf:
-        for i in range(n):
+        for i in range(lo, hi, st):
             out[i] = 1.0
     elif grid != 0:
-        for i in range(n):
+        for i in range(lo, hi, st):
             out[i] = _grid(_exp_nonpos(np.float64(x[i]) - m))
     else:
-        for i in range(n):
+        for i in range(lo, hi, st):
             out[i] = _exp_nonpos(np.float64(x[i]) - m)
 
 
@@ -420,44 +568,8 @@ def _exp_row(x, m, out, n, grid):
 def _guard_row(logits, r, fst, n, grid):
     """r = exp(l - max l) of the bare LLM row (uniform if degenerate; on the exact-sum grid if
     grid); fst[S_RINVS] = 1 / sum."""
-    _exp_row(logits, _max_ignoring_nan(logits), r, n, grid)
+    _exp_rows(logits, _max_ignoring_nan(logits), r, 0, n, 1, grid)
     fst[S_RINVS] = 1.0 / _sum8(r, n)
-
-
-@njit
-def _quantize_guarded(S, freqs, arg, aqi, iz, so, pn, T, ncand, n):
-    """Pass 4 with the guard: f_i = 1 + floor((w P_i + (1 - w) R_i) (2^24 - V)), the rounding
-    remainder to the largest f of arg and the candidates (as pass 4 does)."""
-    p, r, fst = S.lane.p, S.guard.r, S.lane.fst
-    cand_tok, cand_g = S.cands.tok, S.cands.g
-    wg = fst[S_GW]
-    scale = np.float64(TOTAL - n)
-    aq = aqi * iz * scale
-    if T >= 0:
-        aq = aq * so
-    aq = aq * wg
-    gq = (1.0 - wg) * fst[S_RINVS] * scale
-    tot = 0
-    for i in range(n):
-        f = 1 + np.int64(p[i] * aq + r[i] * gq)
-        freqs[i] = f
-        tot += f
-    for j in range(ncand):
-        c = cand_tok[j]
-        if T < 0:
-            v = cand_g[j] * scale
-        elif c == T:
-            v = pn * scale
-        else:
-            v = cand_g[j] * so * scale
-        f = 1 + np.int64(wg * v + r[c] * gq)
-        tot += f - freqs[c]
-        freqs[c] = f
-    if T == arg:
-        f = 1 + np.int64(wg * (pn * scale) + r[arg] * gq)
-        tot += f - freqs[arg]
-        freqs[arg] = f
-    _give_remainder(freqs, arg, cand_tok, ncand, freqs[arg], tot)
 
 
 @njit

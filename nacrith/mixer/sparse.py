@@ -210,9 +210,29 @@ def _skip_conf(S):
 def _skip_predict(S, freqs):
     """Confidence skip: the next token's distribution without the LLM (only when _skip_conf > 0):
     P = c [match prediction] + (1 - c) ((1 - u) NG + u / V), NG the candidates of the highest
-    n-gram order that hit, normalised (u = 1 when none hit). Every f >= 1, total 2^24."""
-    hm = _lookup_sparse(S)
-    hit = hm >> 8
+    n-gram order that hit, normalised (u = 1 when none hit). Every f >= 1, total 2^24.  In
+    pieces (as ensemble._predict, for the device's block of threads): _skip_head, the rows,
+    _skip_tail."""
+    fu, hit = _skip_head(S, freqs.shape[0])
+    for i in range(freqs.shape[0]):
+        freqs[i] = fu
+    _skip_tail(S, freqs, fu, hit)
+
+
+@njit
+def _skip_head(S, n):
+    """The sparse lookup of a skipped token: (the f of every token outside the predictions,
+    the highest n-gram order that hit)."""
+    hit = _lookup_sparse(S) >> 8
+    esc = 1.0 - S.lane.fst[S_MC]
+    uni = esc * SKIP_UNIFORM if hit > 0 else esc
+    return 1 + np.int64(uni / n * np.float64(TOTAL - n)), hit
+
+
+@njit
+def _skip_tail(S, freqs, fu, hit):
+    """After every f is fu: the n-gram candidates' and the match prediction's f and the
+    remainder."""
     ist, fst, pr = S.lane.ist, S.lane.fst, S.preds
     mk_tok, mk_c, mk_n = pr.tok, pr.c, pr.n
     c = fst[S_MC]
@@ -221,9 +241,6 @@ def _skip_predict(S, freqs):
     scale = np.float64(TOTAL - n)
     esc = 1.0 - c
     uni = esc * SKIP_UNIFORM if hit > 0 else esc
-    fu = 1 + np.int64(uni / n * scale)
-    for i in range(n):
-        freqs[i] = fu
     tot = fu * n
     if hit > 0:
         ng = esc - uni
