@@ -133,22 +133,16 @@ def k_dec_init(act, st, data):
 # of values on the isum grid (exact: any split, the same double) and of integers.  Written against
 # the globals cuda, BT and the CPU functions bound in _compile (upper case).
 
-def b_fsum(sh, v, t, nt):
-    """The block's sum of every thread's v (float64, exact on the isum grid)."""
-    cuda.syncthreads()                      # the previous user of sh is done    # noqa: F821
-    sh[t] = v
-    cuda.syncthreads()                                                         # noqa: F821
-    s = sh[0]
-    for j in range(1, nt):
-        s += sh[j]
-    return s
-
-
-def b_isum(sh, v, t, nt):
-    """The block's sum of every thread's v (int64)."""
+def b_put(sh, v, t):
+    """sh[t] = v, between barriers (the previous user of sh is done; every value is there)."""
     cuda.syncthreads()                                                         # noqa: F821
     sh[t] = v
     cuda.syncthreads()                                                         # noqa: F821
+
+
+def b_sum(sh, v, t, nt):
+    """The block's sum of every thread's v (int64, or float64 on the isum grid: exact)."""
+    b_put(sh, v, t)
     s = sh[0]
     for j in range(1, nt):
         s += sh[j]
@@ -157,9 +151,7 @@ def b_isum(sh, v, t, nt):
 
 def b_max(sh, v, t, nt):
     """The block's max of every thread's v, ignoring NaN."""
-    cuda.syncthreads()                                                         # noqa: F821
-    sh[t] = v
-    cuda.syncthreads()                                                         # noqa: F821
+    b_put(sh, v, t)
     m = sh[0]
     for j in range(1, nt):
         m = sh[j] if sh[j] > m else m
@@ -168,9 +160,7 @@ def b_max(sh, v, t, nt):
 
 def b_min(sh, v, t, nt):
     """The block's min of every thread's v (int64)."""
-    cuda.syncthreads()                                                         # noqa: F821
-    sh[t] = v
-    cuda.syncthreads()                                                         # noqa: F821
+    b_put(sh, v, t)
     m = sh[0]
     for j in range(1, nt):
         m = sh[j] if sh[j] < m else m
@@ -198,10 +188,10 @@ def b_predict(logits, S, freqs, t, nt, shf, shi, bf, bi):
     arg = 0
     if m != -np.inf and m != np.inf:
         arg = b_min(shi, FIRST_ROWS(xbuf, m, t, n, nt), t, nt)                 # noqa: F821
-    s = b_fsum(shf, SUM_ROWS(p, t, n, nt), t, nt)                              # noqa: F821
+    s = b_sum(shf, SUM_ROWS(p, t, n, nt), t, nt)                              # noqa: F821
     el = 0.0
     if cfg.temp != 0:
-        el = b_fsum(shf, PL_ROWS(p, logits, t, n, nt), t, nt)                  # noqa: F821
+        el = b_sum(shf, PL_ROWS(p, logits, t, n, nt), t, nt)                  # noqa: F821
     if cfg.col != 0:
         cq = S.col.q
         for j in range(t, cq.shape[0], nt):
@@ -213,7 +203,7 @@ def b_predict(logits, S, freqs, t, nt, shf, shi, bf, bi):
         r = S.guard.r
         mg = b_max(shf, MAX_ROWS(logits, t, n, nt), t, nt)                     # noqa: F821
         EXP_ROWS(logits, mg, r, t, n, nt, 1)                                   # noqa: F821
-        rs = b_fsum(shf, SUM_ROWS(r, t, n, nt), t, nt)                         # noqa: F821
+        rs = b_sum(shf, SUM_ROWS(r, t, n, nt), t, nt)                         # noqa: F821
     cuda.syncthreads()                      # every row of passes 1-3 is written  # noqa: F821
     if t == 0:
         if cfg.guard != 0:
@@ -228,7 +218,7 @@ def b_predict(logits, S, freqs, t, nt, shf, shi, bf, bi):
         bi[1] = ncand
     cuda.syncthreads()                                                         # noqa: F821
     aq, gq = bf[0], bf[1]
-    tot = b_isum(shi, Q_ROWS(S, freqs, aq, gq, t, n, nt), t, nt)               # noqa: F821
+    tot = b_sum(shi, Q_ROWS(S, freqs, aq, gq, t, n, nt), t, nt)               # noqa: F821
     if t == 0:
         Q_FIX(S, freqs, arg, bf[2], bf[3], bi[0], bi[1], gq, tot)              # noqa: F821
     cuda.syncthreads()                                                         # noqa: F821
@@ -265,7 +255,7 @@ def kb_encode(SS, logits, row_of, syms, mode, freqs, st, buf, conf):
         b_predict(logits[row_of[lane]], S, f, t, nt, shf, shi, bf, bi)
     else:
         b_skip_predict(S, f, t, nt, bi)
-    c_lo = b_isum(shi, ISUM_ROWS(f, t, sym, nt), t, nt)                        # noqa: F821
+    c_lo = b_sum(shi, ISUM_ROWS(f, t, sym, nt), t, nt)                        # noqa: F821
     if t == 0:
         ENC_RANGE(st[lane], buf[lane], c_lo, c_lo + f[sym])                    # noqa: F821
         if mode[lane] == 1:
@@ -294,10 +284,7 @@ def kb_decode(SS, logits, row_of, mode, freqs, st, data, out, conf):
     n = f.shape[0]
     ch = (n + nt - 1) // nt
     lo = t * ch
-    part = ISUM_ROWS(f, lo, min(n, lo + ch), 1)                                # noqa: F821
-    cuda.syncthreads()                                                         # noqa: F821
-    shi[t] = part
-    cuda.syncthreads()                                                         # noqa: F821
+    b_put(shi, ISUM_ROWS(f, lo, min(n, lo + ch), 1), t)                        # noqa: F821
     if t == 0:
         count = DEC_COUNT(st[lane])                                            # noqa: F821
         j, base = 0, 0
@@ -315,7 +302,7 @@ def kb_decode(SS, logits, row_of, mode, freqs, st, data, out, conf):
 
 
 KERNELS = (k_encode, k_decode, k_finish, k_dec_init, kb_encode, kb_decode)
-BLOCK_HELPERS = (b_fsum, b_isum, b_max, b_min, b_predict, b_skip_predict)
+BLOCK_HELPERS = (b_put, b_sum, b_max, b_min, b_predict, b_skip_predict)
 
 
 def _compile() -> dict:
