@@ -426,6 +426,37 @@ def test_block_kernels_equal_cpu_at_any_thread_count_under_simulator():
     assert int(rows[0][-1]) > 0, out                        # the skip kernels ran
 
 
+def test_block_launch_halves_threads_where_registers_run_out():
+    """A block the device cannot resource (CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES) is retried with
+    half the threads, down to 32 (the bits do not depend on it); other errors pass through."""
+    from nacrith.mixer.device import LaneBatch
+    calls = []
+
+    class Kernel:
+        def __init__(self, most):
+            self.most = most                    # threads the "device" can resource
+
+        def __getitem__(self, cfg):
+            def launch(*args):
+                calls.append(cfg)
+                if cfg[1] > self.most:
+                    raise RuntimeError("[701] Call to cuLaunchKernel results in "
+                                       "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES")
+                if args == ("bad",):
+                    raise RuntimeError("CUDA_ERROR_ILLEGAL_ADDRESS")
+            return launch
+    b = object.__new__(LaneBatch)
+    b.k, b.lanes, b.threads = {"kb_encode": Kernel(64)}, 5, 256
+    b._launch("encode", 1, 2)
+    assert calls == [(5, 256), (5, 128), (5, 64)] and b.threads == 64
+    with pytest.raises(RuntimeError, match="ILLEGAL_ADDRESS"):
+        b._launch("encode", "bad")
+    b.k["kb_encode"], b.threads = Kernel(16), 128
+    with pytest.raises(RuntimeError, match="OUT_OF_RESOURCES"):
+        b._launch("encode")
+    assert b.threads == 32
+
+
 def test_device_coder_lanes_from_free_memory():
     """A lane's device bytes are its state's arrays plus its frequencies and output buffer, and
     the lanes a device takes are what fits in a share of its free memory."""

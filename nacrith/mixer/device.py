@@ -493,11 +493,25 @@ class LaneBatch:
                 syms.max(initial=0) >= self.n_vocab:
             raise ValueError(f"symbols must be [{self.lanes}] in [0, {self.n_vocab})")
         logits, row_of, mode = self._plan(logits, need, skipped, rows)
-        k = self.k["kb_encode"][self.lanes, self.threads] if self.threads else \
-            self.k["k_encode"][self._grid]
-        k(self.SS, logits, row_of, self.cuda.to_device(syms), mode, self.freqs, self.st,
-            self.buf, self.dconf)
+        self._launch("encode", self.SS, logits, row_of, self.cuda.to_device(syms), mode,
+                     self.freqs, self.st, self.buf, self.dconf)
         self.conf = self.dconf.copy_to_host()
+
+    def _launch(self, what, *args) -> None:
+        """k_<what> (a thread per lane) or kb_<what> (a block of self.threads per lane; where the
+        device cannot give a block that many registers, half as many threads, down to 32: the
+        bits do not depend on the thread count, and a launch refused for resources ran nothing)."""
+        if not self.threads:
+            self.k["k_" + what][self._grid](*args)
+            return
+        while True:
+            try:
+                self.k["kb_" + what][self.lanes, self.threads](*args)
+                return
+            except Exception as e:
+                if "OUT_OF_RESOURCES" not in str(e) or self.threads <= 32:
+                    raise
+                self.threads //= 2
 
     def finish(self, lanes) -> list:
         """Terminate the streams of `lanes`; their coded bytes, in that order."""
@@ -530,10 +544,8 @@ class LaneBatch:
         [self.lanes] int64, 0 for the other lanes."""
         logits, row_of, mode = self._plan(logits, need, skipped, rows)
         self.out.copy_to_device(np.zeros(self.lanes, dtype=np.int64))
-        k = self.k["kb_decode"][self.lanes, self.threads] if self.threads else \
-            self.k["k_decode"][self._grid]
-        k(self.SS, logits, row_of, mode, self.freqs, self.st, self.data, self.out,
-            self.dconf)
+        self._launch("decode", self.SS, logits, row_of, mode, self.freqs, self.st, self.data,
+                     self.out, self.dconf)
         self.conf = self.dconf.copy_to_host()
         return self.out.copy_to_host()
 
