@@ -328,7 +328,7 @@ E2E_TEXT = (b"It was the best of times, it was the worst of times, it was the ag
             b"incredulity, it was the season of Light, it was the season of Darkness.\n")
 
 
-def end_to_end(path, DB, lanes_list, win, nbytes):
+def end_to_end(path, DB, lanes_list, win, nbytes, budget=240.0):
     """Text per GPU through continuous batching with the coder on the device (nacrith/hub.py,
     mixer/device.py; mix preset 5, a block of threads per lane): at each lane count, a tree of
     2 x lanes small texts of ~nbytes each, then one text of lanes x nbytes cut into lanes
@@ -338,15 +338,18 @@ def end_to_end(path, DB, lanes_list, win, nbytes):
     batching, the coders' threads).  Tokens are bytes here (the random model's byte
     tokenizer); SmolLM2's tokenizer takes ~4 bytes of English per token.  Rows (lanes, files,
     bytes, compress s, its device s, decompress s, its device s, round trip ok, steps) or
-    (lanes, why not)."""
+    (lanes, why not); once a row took more than `budget` seconds the larger ones are left out."""
     import threading
     from nacrith import hub, neural
     from nacrith.mixer import PRESETS, column_table
     from nacrith.mixer import device as MD
     cuda = __import__("nacrith.gpu", fromlist=["x"]).numba_cuda()
     mix = PRESETS[5]
-    rows = []
+    rows, took = [], 0.0
     for L in lanes_list:
+        if took > budget:
+            rows.append((L, f"left out: a smaller row took {took:.0f} s"))
+            continue
         texts = [(b"file %d: " % i + E2E_TEXT * (nbytes // len(E2E_TEXT) + 2))[
             i % 50:i % 50 + nbytes + i % 97] for i in range(2 * L)]
         big = (E2E_TEXT * (L * nbytes // len(E2E_TEXT) + 1))[:L * nbytes]
@@ -409,6 +412,7 @@ def end_to_end(path, DB, lanes_list, win, nbytes):
         finally:
             MD.LaneBatch.encode, MD.LaneBatch.decode = old
         n = sum(len(x) for x in texts)
+        took = tc + td
         rows.append((L, len(texts), n, tc, dc, td, dd, back == texts, steps))
     return rows
 
@@ -428,7 +432,7 @@ def main(argv=None):
     ap.add_argument("--coder-bytes", type=int, default=600, help="text of the coder check")
     ap.add_argument("--coder-steps", type=int, default=8, help="steps of the coder speed rows")
     ap.add_argument("--e2e-lanes", default="256,1024,4096", help="end-to-end rows")
-    ap.add_argument("--e2e-bytes", type=int, default=2000, help="bytes of each end-to-end file")
+    ap.add_argument("--e2e-bytes", type=int, default=256, help="bytes of each end-to-end file")
     ap.add_argument("--e2e-ctx", type=int, default=2048, help="window of the end-to-end rows")
     ap.add_argument("--skip", default="",
                     help="comma list of parts to skip: logits,archives,batching,coder,"
