@@ -28,7 +28,11 @@ shapes (30 layers, d 576, 9/3 heads, ff 1536, vocab 49152; --sim: the tests' tin
    then the host's share: the same steps with the logits copied to the host; and the device
    coder alone (V 49152, random logits on the device; preset 4 a thread per lane, preset 5 a
    block of 64 / 128 / 256 threads per lane) at each --lanes count that fits, encode and decode
-   ms per step, with its device memory per lane.
+   ms per step, with its device memory per lane;
+5. end to end (also with --sim, slowly; skip it with --skip e2e): at each --e2e-lanes count, a
+   tree of 2 x lanes small texts and one text cut into lanes segments, coded then decoded a
+   thread per file through one shared device backend with the coder on the device (preset 5):
+   bytes/s each way, the device's share of the time (the rest is the host) and the round trip.
 """
 from __future__ import annotations
 
