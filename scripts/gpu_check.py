@@ -341,7 +341,8 @@ def end_to_end(path, DB, lanes_list, win, nbytes, budget=240.0):
     coder's launches (synchronised) against the wall time; the rest is the host (the hub's
     batching, the coders' threads).  Tokens are bytes here (the random model's byte
     tokenizer); SmolLM2's tokenizer takes ~4 bytes of English per token.  Rows (lanes, files,
-    bytes, compress s, its device s, decompress s, its device s, round trip ok, steps) or
+    bytes, compress s, its device s, decompress s, its device s, round trip ok, steps, where the
+    coder ran) or
     (lanes, why not); once a row took more than `budget` seconds the larger ones are left out."""
     import threading
     from nacrith import hub, neural
@@ -417,7 +418,8 @@ def end_to_end(path, DB, lanes_list, win, nbytes, budget=240.0):
             MD.LaneBatch.encode, MD.LaneBatch.decode = old
         n = sum(len(x) for x in texts)
         took = tc + td
-        rows.append((L, len(texts), n, tc, dc, td, dd, back == texts, steps))
+        where = "device" if h.coder is not None else "host (the coder's lanes did not fit)"
+        rows.append((L, len(texts), n, tc, dc, td, dd, back == texts, steps, where))
     return rows
 
 
@@ -517,18 +519,18 @@ def main(argv=None):
               f"x {a.e2e_bytes} bytes in lanes segments; a thread per file, one shared backend; "
               f"tokens = bytes (the random model's byte tokenizer)")
         print("| lanes | files | bytes | compress bytes/s | device share | decompress bytes/s | "
-              "device share | round trip | steps |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "device share | round trip | steps | coder on |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         e2e_win = dict(ctx=a.e2e_ctx, slide=max(1, a.e2e_ctx // 4), n_keep=1)
         for row in end_to_end(path, DeviceBackend, [int(x) for x in a.e2e_lanes.split(",")],
                               e2e_win, a.e2e_bytes):
             if isinstance(row[1], str):
                 print(f"| {row[0]} | {row[1]} |")
                 continue
-            L, nf, n, tc, dc, td, dd, rt, steps = row
+            L, nf, n, tc, dc, td, dd, rt, steps, where = row
             ok &= rt
             print(f"| {L} | {nf} | {n} | {n / tc:.0f} | {dc / tc:.0%} | {n / td:.0f} | "
-                  f"{dd / td:.0%} | {rt} | {steps} |", flush=True)
+                  f"{dd / td:.0%} | {rt} | {steps} | {where} |", flush=True)
     if not a.sim and "speed" not in skip:
         lanes = [int(x) for x in a.lanes.split(",")]
         from nacrith.portable.device import _use_triton
