@@ -307,7 +307,7 @@ from nacrith.mixer import device as MD
 
 text = open(sys.argv[1], "rb").read()[:int(sys.argv[2])]
 text = text * 6             # each lane ~twice over: the match model grows confident, skips fire
-for kw in (dict(level=1), dict(level=6, mix_preset=5), dict(level=1, mix_preset=5)):
+for kw in (dict(level=1), dict(level=1, mix_preset=5)):
     o = api.normalized(threads=1, lanes=3, **kw)
     mix = o.mix_params()
     e = api.Engine(Path(models.resolve(None)), o)
@@ -335,8 +335,8 @@ def test_device_coder_equals_cpu_under_simulator():
     once per step for all lanes) under the CUDA simulator, on SmolLM2's real logits for
     alice29.txt's first 300 bytes 6 times over, in 3 lanes: level 1 (preset 4 with the
     confidence skip: ~100 tokens go through the device's skip kernels; a thread per lane) and
-    preset 5 without and with the skip (the block kernels: 4 threads per lane, their row passes
-    split 4 ways and the order-free reductions between them); the payloads equal the CPU's
+    preset 5 with the skip (the block kernels: 4 threads per lane, their row passes split 4 ways
+    and the order-free reductions between them); the payloads equal the CPU's
     LaneModels' byte for byte and each side decodes the other's.
     (Under the simulator the kernels' threads call the CPU-compiled steps: this checks the lane
     views, buffers, modes and the neural.py path; the PTX tests check the device compile.)"""
@@ -350,15 +350,15 @@ def test_device_coder_equals_cpu_under_simulator():
     assert r.returncode == 0, out + r.stderr.decode()[-3000:]
     rows = [ln.split() for ln in out.splitlines() if ln.startswith("preset")]
     assert [row[:4] for row in rows] == [["preset", "4", "skip", rows[0][3]],
-                                         ["preset", "5", "skip", "0"],
                                          ["preset", "5", "skip", rows[0][3]]], out
     assert int(rows[0][3]) > 0, out
     for row in rows:
         assert row[4:10] == ["same", "True", "d2c", "True", "c2d", "True"], out
         assert 0 < int(row[-1]) < 1000, out
     skipped = [int(row[row.index("skipped") + 1]) for row in rows]
-    assert skipped[0] > 0 and skipped[1] == 0 and skipped[2] > 0, out   # the skip kernels ran
-    assert [row[row.index("threads") + 1] for row in rows] == ["0", "4", "4"], out  # block
+    llm = [int(row[row.index("llm") + 1]) for row in rows]
+    assert min(skipped) > 0 and min(llm) > 0, out           # the LLM and skip kernels ran
+    assert [row[row.index("threads") + 1] for row in rows] == ["0", "4"], out   # block
 
 
 BLOCK_CHILD = r"""
