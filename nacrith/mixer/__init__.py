@@ -36,7 +36,8 @@ idle core here (scripts/ablation.py prints it).  The n-gram, match, mixer, slot-
 is O(orders x slots).
 
 Package layout (imports only go down): lane (LaneModel) and device (LaneBatch: the same steps
-for many lanes on a CUDA device) -> kernels (the stamped, cached entry points) -> ensemble
+for many lanes on a CUDA device, a thread per lane, or for preset 5 a block of threads per lane
+splitting _predict's row passes) -> kernels (the stamped, cached entry points) -> ensemble
 (predict / update) -> sparse (n-gram, match, skip) -> state (named-tuple state, Config) ->
 params (MixParams, PRESETS, constants).
 
