@@ -273,6 +273,8 @@ def test_mixer_device_kernels_ptx_has_no_contraction(cc):
     for op in ("mul.rn.f64", "add.rn.f64", "sub.rn.f64", "div.rn.f64", "sqrt.rn.f64"):
         assert op in ptxs["k_encode"] and op in ptxs["k_decode"], op
     assert "fma" not in ptxs["k_encode"]
+    for name in ("kb_encode", "kb_decode"):      # preset 5's block kernels: barriers, atomics
+        assert "bar.sync" in ptxs[name] and "atom.global.add.f64" in ptxs[name], name
 
 
 def test_mixer_ptx_contracts_without_the_fma_rule():
