@@ -197,6 +197,18 @@ def check_coder(path, DB, PB, win, nbytes):
     return out
 
 
+def _per_step(cuda, steps, step):
+    """(seconds per call of step(t) over t = 1 .. steps - 1, step(0)'s result: the warm-up that
+    compiles)."""
+    first = step(0)
+    cuda.synchronize()
+    t0 = time.perf_counter()
+    for t in range(1, steps):
+        step(t)
+    cuda.synchronize()
+    return (time.perf_counter() - t0) / (steps - 1), first
+
+
 CODER_VARIANTS = (("4", 4, None), ("5/64", 5, 64), ("5/128", 5, 128), ("5/256", 5, 256))
 
 
@@ -223,28 +235,15 @@ def coder_speed(lanes_list, n_vocab, steps):
             syms = rng.integers(0, n_vocab, (steps, n))
             lanes = list(range(n))
             b = LaneBatch(mp, n_vocab, n, steps, tcol, threads=threads)
-            b.encode(logits, lanes, [], syms[0])          # compile + warm up
-            cuda.synchronize()
-            t0 = time.perf_counter()
-            for t in range(1, steps):
-                b.encode(logits, lanes, [], syms[t])
-            cuda.synchronize()
-            te = (time.perf_counter() - t0) / (steps - 1)
-            streams = b.finish(lanes)
+            te, _ = _per_step(cuda, steps, lambda t: b.encode(logits, lanes, [], syms[t]))
             d = LaneBatch(mp, n_vocab, n, steps, tcol, threads=threads)
-            d.start_decode(dict(enumerate(streams)))
-            first = d.decode(logits, lanes, [])
-            cuda.synchronize()
-            t0 = time.perf_counter()
-            for t in range(1, steps):
-                d.decode(logits, lanes, [])
-            cuda.synchronize()
-            td = (time.perf_counter() - t0) / (steps - 1)
+            d.start_decode(dict(enumerate(b.finish(lanes))))
+            td, first = _per_step(cuda, steps, lambda t: d.decode(logits, lanes, []))
             if not np.array_equal(first, syms[0]):
                 rows.append((name, n, "MISMATCH: decoded symbols differ"))
                 continue
             rows.append((name, n, te, td, LaneBatch.bytes_per_lane(mp, n_vocab, steps) / 2**20))
-            del b, d
+            b = d = None                            # their device memory, before the next row
     return rows
 
 

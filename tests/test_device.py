@@ -367,9 +367,9 @@ BLOCK_CHILD = r"""
 import sys
 from dataclasses import replace
 import numpy as np
-from nacrith import coder
-from nacrith.mixer import PRESETS
-from nacrith.mixer import device as MD, kernels as K, state as ST
+from nacrith import coder, neural
+from nacrith.mixer import PRESETS, LaneModel
+from nacrith.mixer import device as MD
 
 V, T, L = 300, int(sys.argv[1]), 2
 rng = np.random.default_rng(1)
@@ -381,18 +381,17 @@ lg[1, 4, :] = -np.inf
 lg[0, 5, :] = lg[0, 5, 11]                  # a tie everywhere: the first index is the max's
 tcol = np.stack([rng.integers(0, 5, V), rng.integers(0, 2, V), np.zeros(V)]).astype(np.int32)
 mp = replace(PRESETS[5], skip=30000, skip_cap=3)
+thr, cap = neural._skip_rule(mp)
 cpu, skips = [], []
 for l in range(L):                          # the CPU, with lockstep's skip rule
-    S = ST.new_state(mp, V, T, tcol)
-    K.init_kernel(S)
-    enc, f, run, sk = coder.Encoder(), np.zeros(V, np.int64), 0, set()
+    lm, enc, run, sk = LaneModel(mp, V, T, tcol), coder.Encoder(), 0, set()
     for t in range(T):
-        if K.skip_conf_kernel(S) >= mp.skip / 65536 and run < mp.skip_cap:
-            enc._buf = K.enc_skip_kernel(enc._st, enc._buf, toks[l, t], f, S)
+        if lm.skip_conf() >= thr and run < cap:
+            lm.encode_skip(enc, toks[l, t])
             run += 1
             sk.add(t)
         else:
-            enc._buf = K.enc_kernel(enc._st, enc._buf, lg[l, t], toks[l, t], f, S)
+            lm.encode(enc, lg[l, t], toks[l, t])
             run = 0
     cpu.append(enc.finish())
     skips.append(sk)

@@ -241,6 +241,26 @@ def b_skip_predict(S, freqs, t, nt, bi):
     cuda.syncthreads()                                                         # noqa: F821
 
 
+def b_lane_predict(SS, logits, row_of, mode, freqs, lane, t, nt, shf, shi, bf, bi):
+    """Lane `lane`'s State, its frequencies of this step written (with the LLM's row or, mode
+    2, without it)."""
+    S = VIEW(SS, lane)                                                         # noqa: F821
+    if mode[lane] == 1:
+        b_predict(logits[row_of[lane]], S, freqs[lane], t, nt, shf, shi, bf, bi)
+    else:
+        b_skip_predict(S, freqs[lane], t, nt, bi)
+    return S
+
+
+def b_learn(S, sym, logits, row_of, mode, lane, conf):
+    """Thread 0, after coding sym: learn it, write the next step's skip confidence."""
+    if mode[lane] == 1:
+        UPDATE(S, sym, np.float64(logits[row_of[lane], sym]))                  # noqa: F821
+    else:
+        LEARN(S, sym)                                                          # noqa: F821
+    conf[lane] = SKIP_CONF(S)                                                  # noqa: F821
+
+
 def kb_encode(SS, logits, row_of, syms, mode, freqs, st, buf, conf):
     lane = cuda.blockIdx.x                                                     # noqa: F821
     t, nt = cuda.threadIdx.x, cuda.blockDim.x                                  # noqa: F821
@@ -250,19 +270,12 @@ def kb_encode(SS, logits, row_of, syms, mode, freqs, st, buf, conf):
     shi = cuda.shared.array(BT, np.int64)                                      # noqa: F821
     bf = cuda.shared.array(4, np.float64)                                      # noqa: F821
     bi = cuda.shared.array(4, np.int64)                                        # noqa: F821
-    S, f, sym = VIEW(SS, lane), freqs[lane], syms[lane]                        # noqa: F821
-    if mode[lane] == 1:
-        b_predict(logits[row_of[lane]], S, f, t, nt, shf, shi, bf, bi)
-    else:
-        b_skip_predict(S, f, t, nt, bi)
+    S = b_lane_predict(SS, logits, row_of, mode, freqs, lane, t, nt, shf, shi, bf, bi)
+    f, sym = freqs[lane], syms[lane]
     c_lo = b_sum(shi, ISUM_ROWS(f, t, sym, nt), t, nt)                        # noqa: F821
     if t == 0:
         ENC_RANGE(st[lane], buf[lane], c_lo, c_lo + f[sym])                    # noqa: F821
-        if mode[lane] == 1:
-            UPDATE(S, sym, np.float64(logits[row_of[lane], sym]))              # noqa: F821
-        else:
-            LEARN(S, sym)                                                      # noqa: F821
-        conf[lane] = SKIP_CONF(S)           # the next step's skip confidence  # noqa: F821
+        b_learn(S, sym, logits, row_of, mode, lane, conf)
 
 
 def kb_decode(SS, logits, row_of, mode, freqs, st, data, out, conf):
@@ -274,13 +287,10 @@ def kb_decode(SS, logits, row_of, mode, freqs, st, data, out, conf):
     shi = cuda.shared.array(BT, np.int64)                                      # noqa: F821
     bf = cuda.shared.array(4, np.float64)                                      # noqa: F821
     bi = cuda.shared.array(4, np.int64)                                        # noqa: F821
-    S, f = VIEW(SS, lane), freqs[lane]                                         # noqa: F821
-    if mode[lane] == 1:
-        b_predict(logits[row_of[lane]], S, f, t, nt, shf, shi, bf, bi)
-    else:
-        b_skip_predict(S, f, t, nt, bi)
+    S = b_lane_predict(SS, logits, row_of, mode, freqs, lane, t, nt, shf, shi, bf, bi)
     # the symbol whose range holds count: thread t sums its chunk of ch symbols, thread 0 finds
     # the chunk and walks it (coder._find_from)
+    f = freqs[lane]
     n = f.shape[0]
     ch = (n + nt - 1) // nt
     lo = t * ch
@@ -294,15 +304,12 @@ def kb_decode(SS, logits, row_of, mode, freqs, st, data, out, conf):
         s, c_lo = FIND_FROM(f, j * ch, base, count)                            # noqa: F821
         DEC_UPDATE(st[lane], data[lane], c_lo, c_lo + f[s])                    # noqa: F821
         out[lane] = s
-        if mode[lane] == 1:
-            UPDATE(S, s, np.float64(logits[row_of[lane], s]))                  # noqa: F821
-        else:
-            LEARN(S, s)                                                        # noqa: F821
-        conf[lane] = SKIP_CONF(S)                                              # noqa: F821
+        b_learn(S, s, logits, row_of, mode, lane, conf)
 
 
 KERNELS = (k_encode, k_decode, k_finish, k_dec_init, kb_encode, kb_decode)
-BLOCK_HELPERS = (b_put, b_sum, b_max, b_min, b_predict, b_skip_predict)
+BLOCK_HELPERS = (b_put, b_sum, b_max, b_min, b_predict, b_skip_predict, b_lane_predict,
+                 b_learn)
 
 
 def _compile() -> dict:

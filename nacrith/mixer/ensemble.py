@@ -391,31 +391,24 @@ def _q_rows(S, freqs, aq, gq, lo, hi, st):
 
 
 @njit
+def _q_f(v, guard, wg, r, c, gq):
+    """The f of token c whose P (2^24 - V) is v: 1 + floor(v); with the guard
+    1 + floor(w v + r_c gq)."""
+    if guard == 0:
+        return 1 + np.int64(v)
+    return 1 + np.int64(wg * v + r[c] * gq)
+
+
+@njit
 def _q_fix(S, freqs, arg, so, pn, T, ncand, gq, tot):
     """After every row of pass 4 (tot their sum): the candidates' and the top token's f, the
-    rounding remainder to the largest f of arg and the candidates (_give_remainder)."""
+    rounding remainder to the largest f of arg and the candidates (_give_remainder; without the
+    guard against arg's f before the candidates were written, as pass 4 has always compared)."""
     cand_tok, cand_g = S.cands.tok, S.cands.g
+    guard, wg, r = S.cfg.guard, S.lane.fst[S_GW], S.guard.r
     n = freqs.shape[0]
     scale = np.float64(TOTAL - n)
-    if S.cfg.guard == 0:
-        fbest = freqs[arg]
-        for j in range(ncand):
-            c = cand_tok[j]
-            if T < 0:
-                f = 1 + np.int64(cand_g[j] * scale)
-            elif c == T:
-                f = 1 + np.int64(pn * scale)
-            else:
-                f = 1 + np.int64(cand_g[j] * so * scale)
-            tot += f - freqs[c]
-            freqs[c] = f
-        if T == arg:
-            f = 1 + np.int64(pn * scale)
-            tot += f - freqs[arg]
-            freqs[arg] = f
-        _give_remainder(freqs, arg, cand_tok, ncand, fbest, tot)
-        return
-    r, wg = S.guard.r, S.lane.fst[S_GW]
+    fbest = freqs[arg]
     for j in range(ncand):
         c = cand_tok[j]
         if T < 0:
@@ -424,14 +417,14 @@ def _q_fix(S, freqs, arg, so, pn, T, ncand, gq, tot):
             v = pn * scale
         else:
             v = cand_g[j] * so * scale
-        f = 1 + np.int64(wg * v + r[c] * gq)
+        f = _q_f(v, guard, wg, r, c, gq)
         tot += f - freqs[c]
         freqs[c] = f
     if T == arg:
-        f = 1 + np.int64(wg * (pn * scale) + r[arg] * gq)
+        f = _q_f(pn * scale, guard, wg, r, arg, gq)
         tot += f - freqs[arg]
         freqs[arg] = f
-    _give_remainder(freqs, arg, cand_tok, ncand, freqs[arg], tot)
+    _give_remainder(freqs, arg, cand_tok, ncand, fbest if guard == 0 else freqs[arg], tot)
 
 
 @njit

@@ -381,9 +381,10 @@ class DeviceBackend:
     """PortableBackend's interface on a CUDA device (or the CUDA simulator)."""
 
     # True: the ensemble is coded on the device too (mixer/device.py, one device thread per
-    # lane; neural.OwnDevice, or hub.DeviceLanes for a shared engine). Off by default until
-    # timed on a GPU: a lane's serial vocabulary passes are far slower on one device thread than
-    # on a host core, so it can only pay with hundreds of lanes in one launch (the hub's).
+    # lane, or a block of threads per lane for mix preset 5; neural.OwnDevice, or
+    # hub.DeviceLanes for a shared engine). Off by default until timed on a GPU: a lane's serial
+    # vocabulary passes are far slower on one device thread than on a host core, so it can only
+    # pay with hundreds of lanes in one launch (the hub's) or a block per lane.
     codes_on_device = False
 
     def __init__(self, path: str, *, ctx: int, lanes: int, slide: int, n_keep: int,
